@@ -1,0 +1,90 @@
+"""Wires the parts of one box into an aiohttp application.
+
+`create_app` does no I/O; every resource enters through `cleanup_ctx`, in order, and leaves in
+reverse order, so a failed start-up never leaves a half-open database or a stray background task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from appliance import __version__
+from appliance.cluster.admin import setup_admin_routes
+from appliance.cluster.coordinator import Coordinator
+from appliance.cluster.registry import NodeRegistry
+from appliance.cluster.routes import setup_routes
+from appliance.cluster.staging import Staging
+from appliance.cluster.tracker import TaskTracker
+from appliance.config import Config
+from appliance.keys import CONFIG, COORDINATOR
+from appliance.netaddr import default_public_url
+from appliance.nodeodm.auth import setup_auth_routes, token_middleware
+from appliance.store.database import Store
+from webui.routes import setup_ui_routes
+
+log = logging.getLogger("passel.agent")
+MAX_REQUEST_BYTES = 1024 ** 4  # uploads stream to disk; the disk-space guard is the real limit
+
+
+async def _background(name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    task = asyncio.create_task(coro, name=name)
+
+    def report(t: asyncio.Task[None]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            log.error("Background job %s stopped: %r", name, t.exception())
+    task.add_done_callback(report)
+    return task
+
+
+def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx signature
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        store = Store(config.database_path)
+        await store.open()
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=64))
+        registry = NodeRegistry(store, session, config.poll_seconds)
+        await registry.load()
+        public_url = config.public_url or default_public_url(config.host, config.port)
+        coordinator = Coordinator(store, registry, Staging(config.staging_dir, config.min_free_disk_mb * 1024 * 1024), public_url, config.dispatch_attempts)
+        await coordinator.recover()
+        app[COORDINATOR] = coordinator
+        for url in config.node:
+            try:
+                await registry.add(url, source="config")
+            except ValueError as exc:
+                log.error("Ignoring node %s: %s", url.split("?")[0], exc)
+        jobs = [await _background("node-health", registry.poll_forever()),
+                await _background("dispatch", coordinator.run_dispatch_loop()),
+                await _background("task-tracker", TaskTracker(coordinator, config.task_poll_seconds).run_forever())]
+        log.info("Passel %s coordinator ready: %d node(s), %d task(s) on record, public URL %s",
+                 __version__, len(registry.nodes), len(coordinator.book.tasks), public_url)
+        yield
+        for job in jobs:
+            job.cancel()
+        for job in jobs:
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        await coordinator.shutdown()
+        await session.close()
+        await store.close()
+    return ctx
+
+
+def create_app(config: Config) -> web.Application:
+    """The whole box: NodeODM API, admin API and web UI on one port."""
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES,
+                          middlewares=[token_middleware(config.token or None, exempt_prefixes=("/static/",),
+                                                       exempt_paths=frozenset({"/"}))])
+    app[CONFIG] = config
+    app.cleanup_ctx.append(_coordinator_ctx(config))
+    setup_auth_routes(app)
+    setup_routes(app)
+    setup_admin_routes(app)
+    setup_ui_routes(app)
+    return app

@@ -1,0 +1,203 @@
+"""The `passel` command: run a box, a simulated node, the demo, and manage nodes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from appliance import __version__
+from appliance.config import ConfigError, add_setting_flags, load_config
+from appliance.logs import setup_logging
+
+DEFAULT_API = "http://127.0.0.1:3000"
+
+DESCRIPTION = """\
+Passel turns the boxes of a field network into one OpenDroneMap processing node.
+
+Every box runs `passel run`. Clients (ODM with --sm-cluster, WebODM, PyODM, curl) talk to port 3000
+as if it were a single NodeODM; Passel stages the uploads, picks a node with a free slot, and keeps
+track of every task in SQLite so nothing is lost when a box restarts.
+
+Start here:
+  passel demo                               a passel of 3 simulated nodes on this machine, with a sample job
+  passel run --node http://10.0.0.5:3001    a coordinator in front of a real NodeODM
+  passel nodes list                         what the coordinator knows about its nodes
+
+Settings come from, in rising order: built-in defaults, a TOML file (--config, $PASSEL_CONFIG or
+/etc/passel/passel.toml), PASSEL_* environment variables, then flags.
+"""
+
+RUN_SETTINGS = ("host", "port", "state_dir", "node", "token", "public_url", "discovery", "poll_seconds",
+                "task_poll_seconds", "dispatch_attempts", "min_free_disk_mb", "log_level")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="passel", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"passel {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run this box's agent and coordinator (the systemd service runs this)",
+                         description="Serve the NodeODM-compatible API and the web UI for the passel.")
+    run.add_argument("--config", metavar="FILE", help="TOML file of settings (keys as the flags, with underscores)")
+    add_setting_flags(run, RUN_SETTINGS)
+
+    sim = sub.add_parser("simnode", help="run a simulated NodeODM, for demos, training and tests",
+                         description="A NodeODM look-alike that 'processes' images in seconds_per_image each "
+                                     "and returns plausible outputs. Faults can be injected.")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=3001, help="port to listen on (default 3001)")
+    sim.add_argument("--max-images", type=int, default=None, help="largest task accepted (default: no limit)")
+    sim.add_argument("--slots", type=int, default=1, help="tasks processed at once (maxParallelTasks)")
+    sim.add_argument("--cores", type=int, default=4, help="CPU cores to report")
+    sim.add_argument("--memory-mb", type=int, default=8192, help="memory to report, in MB")
+    sim.add_argument("--seconds-per-image", type=float, default=0.5, help="simulated processing speed")
+    sim.add_argument("--token", default=None, help="require ?token=T like NodeODM --token")
+    sim.add_argument("--fail-rate", type=float, default=0.0, help="share of tasks that fail (0-1)")
+    sim.add_argument("--drop-upload-rate", type=float, default=0.0, help="share of uploads dropped (0-1)")
+    sim.add_argument("--stall-at", type=float, default=None, help="progress %% at which every task stalls")
+    sim.add_argument("--data-dir", default=None, help="where task files go (default: a temporary directory)")
+    sim.add_argument("--name", default="simnode", help="name shown in logs")
+
+    demo = sub.add_parser("demo", help="start 3 simulated nodes and a coordinator, and process a sample job",
+                          description="Everything on this machine: three simulated NodeODM nodes of different "
+                                      "sizes, a coordinator on --port, and a split-merge-shaped job of several "
+                                      "submodels sent through PyODM. Open the printed address to watch.")
+    demo.add_argument("--port", type=int, default=3000, help="coordinator port (default 3000)")
+    demo.add_argument("--submodels", type=int, default=6, help="how many submodels the sample job has")
+    demo.add_argument("--images", type=int, default=12, help="images per submodel")
+    demo.add_argument("--seconds-per-image", type=float, default=0.25, help="simulated speed of the fastest node")
+    demo.add_argument("--state-dir", default=None, help="keep the demo's database here (default: temporary)")
+    demo.add_argument("--exit-when-done", action="store_true", help="stop once the sample job has finished")
+
+    nodes = sub.add_parser("nodes", help="list, add, remove, lock or unlock the coordinator's nodes")
+    nodes.add_argument("action", choices=["list", "add", "remove", "lock", "unlock", "best"])
+    nodes.add_argument("target", nargs="?", help="a URL for add (http://host:port[?token=T]); an id or URL otherwise; "
+                                                 "an image count for best")
+    nodes.add_argument("--api", default=os.environ.get("PASSEL_API", DEFAULT_API), help=f"Passel API (default {DEFAULT_API})")
+    nodes.add_argument("--token", default=os.environ.get("PASSEL_TOKEN") or None, help="the API token, if one is set")
+    nodes.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _api(api: str, token: str | None, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    query = "?" + urllib.parse.urlencode({"token": token}) if token else ""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(api.rstrip("/") + path + query, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as reply:
+            result = json.loads(reply.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        result = json.loads(exc.read() or b"{}")
+    except (urllib.error.URLError, OSError) as exc:
+        raise SystemExit(f"Cannot reach Passel at {api}: {getattr(exc, 'reason', exc)}. Is `passel run` running? "
+                         "Use --api to point at another box.") from None
+    if isinstance(result, dict) and result.get("error"):
+        raise SystemExit(f"Passel refused: {result['error']}")
+    return result
+
+
+def _print_nodes(nodes: list[dict[str, Any]]) -> None:
+    print(f"{'ID':>3}  {'URL':<32} {'STATE':<14} {'SLOTS':>7} {'CORES':>5} {'MAX IMG':>7}  SOURCE")
+    for n in nodes:
+        state = ("online" if n["online"] else "offline") + (", locked" if n["locked"] else "")
+        print(f"{n['id']:>3}  {n['url']:<32} {state:<14} {n['active_tasks']:>3}/{n['slots']:<3} "
+              f"{n['cores'] or '?':>5} {n['max_images'] or 'any':>7}  {n['source']}")
+
+
+def _nodes_command(args: argparse.Namespace) -> int:
+    call = lambda method, path, body=None: _api(args.api, args.token, method, path, body)  # noqa: E731
+    if args.action != "list" and not args.target:
+        raise SystemExit(f"passel nodes {args.action} needs a target")
+    if args.action == "list":
+        result = call("GET", "/-/nodes")
+    elif args.action == "add":
+        result = call("POST", "/-/nodes", {"url": args.target})
+    elif args.action == "remove":
+        result = call("DELETE", f"/-/nodes/{urllib.parse.quote(args.target, safe='')}")
+    elif args.action == "best":
+        result = call("GET", f"/-/nodes/best?images={urllib.parse.quote(args.target)}")
+    else:
+        result = call("POST", f"/-/nodes/{urllib.parse.quote(args.target, safe='')}/{args.action}")
+    if args.json or args.action in ("remove", "best"):
+        print(json.dumps(result, indent=2))
+    else:
+        _print_nodes(result if isinstance(result, list) else [result])
+    return 0
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from appliance.agent import create_app
+    flags = {name: getattr(args, name) for name in RUN_SETTINGS}
+    try:
+        config = load_config(args.config, flags=flags)
+    except ConfigError as exc:
+        raise SystemExit(f"passel: {exc}") from None
+    setup_logging(config.log_level)
+    web.run_app(create_app(config), host=config.host, port=config.port, print=None,
+                handle_signals=True, shutdown_timeout=5)
+    return 0
+
+
+def _simnode_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from appliance.simnode import SimnodeSettings, serve_simnode
+    setup_logging("info")
+    settings = SimnodeSettings(host=args.host, port=args.port, max_images=args.max_images, slots=args.slots,
+                               cores=args.cores, memory_mb=args.memory_mb, seconds_per_image=args.seconds_per_image,
+                               token=args.token, fail_rate=args.fail_rate, drop_upload_rate=args.drop_upload_rate,
+                               stall_at=args.stall_at, data_dir=Path(args.data_dir) if args.data_dir else None,
+                               name=args.name)
+    _run_until_signal(serve_simnode(settings))
+    return 0
+
+
+def _run_until_signal(coro: Any) -> None:
+    """Run a coroutine until it ends or SIGTERM/SIGINT arrives, then let it clean up."""
+    async def main() -> None:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+    asyncio.run(main())
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from appliance.demo import DemoOptions, run_demo
+    setup_logging("info")
+    options = DemoOptions(port=args.port, submodels=args.submodels, images=args.images,
+                          seconds_per_image=args.seconds_per_image, state_dir=args.state_dir,
+                          exit_when_done=args.exit_when_done)
+    result: dict[str, Any] = {}
+    _run_until_signal(run_demo(options, result))
+    return 0 if result.get("ok", not args.exit_when_done) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handlers = {"run": _run_command, "simnode": _simnode_command, "demo": _demo_command, "nodes": _nodes_command}
+    if args.command not in handlers:
+        parser.print_help()
+        return 2
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

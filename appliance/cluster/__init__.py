@@ -1,0 +1,1 @@
+"""The coordinator: API routes, staging, node registry, scheduler, dispatcher and task tracking."""

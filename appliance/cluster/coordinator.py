@@ -1,0 +1,356 @@
+"""The coordinator's task lifecycle: accept, stage, place, send, cancel, restart and remove.
+
+Every promise to a client (a uuid, a commit) is written to SQLite first, and every task keeps its
+staged files until it is removed, so a crash or a lost node never loses accepted work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import time
+import uuid as uuidlib
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.cluster.forwarding import EarlyForward, Forwarder
+from appliance.cluster.registry import NodeRegistry, NodeState
+from appliance.cluster.scheduler import Demand, NodeView, choose_node, why_not
+from appliance.cluster.staging import Staging, is_image
+from appliance.cluster.tasks import TaskBook, forwarded, set_forwarded
+from appliance.nodeodm.client import NodeError, NodeUnreachable
+from appliance.nodeodm.options import OptionsError, has_option, set_option, validate_options
+from appliance.nodeodm.status import TaskStatus
+from appliance.store.database import Store
+from appliance.store.models import Phase, Task
+
+log = logging.getLogger("passel.tasks")
+UUID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[1-5][0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}"
+DISPATCH_RECHECK_SECONDS = 1.0
+
+
+class TaskRefused(Exception):
+    """A request the coordinator will not carry out; the message goes to the client."""
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """The text fields of `/task/new/init` (or of the one-shot `/task/new`)."""
+
+    name: str = ""
+    options: str | None = None
+    skip_post_processing: bool = False
+    outputs: str | None = None
+    webhook: str = ""
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> NewTask:
+        return cls(name=fields.get("name", ""), options=fields.get("options"),
+                   skip_post_processing=fields.get("skipPostProcessing") == "true",
+                   outputs=fields.get("outputs"), webhook=fields.get("webhook", ""))
+
+
+def _check_outputs(raw: str | None) -> str | None:
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise TaskRefused("Invalid outputs: not valid JSON") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TaskRefused("Invalid outputs: expected a JSON list of paths")
+    return json.dumps(value)
+
+
+class Coordinator:
+    """Owns the task table, the staging area and the flow of tasks to nodes."""
+
+    def __init__(self, store: Store, registry: NodeRegistry, staging: Staging, public_url: str,
+                 dispatch_attempts: int) -> None:
+        self.store, self.registry, self.staging = store, registry, staging
+        self.public_url = public_url
+        self.dispatch_attempts = dispatch_attempts
+        self.book = TaskBook(store)
+        self._wake = asyncio.Event()
+        self._early: dict[str, EarlyForward] = {}
+        self._sending: dict[str, asyncio.Task[None]] = {}
+        self._avoid: dict[str, set[int]] = {}
+        registry.on_change.append(self.wake)
+
+    # -- start-up ---------------------------------------------------------------------------
+    async def recover(self) -> None:
+        """Reload the table after a restart and pick up every task where it stopped."""
+        await self.book.load()
+        self.staging.open()
+        self.staging.clean(set(self.book.tasks))
+        for task in self.book.in_phase(Phase.UPLOADING):
+            if task.node_id is not None:  # the early forward died with the old process; commit resends
+                task.node_id = None
+                await self.book.save(task)
+        resumed = self.book.in_phase(Phase.FORWARDING)
+        for task in resumed:
+            task.phase = Phase.WAITING
+            await self.book.save(task)
+            await self.store.record("resumed", f"Task {task.uuid} was being sent to a node when Passel stopped; "
+                                    "sending it again from staging", task_uuid=task.uuid)
+        self.wake()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- client actions ---------------------------------------------------------------------
+    def _prepare(self, new: NewTask) -> tuple[str, str | None]:
+        try:
+            options = validate_options(new.options, self.registry.option_specs())
+        except OptionsError as exc:
+            raise TaskRefused(str(exc)) from None
+        if has_option(options, "split") and self.public_url:
+            options = set_option(options, "sm-cluster", self.public_url)
+        return json.dumps(options), _check_outputs(new.outputs)
+
+    async def init(self, new: NewTask, set_uuid: str | None) -> Task:
+        """Accept a new task: validate, create its staging directory, and pre-open it on a node."""
+        options, outputs = self._prepare(new)
+        uuid = self._claim_uuid(set_uuid)
+        path = self.staging.create(uuid)
+        job = hashlib.sha1(f"{options}|{outputs}|{new.skip_post_processing}".encode()).hexdigest()[:16]
+        task = Task(uuid=uuid, name=new.name, options=options, outputs=outputs,
+                    skip_post_processing=new.skip_post_processing, webhook=new.webhook,
+                    staging_path=str(path), job_key=job)
+        node = self._pick(task, images=0)
+        if node is not None:
+            task.node_id = node.id
+            self._early[uuid] = EarlyForward(Forwarder(self.book, self.staging, task, node))
+        await self.book.save(task)
+        return task
+
+    def _claim_uuid(self, set_uuid: str | None) -> str:
+        if set_uuid is None:
+            return str(uuidlib.uuid4())
+        if not re.fullmatch(UUID_PATTERN, set_uuid) or set_uuid.lower() in self.book.tasks:
+            raise TaskRefused(f"Invalid set-uuid: {set_uuid}")
+        return set_uuid.lower()
+
+    def uploaded(self, task: Task, names: list[str]) -> None:
+        """Files are staged; send them on to the reserved node while the client keeps uploading."""
+        early = self._early.get(task.uuid)
+        if early is not None:
+            early.push([self.staging.path(task.uuid) / n for n in names])
+
+    async def commit(self, task: Task) -> None:
+        """Make the task visible, then place it; the reply does not wait for the node."""
+        files = self.staging.files(task.uuid)
+        if not files:
+            await self._discard(task)
+            raise TaskRefused("Need at least 1 file.")
+        task.images_count = sum(1 for f in files if is_image(f.name))
+        task.committed_at = time.time()
+        early = self._early.pop(task.uuid, None)
+        if early is not None:
+            error = await early.finish()
+            if error is not None:
+                task.last_error = f"early forward to node failed: {error}"
+        task.phase = Phase.WAITING
+        self._place(task, keep_reserved=task.node_id is not None and early is not None and early.error is None)
+        await self.book.save(task)
+        await self.store.record("accepted", f"Task {task.uuid} accepted: {task.images_count} images, "
+                                f"{_describe(task, self.registry)}", task_uuid=task.uuid, node_id=task.node_id)
+        if task.phase == Phase.FORWARDING:
+            self._start_sending(task)
+
+    async def cancel(self, task: Task) -> None:
+        self._stop_sending(task.uuid)
+        node = self.registry.get(task.node_id)
+        if task.phase == Phase.ON_NODE and node is not None:
+            try:
+                await node.client.task_cancel(task.uuid)
+            except NodeError as exc:
+                raise TaskRefused(str(exc)) from None
+            except NodeUnreachable as exc:
+                raise TaskRefused(f"The node running this task is not answering ({exc}); try again") from None
+        task.status = TaskStatus.CANCELED
+        if task.phase != Phase.ON_NODE:
+            task.phase = Phase.FINISHED
+        task.finished_at = time.time()
+        await self.book.save(task)
+        await self.store.record("canceled", f"Task {task.uuid} canceled", task_uuid=task.uuid)
+        self.wake()
+
+    async def remove(self, task: Task) -> None:
+        """Remove everywhere: the node's copy, the row and the staged files."""
+        self._stop_sending(task.uuid)
+        node = self.registry.get(task.node_id)
+        if node is not None and task.phase in (Phase.ON_NODE, Phase.FINISHED):
+            try:
+                await node.client.task_remove(task.uuid)
+            except (NodeError, NodeUnreachable) as exc:
+                log.info("Task %s: could not remove it from %s (%s); it is forgotten here anyway",
+                         task.uuid[:8], node.row.url, exc)
+        await self._discard(task)
+        await self.store.record("removed", f"Task {task.uuid} removed", task_uuid=task.uuid)
+        self.wake()
+
+    async def restart(self, task: Task, options_field: str | None) -> None:
+        if not TaskStatus(task.status).restartable:
+            raise TaskRefused("Task cannot be restarted")
+        if options_field is not None:
+            task.options, _ = self._prepare(NewTask(options=options_field, outputs=task.outputs))
+        node = self.registry.get(task.node_id)
+        if node is not None and node.online and task.phase in (Phase.ON_NODE, Phase.FINISHED) \
+                and forwarded(task)[0] == node.id:
+            try:
+                await node.client.task_restart(task.uuid, options_field and task.options)
+                task.phase = Phase.ON_NODE
+            except (NodeError, NodeUnreachable) as exc:
+                log.info("Task %s: restart on %s failed (%s); sending it again from staging",
+                         task.uuid[:8], node.row.url, exc)
+                self._requeue(task)
+        else:
+            self._requeue(task)
+        task.status, task.progress, task.finished_at = TaskStatus.QUEUED, 0.0, None
+        task.processing_time_ms, task.error_message = -1, ""
+        await self.book.save(task)
+        await self.store.record("restarted", f"Task {task.uuid} restarted", task_uuid=task.uuid)
+        self.wake()
+
+    # -- placement and sending --------------------------------------------------------------
+    def _views(self, task: Task) -> list[NodeView]:
+        busy = self.book.busy_by_node()
+        if task.node_id is not None and task.uuid in self.book.tasks:
+            busy[task.node_id] = busy.get(task.node_id, 1) - 1  # its own reservation is not a rival
+        return self.registry.views(busy, self.book.same_job_by_node(task.job_key))
+
+    def _pick(self, task: Task, images: int) -> NodeState | None:
+        """The best node for the task, preferring nodes it has not just failed on."""
+        views = self._views(task)
+        avoid = self._avoid.get(task.uuid, set())
+        demand = Demand(images=images)
+        choice = choose_node([v for v in views if v.id not in avoid], demand) or choose_node(views, demand)
+        return self.registry.get(choice.id) if choice else None
+
+    def _place(self, task: Task, keep_reserved: bool) -> None:
+        """Choose the task's node now, or leave it QUEUED in the coordinator's queue."""
+        node = None
+        if keep_reserved:
+            reserved = self.registry.get(task.node_id)
+            view = next((v for v in self._views(task) if reserved and v.id == reserved.id), None)
+            if view is not None and why_not(view, Demand(images=task.images_count)) is None:
+                node = reserved
+        if node is None:
+            node = self._pick(task, task.images_count)
+        if node is None:
+            task.phase, task.status, task.node_id = Phase.WAITING, TaskStatus.QUEUED, None
+            return
+        task.phase, task.status, task.node_id = Phase.FORWARDING, TaskStatus.RUNNING, node.id
+
+    def _start_sending(self, task: Task) -> None:
+        self._stop_sending(task.uuid)
+        job = asyncio.create_task(self._send(task), name=f"send-{task.uuid[:8]}")
+        self._sending[task.uuid] = job
+        job.add_done_callback(lambda _: self._sending.pop(task.uuid, None) if self._sending.get(task.uuid) is job else None)
+
+    def _stop_sending(self, uuid: str) -> None:
+        job = self._sending.pop(uuid, None)
+        if job is not None:
+            job.cancel()
+        early = self._early.pop(uuid, None)
+        if early is not None:
+            early.cancel()
+
+    async def _send(self, task: Task) -> None:
+        node = self.registry.get(task.node_id)
+        if node is None:
+            self._requeue(task)
+            await self.book.save(task)
+            return
+        task.attempts += 1
+        await self.book.save(task)
+        try:
+            await Forwarder(self.book, self.staging, task, node).deliver()
+        except (NodeError, NodeUnreachable, OSError) as exc:
+            await self._send_failed(task, node, exc)
+            return
+        task.phase, task.last_error = Phase.ON_NODE, ""
+        await self.book.save(task)
+        self._avoid.pop(task.uuid, None)
+        await self.store.record("dispatched", f"Task {task.uuid} is now on node {node.row.url}",
+                                task_uuid=task.uuid, node_id=node.id)
+
+    async def _send_failed(self, task: Task, node: NodeState, exc: Exception) -> None:
+        task.last_error = f"{node.row.url}: {exc}"
+        self._avoid.setdefault(task.uuid, set()).add(node.id)
+        if task.attempts >= self.dispatch_attempts:
+            task.phase, task.status, task.finished_at = Phase.FINISHED, TaskStatus.FAILED, time.time()
+            task.error_message = f"Could not send the task to any node after {task.attempts} attempts: {exc}"
+            task.output_tail = json.dumps([task.error_message])
+            await self.book.save(task)
+            await self.store.record("failed", f"Task {task.uuid} failed: {task.error_message}",
+                                    task_uuid=task.uuid, node_id=node.id)
+            return
+        self._requeue(task)
+        await self.book.save(task)
+        await self.store.record("send-failed", f"Task {task.uuid} could not be sent to {node.row.url} ({exc}); "
+                                "trying again", task_uuid=task.uuid, node_id=node.id)
+        self.wake()
+
+    def _requeue(self, task: Task) -> None:
+        task.phase, task.node_id = Phase.WAITING, None
+
+    async def run_dispatch_loop(self) -> None:
+        """Place waiting tasks, oldest first, whenever a slot may have freed."""
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), DISPATCH_RECHECK_SECONDS)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            for task in self.book.in_phase(Phase.WAITING):
+                if task.uuid in self._sending:
+                    continue
+                if TaskStatus(task.status).finished and task.status != TaskStatus.QUEUED:
+                    continue
+                self._place(task, keep_reserved=False)
+                if task.phase == Phase.FORWARDING:
+                    await self.book.save(task)
+                    self._start_sending(task)
+                elif task.status != TaskStatus.QUEUED:
+                    task.status = TaskStatus.QUEUED
+                    await self.book.save(task)
+
+    async def _discard(self, task: Task) -> None:
+        self._stop_sending(task.uuid)
+        self._avoid.pop(task.uuid, None)
+        self.staging.remove(task.uuid)
+        await self.book.drop(task.uuid)
+
+    async def shutdown(self) -> None:
+        jobs = list(self._sending.values())
+        for job in jobs:
+            job.cancel()
+        for early in self._early.values():
+            early.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+
+
+def _describe(task: Task, registry: NodeRegistry) -> str:
+    node = registry.get(task.node_id)
+    if task.phase == Phase.FORWARDING and node is not None:
+        return f"sending to {node.row.url}"
+    return "waiting for a free node (QUEUED)"
+
+
+def public_task(task: Task, registry: NodeRegistry) -> dict[str, Any]:
+    """A task as the admin API shows it."""
+    node = registry.get(task.node_id)
+    return {
+        "uuid": task.uuid, "name": task.name, "phase": task.phase, "status": task.status,
+        "status_name": TaskStatus(task.status).name, "progress": task.progress,
+        "images_count": task.images_count, "node_id": task.node_id,
+        "node_url": node.row.url if node else None, "date_created": task.date_created_ms,
+        "processing_time": task.processing_time_ms, "attempts": task.attempts,
+        "last_error": task.last_error, "error_message": task.error_message,
+        "options": json.loads(task.options or "[]"),
+    }

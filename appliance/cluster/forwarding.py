@@ -1,0 +1,124 @@
+"""Sending a staged task to a node with the same uuid: init, upload what is missing, commit.
+
+What has already reached the node is recorded per file, so after a crash, or when the upload
+overlapped the client's own, only the missing files are sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+from appliance.cluster.registry import NodeState
+from appliance.cluster.staging import Staging
+from appliance.cluster.tasks import TaskBook, forwarded, set_forwarded
+from appliance.nodeodm.client import NodeError
+from appliance.store.models import Task
+
+log = logging.getLogger("passel.forward")
+PARALLEL_UPLOADS = 4  # per task; enough to fill a gigabit link from page cache
+_PENDING_EXISTS = ("Invalid set-uuid", "Directory exists")  # the node already has our pending upload
+
+
+def init_fields(task: Task) -> dict[str, str]:
+    """The text fields of `/task/new/init`, as the client gave them after validation."""
+    fields = {"name": task.name, "options": task.options,
+              "skipPostProcessing": "true" if task.skip_post_processing else "false"}
+    if task.outputs is not None:
+        fields["outputs"] = task.outputs
+    if task.webhook:
+        fields["webhook"] = task.webhook
+    return fields
+
+
+class Forwarder:
+    """Moves one task's staged files to one node."""
+
+    def __init__(self, book: TaskBook, staging: Staging, task: Task, node: NodeState) -> None:
+        self.book, self.staging, self.task, self.node = book, staging, task, node
+        self._init_lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(PARALLEL_UPLOADS)
+
+    async def ensure_init(self) -> None:
+        """Create the pending task on the node once, unless it already exists there."""
+        async with self._init_lock:
+            node_id, _ = forwarded(self.task)
+            if node_id == self.node.id:
+                return
+            try:
+                await self.node.client.task_init(self.task.uuid, init_fields(self.task))
+            except NodeError as exc:
+                if not str(exc).startswith(_PENDING_EXISTS):
+                    raise
+                log.info("Task %s: %s already holds a pending upload; continuing it", self.task.uuid[:8], self.node.row.url)
+            set_forwarded(self.task, self.node.id, [])
+            await self.book.save(self.task)
+
+    async def send_file(self, path: Path) -> None:
+        async with self._slots:
+            await self.node.client.task_upload(self.task.uuid, [path])
+        node_id, files = forwarded(self.task)
+        if node_id == self.node.id:
+            set_forwarded(self.task, node_id, files | {path.name})
+            await self.book.save(self.task)
+
+    async def send_missing(self) -> None:
+        await self.ensure_init()
+        _, done = forwarded(self.task)
+        missing = [p for p in self.staging.files(self.task.uuid) if p.name not in done]
+        await asyncio.gather(*(self.send_file(p) for p in missing))
+
+    async def deliver(self) -> None:
+        """Everything that is not on the node yet, then commit; a lost pending upload starts over."""
+        await self.send_missing()
+        try:
+            await self.node.client.task_commit(self.task.uuid)
+        except NodeError as exc:
+            if "not found" not in str(exc):
+                raise
+            log.info("Task %s: %s lost its pending upload; sending it again", self.task.uuid[:8], self.node.row.url)
+            set_forwarded(self.task, None, [])
+            await self.send_missing()
+            await self.node.client.task_commit(self.task.uuid)
+
+
+class EarlyForward:
+    """Overlaps the forward with the client's upload: each staged file goes on to the node at once."""
+
+    def __init__(self, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
+        self.error: Exception | None = None
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    def push(self, paths: list[Path]) -> None:
+        if self.error is not None:
+            return
+        for path in paths:
+            job = asyncio.create_task(self._send(path))
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
+
+    async def _send(self, path: Path) -> None:
+        if self.error is not None:
+            return
+        try:
+            await self.forwarder.ensure_init()
+            await self.forwarder.send_file(path)
+        except Exception as exc:  # the commit falls back to a full send; record why
+            self.error = exc
+
+    async def finish(self) -> Exception | None:
+        """Wait for files in flight; the error, if any, says why the early forward broke."""
+        if self._jobs:
+            await asyncio.gather(*list(self._jobs), return_exceptions=True)
+        return self.error
+
+    def cancel(self) -> None:
+        for job in list(self._jobs):
+            job.cancel()
+
+
+def options_list(task: Task) -> list[dict[str, object]]:
+    return json.loads(task.options or "[]")

@@ -1,0 +1,190 @@
+"""The nodes this coordinator may use, and their health, polled every few seconds.
+
+ClusterODM polls once a minute and calls a node offline after two; a field passel cannot wait that
+long to notice a closed lid, so the default here is a poll every 3 s and offline after 2 misses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from appliance.cluster.scheduler import NodeView
+from appliance.nodeodm.client import NodeClient, NodeError, NodeUnreachable, split_node_url
+from appliance.nodeodm.options import OptionSpec
+from appliance.store.database import Store
+from appliance.store.models import Node
+
+log = logging.getLogger("passel.nodes")
+MISSES_BEFORE_OFFLINE = 2
+
+
+class NodeNotFound(KeyError):
+    """No node has that id or URL."""
+
+
+@dataclass
+class NodeState:
+    """A node row plus what this process learned from polling it."""
+
+    row: Node
+    client: NodeClient
+    online: bool = False
+    misses: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    last_error: str = ""
+
+    @property
+    def id(self) -> int:
+        return self.row.id
+
+    def public(self, active_tasks: int) -> dict[str, Any]:
+        """What the admin API shows: never the token."""
+        info = self.info or json.loads(self.row.last_info or "{}")
+        return {
+            "id": self.id, "url": self.row.url, "label": self.row.label or self.row.url,
+            "source": self.row.source, "locked": self.row.locked, "online": self.online,
+            "has_token": bool(self.row.token), "last_seen": self.row.last_seen,
+            "last_error": self.last_error, "active_tasks": active_tasks,
+            "slots": int(info.get("maxParallelTasks") or 1), "queue": int(info.get("taskQueueCount") or 0),
+            "max_images": info.get("maxImages"), "engine": info.get("engine", ""),
+            "version": info.get("version", ""), "cores": info.get("cpuCores"),
+            "total_memory": info.get("totalMemory"), "available_memory": info.get("availableMemory"),
+            "ms_per_image": self.row.ms_per_image,
+        }
+
+
+class NodeRegistry:
+    """Keeps the node list in SQLite and its health in memory."""
+
+    def __init__(self, store: Store, session: aiohttp.ClientSession, poll_seconds: float) -> None:
+        self.store = store
+        self.session = session
+        self.poll_seconds = poll_seconds
+        self.nodes: dict[int, NodeState] = {}
+        self.on_change: list[Callable[[], None]] = []
+
+    async def load(self) -> None:
+        for row in await self.store.load(Node):
+            self.nodes[row.id] = self._state(row)
+
+    def _state(self, row: Node) -> NodeState:
+        return NodeState(row=row, client=NodeClient(self.session, row.url, row.token or None))
+
+    def get(self, node_id: int | None) -> NodeState | None:
+        return self.nodes.get(node_id) if node_id is not None else None
+
+    def find(self, ref: str) -> NodeState:
+        """A node by id or URL, as the CLI and admin API name them."""
+        for state in self.nodes.values():
+            if ref == str(state.id) or ref.rstrip("/") == state.row.url:
+                return state
+        raise NodeNotFound(ref)
+
+    async def add(self, url: str, source: str = "manual", label: str = "") -> NodeState:
+        """Add a node, or return it unchanged when its URL is already known."""
+        base, token = split_node_url(url)
+        for state in self.nodes.values():
+            if state.row.url == base:
+                if token and token != state.row.token:
+                    state.row.token = token
+                    state.client = NodeClient(self.session, base, token)
+                    await self.store.save(state.row)
+                return state
+        row = await self.store.add_node(Node(url=base, token=token or "", source=source, label=label))
+        state = self._state(row)
+        self.nodes[row.id] = state
+        await self.store.record("node-added", f"Node {base} added ({source})", node_id=row.id)
+        await self.poll_one(state)
+        return state
+
+    async def remove(self, ref: str) -> NodeState:
+        state = self.find(ref)
+        del self.nodes[state.id]
+        await self.store.delete(Node, state.id)
+        await self.store.record("node-removed", f"Node {state.row.url} removed", node_id=state.id)
+        self._changed()
+        return state
+
+    async def set_locked(self, ref: str, locked: bool) -> NodeState:
+        state = self.find(ref)
+        state.row.locked = locked
+        await self.store.save(state.row)
+        verb = "locked: it gets no new tasks" if locked else "unlocked: it takes new tasks again"
+        await self.store.record("node-locked" if locked else "node-unlocked", f"Node {state.row.url} {verb}", node_id=state.id)
+        self._changed()
+        return state
+
+    async def learn_speed(self, node_id: int, ms_per_image: float) -> None:
+        """Blend a finished task's speed into the node's estimate (recent tasks weigh more)."""
+        state = self.nodes.get(node_id)
+        if state is None or ms_per_image <= 0:
+            return
+        old = state.row.ms_per_image
+        state.row.ms_per_image = ms_per_image if old is None else 0.7 * old + 0.3 * ms_per_image
+        await self.store.save(state.row)
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
+
+    async def poll_one(self, state: NodeState) -> None:
+        """Ask one node for /info (and /options on the way back online)."""
+        was_online = state.online
+        try:
+            info = await state.client.info()
+            if not was_online or state.row.last_options in ("", "[]"):
+                state.row.last_options = json.dumps(await state.client.options())
+        except (NodeUnreachable, NodeError) as exc:
+            state.misses += 1
+            state.last_error = str(exc)
+            if state.online and state.misses >= MISSES_BEFORE_OFFLINE:
+                state.online = False
+                await self.store.record("node-offline", f"Node {state.row.url} is not answering: {exc}", node_id=state.id)
+                self._changed()
+            return
+        state.info, state.misses, state.last_error = info, 0, ""
+        state.row.last_info = json.dumps(info)
+        state.row.last_seen = time.time()
+        state.online = True
+        await self.store.save(state.row)
+        if not was_online:
+            await self.store.record("node-online", f"Node {state.row.url} is online "
+                                    f"({info.get('maxParallelTasks')} slots, {info.get('cpuCores')} cores)", node_id=state.id)
+        self._changed()
+
+    async def poll_forever(self) -> None:
+        while True:
+            states = list(self.nodes.values())
+            await asyncio.gather(*(self.poll_one(s) for s in states))
+            await asyncio.sleep(self.poll_seconds)
+
+    def views(self, busy: dict[int, int], same_job: dict[int, int] | None = None) -> list[NodeView]:
+        """Snapshots for the scheduler; `busy` is the coordinator's own count of active tasks per node."""
+        views = []
+        for s in self.nodes.values():
+            info = s.info or json.loads(s.row.last_info or "{}")
+            views.append(NodeView(
+                id=s.id, online=s.online, locked=s.row.locked,
+                slots=int(info.get("maxParallelTasks") or 1),
+                busy=max(busy.get(s.id, 0), int(info.get("taskQueueCount") or 0)),
+                max_images=info.get("maxImages"), engine=str(info.get("engine") or "odm"),
+                cores=int(info.get("cpuCores") or 1), memory_mb=int(info.get("totalMemory") or 0) // (1024 * 1024),
+                ms_per_image=s.row.ms_per_image, same_job=(same_job or {}).get(s.id, 0)))
+        return views
+
+    def option_specs(self) -> list[OptionSpec]:
+        """The options of the nodes: the union by name, online nodes first."""
+        seen: dict[str, OptionSpec] = {}
+        for state in sorted(self.nodes.values(), key=lambda s: (not s.online, s.id)):
+            for data in json.loads(state.row.last_options or "[]"):
+                spec = OptionSpec.from_json(data)
+                seen.setdefault(spec.name, spec)
+        return list(seen.values())

@@ -1,0 +1,281 @@
+"""The NodeODM API of the whole passel, answered by the coordinator.
+
+Every handler answers in NodeODM's shapes (HTTP 200 with `{"error": ...}`), so PyODM, ODM's
+split-merge executor, WebODM and curl cannot tell Passel from a single NodeODM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from appliance.cluster.coordinator import Coordinator, NewTask, TaskRefused
+from appliance.cluster.proxy import stream_from_node
+from appliance.keys import COORDINATOR
+from appliance.nodeodm import replies
+from appliance.nodeodm.client import NodeError, NodeUnreachable
+from appliance.nodeodm.status import TaskStatus
+from appliance.nodeodm.uploads import UploadError, ensure_free_space, receive_form
+from appliance.store.models import Phase, Task
+
+log = logging.getLogger("passel.api")
+API_VERSION = "2.2.4"  # the NodeODM API this implements; PyODM wants >= 1.4.0 for chunked uploads
+
+
+def _coordinator(request: web.Request) -> Coordinator:
+    return request.app[COORDINATOR]
+
+
+async def info(request: web.Request) -> web.Response:
+    """The passel as one node: summed capacity of the online nodes, honestly."""
+    c = _coordinator(request)
+    online = [s.info for s in c.registry.nodes.values() if s.online and s.info]
+    max_images = [i.get("maxImages") for i in online]
+    engines = Counter(str(i.get("engine") or "odm") for i in online)
+    return replies.ok({
+        "version": API_VERSION,
+        "taskQueueCount": c.book.queue_count(),
+        "totalMemory": sum(int(i.get("totalMemory") or 0) for i in online),
+        "availableMemory": sum(int(i.get("availableMemory") or 0) for i in online),
+        "cpuCores": sum(int(i.get("cpuCores") or 0) for i in online),
+        "maxImages": None if not online or None in max_images else max(int(m) for m in max_images),
+        "maxParallelTasks": sum(int(i.get("maxParallelTasks") or 1) for i in online),
+        "engineVersion": ",".join(sorted({str(i.get("engineVersion") or "?") for i in online})) or "?",
+        "engine": engines.most_common(1)[0][0] if engines else "odm",
+    })
+
+
+async def options(request: web.Request) -> web.Response:
+    return replies.ok([s.to_json() for s in _coordinator(request).registry.option_specs()])
+
+
+async def _check_disk(request: web.Request) -> None:
+    staging = _coordinator(request).staging
+    ensure_free_space(staging.root, staging.min_free_bytes)
+
+
+async def task_new_init(request: web.Request) -> web.Response:
+    try:
+        await _check_disk(request)
+        form = await receive_form(request, directory=None)
+        task = await _coordinator(request).init(NewTask.from_fields(form.fields), request.headers.get("set-uuid"))
+    except (UploadError, TaskRefused) as exc:
+        return replies.error(str(exc))
+    return replies.ok({"uuid": task.uuid})
+
+
+def _uploading(request: web.Request) -> Task | None:
+    task = _coordinator(request).book.get(request.match_info["uuid"].lower())
+    return task if task is not None and task.phase == Phase.UPLOADING else None
+
+
+async def task_new_upload(request: web.Request) -> web.Response:
+    c = _coordinator(request)
+    task = _uploading(request)
+    if task is None:
+        return replies.error(replies.TASK_NOT_FOUND_UPLOAD)
+    try:
+        await _check_disk(request)
+        form = await receive_form(request, directory=c.staging.path(task.uuid))
+    except UploadError as exc:
+        return replies.error(str(exc), **({"noRetry": True} if exc.no_retry else {}))
+    if not form.files:
+        return replies.error(replies.NEED_ONE_FILE, noRetry=True)
+    if _uploading(request) is None:  # removed while the body was arriving
+        c.staging.remove(task.uuid)
+        return replies.error(replies.TASK_NOT_FOUND_UPLOAD)
+    c.uploaded(task, form.files)
+    return replies.success()
+
+
+async def task_new_commit(request: web.Request) -> web.Response:
+    task = _uploading(request)
+    if task is None:
+        return replies.error(replies.TASK_NOT_FOUND_UPLOAD)
+    try:
+        await _coordinator(request).commit(task)
+    except TaskRefused as exc:
+        return replies.error(str(exc))
+    return replies.ok({"uuid": task.uuid})
+
+
+async def task_new(request: web.Request) -> web.Response:
+    """The one-shot form: fields and files in one body, in any order, so files land in a scratch dir first."""
+    c = _coordinator(request)
+    scratch = c.staging.scratch()
+    try:
+        await _check_disk(request)
+        form = await receive_form(request, directory=scratch)
+        if form.fields.get("zipurl"):
+            raise TaskRefused("zipurl is not supported by Passel: upload the images instead")
+        if not form.files:
+            raise TaskRefused(replies.NEED_FILE_OR_ZIP)
+        task = await c.init(NewTask.from_fields(form.fields), request.headers.get("set-uuid"))
+        c.staging.adopt(scratch, task.uuid)
+        await c.commit(task)
+    except (UploadError, TaskRefused) as exc:
+        return replies.error(str(exc))
+    finally:
+        c.staging.discard_scratch(scratch)
+    return replies.ok({"uuid": task.uuid})
+
+
+def _visible(request: web.Request) -> Task | None:
+    return _coordinator(request).book.visible(request.match_info["uuid"].lower())
+
+
+def _table_info(task: Task, with_output: int | None) -> dict[str, Any]:
+    status: dict[str, Any] = {"code": task.status}
+    if task.error_message:
+        status["errorMessage"] = task.error_message
+    reply: dict[str, Any] = {
+        "uuid": task.uuid, "name": task.name, "dateCreated": task.date_created_ms,
+        "processingTime": task.processing_time_ms, "status": status,
+        "options": json.loads(task.options or "[]"), "imagesCount": task.images_count,
+        "progress": task.progress,
+    }
+    if with_output is not None:
+        reply["output"] = _slice(_table_output(task), with_output)
+    return reply
+
+
+def _table_output(task: Task) -> list[str]:
+    lines = json.loads(task.output_tail or "[]")
+    if task.phase == Phase.FORWARDING and not lines:
+        return ["Launching..."]
+    return lines
+
+
+def _slice(lines: list[str], line: int) -> list[str]:
+    return lines[line:] if line >= 0 else lines[line:]
+
+
+def _int_param(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return 0  # NodeODM parses with parseInt and falls back to the start
+
+
+async def task_info(request: web.Request) -> web.Response:
+    c = _coordinator(request)
+    task = _visible(request)
+    if task is None:
+        return replies.task_not_found(request.match_info["uuid"])
+    with_output = _int_param(request, "with_output")
+    node = c.registry.get(task.node_id)
+    if task.phase in (Phase.ON_NODE, Phase.FINISHED) and node is not None and node.online:
+        try:
+            reply = await node.client.task_info(task.uuid, with_output)
+        except (NodeError, NodeUnreachable):
+            return replies.ok(_table_info(task, with_output))
+        reply.update(uuid=task.uuid, name=task.name, dateCreated=task.date_created_ms)
+        return replies.ok(reply)
+    return replies.ok(_table_info(task, with_output))
+
+
+async def task_output(request: web.Request) -> web.Response:
+    c = _coordinator(request)
+    task = _visible(request)
+    if task is None:
+        return replies.task_not_found(request.match_info["uuid"])
+    line = _int_param(request, "line") or 0
+    node = c.registry.get(task.node_id)
+    if task.phase in (Phase.ON_NODE, Phase.FINISHED) and node is not None and node.online:
+        try:
+            return replies.ok(await node.client.task_output(task.uuid, line))
+        except (NodeError, NodeUnreachable):
+            pass
+    return replies.ok(_slice(_table_output(task), line))
+
+
+async def task_download(request: web.Request) -> web.StreamResponse:
+    c = _coordinator(request)
+    task = _visible(request)
+    if task is None:
+        return replies.task_not_found(request.match_info["uuid"])
+    if request.match_info["asset"] != "all.zip":
+        return replies.error(replies.INVALID_ASSET)
+    node = c.registry.get(task.node_id)
+    if task.status != TaskStatus.COMPLETED or node is None:
+        return replies.error(replies.ASSET_NOT_READY)
+    try:
+        return await stream_from_node(request, node, f"/task/{task.uuid}/download/all.zip")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return replies.error(f"The node holding this task's results is not answering ({exc or 'timeout'}); try again")
+
+
+async def task_list(request: web.Request) -> web.Response:
+    return replies.ok([{"uuid": t.uuid} for t in _coordinator(request).book.all_visible()])
+
+
+async def _action_fields(request: web.Request) -> dict[str, str]:
+    """cancel, remove and restart take urlencoded, multipart or JSON bodies."""
+    if request.content_type == "application/json":
+        try:
+            data = await request.json()
+        except ValueError:
+            raise UploadError("Invalid JSON body") from None
+        if not isinstance(data, dict):
+            raise UploadError("Invalid JSON body: expected an object")
+        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+    return (await receive_form(request, directory=None)).fields
+
+
+async def _task_action(request: web.Request, action: str) -> web.Response:
+    c = _coordinator(request)
+    try:
+        fields = await _action_fields(request)
+    except UploadError as exc:
+        return replies.action_error(str(exc))
+    uuid = fields.get("uuid", "").lower()
+    task = c.book.visible(uuid)
+    if task is None:
+        return replies.action_error(f"{fields.get('uuid', '')} not found" if uuid else "uuid is required")
+    try:
+        if action == "cancel":
+            await c.cancel(task)
+        elif action == "remove":
+            await c.remove(task)
+        else:
+            await c.restart(task, fields.get("options"))
+    except TaskRefused as exc:
+        return replies.action_error(str(exc))
+    return replies.success()
+
+
+async def task_cancel(request: web.Request) -> web.Response:
+    return await _task_action(request, "cancel")
+
+
+async def task_remove(request: web.Request) -> web.Response:
+    return await _task_action(request, "remove")
+
+
+async def task_restart(request: web.Request) -> web.Response:
+    return await _task_action(request, "restart")
+
+
+def setup_routes(app: web.Application) -> None:
+    """The whole NodeODM route table, at the root because PyODM drops any URL path."""
+    app.router.add_get("/info", info)
+    app.router.add_get("/options", options)
+    app.router.add_post("/task/new", task_new)
+    app.router.add_post("/task/new/init", task_new_init)
+    app.router.add_post("/task/new/upload/{uuid}", task_new_upload)
+    app.router.add_post("/task/new/commit/{uuid}", task_new_commit)
+    app.router.add_get("/task/list", task_list)
+    app.router.add_get("/task/{uuid}/info", task_info)
+    app.router.add_get("/task/{uuid}/output", task_output)
+    app.router.add_get("/task/{uuid}/download/{asset}", task_download)
+    app.router.add_post("/task/cancel", task_cancel)
+    app.router.add_post("/task/remove", task_remove)
+    app.router.add_post("/task/restart", task_restart)

@@ -1,0 +1,91 @@
+"""The task table in memory, written through to SQLite before anything is promised to a client."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+
+from appliance.nodeodm.status import TaskStatus, status_rank
+from appliance.store.database import Store
+from appliance.store.models import Phase, Task
+
+ACTIVE_PHASES = (Phase.FORWARDING, Phase.ON_NODE)
+VISIBLE_PHASES = (Phase.WAITING, Phase.FORWARDING, Phase.ON_NODE, Phase.FINISHED)
+
+
+class TaskBook:
+    """All tasks this coordinator tracks, keyed by uuid."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.tasks: dict[str, Task] = {}
+
+    async def load(self) -> None:
+        self.tasks = {t.uuid: t for t in await self.store.load(Task)}
+
+    def get(self, uuid: str) -> Task | None:
+        return self.tasks.get(uuid)
+
+    def visible(self, uuid: str) -> Task | None:
+        """A task the client may see: committed, not removed."""
+        task = self.tasks.get(uuid)
+        return task if task is not None and task.phase in VISIBLE_PHASES else None
+
+    def all_visible(self) -> list[Task]:
+        return sorted((t for t in self.tasks.values() if t.phase in VISIBLE_PHASES), key=lambda t: t.date_created_ms)
+
+    def in_phase(self, *phases: str) -> list[Task]:
+        return sorted((t for t in self.tasks.values() if t.phase in phases), key=lambda t: t.committed_at or 0)
+
+    async def save(self, task: Task) -> None:
+        self.tasks[task.uuid] = task
+        await self.store.save(task)
+
+    async def drop(self, uuid: str) -> None:
+        self.tasks.pop(uuid, None)
+        await self.store.delete(Task, uuid)
+
+    def busy_by_node(self) -> dict[int, int]:
+        """Slots each node owes to our tasks: sent or being sent, unfinished, plus upload reservations."""
+        counts: Counter[int] = Counter()
+        for t in self.tasks.values():
+            if t.node_id is None:
+                continue
+            if t.phase in ACTIVE_PHASES and not TaskStatus(t.status).finished or t.phase == Phase.UPLOADING:
+                counts[t.node_id] += 1
+        return dict(counts)
+
+    def same_job_by_node(self, job_key: str) -> dict[int, int]:
+        counts: Counter[int] = Counter()
+        for t in self.tasks.values():
+            if t.job_key == job_key and t.node_id is not None and t.phase in ACTIVE_PHASES \
+                    and not TaskStatus(t.status).finished:
+                counts[t.node_id] += 1
+        return dict(counts)
+
+    def queue_count(self) -> int:
+        """NodeODM's taskQueueCount: QUEUED plus RUNNING."""
+        return sum(1 for t in self.tasks.values() if t.phase in VISIBLE_PHASES
+                   and t.status in (TaskStatus.QUEUED, TaskStatus.RUNNING))
+
+
+def move_status(task: Task, code: int) -> bool:
+    """Apply a status seen on a node, only forward (a stale poll must not undo a finish)."""
+    if status_rank(code) < status_rank(task.status):
+        return False
+    changed = task.status != code
+    task.status = code
+    return changed
+
+
+def forwarded(task: Task) -> tuple[int | None, set[str]]:
+    """Which node already holds a pending upload of this task, and which files it has."""
+    data = json.loads(task.forwarded_files or "{}")
+    if not isinstance(data, dict):
+        return None, set()
+    return data.get("node_id"), set(data.get("files", []))
+
+
+def set_forwarded(task: Task, node_id: int | None, files: Iterable[str]) -> None:
+    task.forwarded_files = json.dumps({"node_id": node_id, "files": sorted(files)})

@@ -1,0 +1,178 @@
+"""Configuration for one box: defaults < TOML file < `PASSEL_*` environment < command-line flags.
+
+One SETTINGS table drives all four layers and the `--help` text, so a setting cannot exist in one
+place and be missing from another (tests/test_config.py checks the README documents each one).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATHS = (Path("/etc/passel/passel.toml"),)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configurable value: its name, default and what it is for."""
+
+    name: str
+    default: Any
+    help: str
+    kind: type = str
+    repeated: bool = False
+
+    @property
+    def env(self) -> str:
+        return "PASSEL_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "0.0.0.0", "address the API and web UI listen on"),
+    Setting("port", 3000, "port of the NodeODM-compatible API and the web UI", int),
+    Setting("state_dir", "./passel-state", "where the task database and staged uploads live"),
+    Setting("node", (), "a NodeODM node as http://host:port[?token=T]; repeat for more nodes", str, True),
+    Setting("token", "", "token clients must pass as ?token= (empty: no token, like a default NodeODM)"),
+    Setting("public_url", "", "URL that nodes use to reach this Passel for split-merge submodels "
+                              "(default: http://<this box's address>:<port>)"),
+    Setting("discovery", True, "find other boxes and nodes over mDNS", bool),
+    Setting("poll_seconds", 3.0, "how often each node's health is checked", float),
+    Setting("task_poll_seconds", 2.0, "how often running tasks are refreshed from their nodes", float),
+    Setting("dispatch_attempts", 5, "how many times a task is sent to a node before it is failed", int),
+    Setting("min_free_disk_mb", 512, "refuse new uploads when staging has less free space than this", int),
+    Setting("log_level", "info", "debug, info, warning or error"),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The settings of one box, after all layers are applied."""
+
+    host: str
+    port: int
+    state_dir: Path
+    node: tuple[str, ...]
+    token: str
+    public_url: str
+    discovery: bool
+    poll_seconds: float
+    task_poll_seconds: float
+    dispatch_attempts: int
+    min_free_disk_mb: int
+    log_level: str
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.state_dir / "staging"
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / "passel.sqlite3"
+
+    def with_overrides(self, **values: Any) -> Config:
+        return replace(self, **values)
+
+
+def _convert(setting: Setting, raw: Any, origin: str) -> Any:
+    """Turn a raw value from TOML, the environment or a flag into the setting's type."""
+    try:
+        if setting.repeated:
+            items = raw if isinstance(raw, (list, tuple)) else [p for p in str(raw).split(",") if p.strip()]
+            return tuple(str(i).strip() for i in items)
+        if setting.kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            lowered = str(raw).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if setting.kind is int and isinstance(raw, float):
+            raise ValueError(raw)
+        return setting.kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{setting.name} from {origin}: {raw!r} is not a valid {setting.kind.__name__}") from None
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    unknown = sorted(k for k in data if k.replace("-", "_") not in _BY_NAME)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def load_config(config_file: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                flags: Mapping[str, Any] | None = None) -> Config:
+    """Apply the four layers in order; later layers win, and `sources` records who set what."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+    sources: dict[str, str] = {}
+
+    path = Path(config_file) if config_file else (Path(environ["PASSEL_CONFIG"]) if environ.get("PASSEL_CONFIG") else None)
+    if path is None:
+        path = next((p for p in DEFAULT_CONFIG_PATHS if p.exists()), None)
+    elif not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    if path is not None:
+        for name, raw in _from_toml(path).items():
+            values[name] = _convert(_BY_NAME[name], raw, str(path))
+            sources[name] = str(path)
+
+    for setting in SETTINGS:
+        if setting.env in environ:
+            values[setting.name] = _convert(setting, environ[setting.env], setting.env)
+            sources[setting.name] = setting.env
+
+    for name, raw in (flags or {}).items():
+        if raw is None or name not in _BY_NAME or (_BY_NAME[name].repeated and not raw):
+            continue
+        values[name] = _convert(_BY_NAME[name], raw, _BY_NAME[name].flag)
+        sources[name] = _BY_NAME[name].flag
+
+    values["state_dir"] = Path(values["state_dir"])
+    config = Config(**values, sources=sources)
+    if not 0 < config.port < 65536:
+        raise ConfigError(f"port {config.port} is outside 1-65535")
+    return config
+
+
+def config_field_names() -> list[str]:
+    """Every Config field that is a setting (for the docs test)."""
+    return [f.name for f in fields(Config) if f.name != "sources"]
+
+
+def add_setting_flags(parser: Any, names: Sequence[str]) -> None:
+    """Add argparse flags for `names`, with help text and defaults taken from SETTINGS."""
+    for name in names:
+        s = _BY_NAME[name]
+        shown = ", ".join(s.default) if s.repeated else s.default
+        help_text = f"{s.help} [env {s.env}; default: {shown!r}]"
+        if s.kind is bool:
+            parser.add_argument(s.flag, dest=name, action="store_true", default=None, help=help_text)
+            parser.add_argument("--no-" + s.flag[2:], dest=name, action="store_false",
+                                help=f"turn off {s.flag[2:]}")
+        elif s.repeated:
+            parser.add_argument(s.flag, dest=name, action="append", default=None, metavar="URL", help=help_text)
+        else:
+            parser.add_argument(s.flag, dest=name, default=None, metavar=name.upper(), help=help_text)

@@ -1,0 +1,42 @@
+"""NodeODM's reply shapes.
+
+NodeODM answers errors with HTTP 200 and a JSON `{"error": ...}` body, and PyODM only parses JSON
+when the content type says so, so every reply goes through these helpers.
+"""
+
+from typing import Any
+
+from aiohttp import web
+
+TASK_NOT_FOUND_UPLOAD = "Invalid uuid (not found)"
+NEED_ONE_FILE = "Need at least 1 file."
+NEED_FILE_OR_ZIP = "Need at least 1 file or a zip file url."
+INVALID_ASSET = "Invalid asset"
+ASSET_NOT_READY = "Asset not ready"
+BAD_TOKEN = "Invalid authentication token: token does not match."
+CANNOT_RESTART = "Task cannot be restarted"
+
+
+def ok(data: Any) -> web.Response:
+    """A JSON reply with the content type PyODM insists on."""
+    return web.json_response(data)
+
+
+def error(message: str, **extra: Any) -> web.Response:
+    """NodeODM's generic error: HTTP 200 with `{"error": message}`."""
+    return web.json_response({"error": message, **extra})
+
+
+def action_error(message: str) -> web.Response:
+    """The error shape of cancel, remove and restart."""
+    return web.json_response({"success": False, "error": message})
+
+
+def success() -> web.Response:
+    """The success shape of upload, cancel, remove and restart."""
+    return web.json_response({"success": True})
+
+
+def task_not_found(uuid: str) -> web.Response:
+    """What `/task/{uuid}/info` and `/output` answer for an unknown task."""
+    return error(f"{uuid} not found")

@@ -1,0 +1,28 @@
+"""NodeODM task status codes, as PyODM and ODM's split-merge executor read them."""
+
+from enum import IntEnum
+
+
+class TaskStatus(IntEnum):
+    """The `status.code` values of `/task/{uuid}/info`."""
+
+    QUEUED = 10
+    RUNNING = 20
+    FAILED = 30
+    COMPLETED = 40
+    CANCELED = 50
+
+    @property
+    def finished(self) -> bool:
+        """True when the task will not change again without a restart."""
+        return self in (TaskStatus.FAILED, TaskStatus.COMPLETED, TaskStatus.CANCELED)
+
+    @property
+    def restartable(self) -> bool:
+        """NodeODM allows restart only from these states."""
+        return self.finished
+
+
+def status_rank(code: int) -> int:
+    """Order statuses so that a cached status only ever moves forward."""
+    return {10: 0, 20: 1, 30: 2, 40: 2, 50: 2}.get(code, 0)

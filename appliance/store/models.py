@@ -1,0 +1,81 @@
+"""The tables. Rows double as the in-memory records (SQLAlchemy dataclass mapping), never attached
+to a long-lived session, so the event loop reads them without touching SQLite."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import Boolean, Float, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
+
+
+class Base(MappedAsDataclass, DeclarativeBase):
+    """Declarative base whose classes are also dataclasses."""
+
+
+class Phase:
+    """Where a task is in Passel's own pipeline (the client sees `status`)."""
+
+    UPLOADING = "uploading"    # init done, files may still arrive; invisible to info and list
+    WAITING = "waiting"        # committed, no node has a free slot yet: the client sees QUEUED
+    FORWARDING = "forwarding"  # being sent to its node: the client sees RUNNING
+    ON_NODE = "on_node"        # committed on its node, which holds the truth
+    FINISHED = "finished"      # COMPLETED, FAILED or CANCELED, as last seen
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, default="")
+    phase: Mapped[str] = mapped_column(String(16), default=Phase.UPLOADING, index=True)
+    status: Mapped[int] = mapped_column(Integer, default=10)
+    node_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    images_count: Mapped[int] = mapped_column(Integer, default=0)
+    options: Mapped[str] = mapped_column(Text, default="[]")  # validated JSON, as sent to the node
+    outputs: Mapped[str | None] = mapped_column(Text, default=None)
+    skip_post_processing: Mapped[bool] = mapped_column(Boolean, default=False)
+    webhook: Mapped[str] = mapped_column(Text, default="")
+    date_created_ms: Mapped[int] = mapped_column(Integer, default_factory=lambda: int(time.time() * 1000))
+    committed_at: Mapped[float | None] = mapped_column(Float, default=None)
+    finished_at: Mapped[float | None] = mapped_column(Float, default=None)
+    processing_time_ms: Mapped[int] = mapped_column(Integer, default=-1)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    staging_path: Mapped[str] = mapped_column(Text, default="")
+    forwarded_files: Mapped[str] = mapped_column(Text, default="[]")  # JSON list already on node_id
+    output_tail: Mapped[str] = mapped_column(Text, default="[]")  # last lines seen, for a lost node
+    job_key: Mapped[str] = mapped_column(String(64), default="")
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True, init=False)
+    url: Mapped[str] = mapped_column(Text, unique=True)
+    token: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(String(16), default="manual")  # manual, config or mdns
+    locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    label: Mapped[str] = mapped_column(Text, default="")
+    last_info: Mapped[str] = mapped_column(Text, default="{}")
+    last_options: Mapped[str] = mapped_column(Text, default="[]")
+    last_seen: Mapped[float | None] = mapped_column(Float, default=None)
+    ms_per_image: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True, init=False)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    message: Mapped[str] = mapped_column(Text)
+    task_uuid: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    node_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    at: Mapped[float] = mapped_column(Float, default_factory=time.time)
+
+
+def row_values(row: Base) -> dict[str, object]:
+    """The column values of a row, for an upsert."""
+    return {c.key: getattr(row, c.key) for c in row.__table__.columns}

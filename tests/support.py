@@ -1,0 +1,61 @@
+"""Run real aiohttp servers on loopback in a background thread, for synchronous clients like PyODM."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+T = TypeVar("T")
+
+
+class ServerThread:
+    """An event loop in a thread serving one aiohttp app on 127.0.0.1 at an ephemeral port."""
+
+    def __init__(self, app_factory: Callable[[], web.Application | Awaitable[web.Application]]) -> None:
+        self._factory = app_factory
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.app: web.Application | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def call(self, coro: Awaitable[T], timeout: float = 60) -> T:
+        """Run a coroutine on the server's loop and wait for its result."""
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        return future.result(timeout)
+
+    async def _start(self) -> None:
+        app = self._factory()
+        self.app = await app if asyncio.iscoroutine(app) else app  # type: ignore[assignment]
+        self._runner = web.AppRunner(self.app, shutdown_timeout=1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def start(self) -> "ServerThread":
+        self._thread.start()
+        self.call(self._start())
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            self.call(self._runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
