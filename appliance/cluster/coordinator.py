@@ -14,13 +14,14 @@ import re
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from appliance.cluster.forwarding import EarlyForward, Forwarder
 from appliance.cluster.registry import NodeRegistry, NodeState
 from appliance.cluster.scheduler import Demand, NodeView, choose_node, why_not
 from appliance.cluster.staging import Staging, is_image
-from appliance.cluster.tasks import TaskBook, forwarded, set_forwarded
+from appliance.cluster.tasks import TaskBook, apply_node_info, forwarded, in_flight
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.options import OptionsError, has_option, set_option, validate_options
 from appliance.nodeodm.status import TaskStatus
@@ -77,6 +78,7 @@ class Coordinator:
         self._wake = asyncio.Event()
         self._early: dict[str, EarlyForward] = {}
         self._sending: dict[str, asyncio.Task[None]] = {}
+        self._committing: set[str] = set()
         self._avoid: dict[str, set[int]] = {}
         registry.on_change.append(self.wake)
 
@@ -86,9 +88,14 @@ class Coordinator:
         await self.book.load()
         self.staging.open()
         self.staging.clean(set(self.book.tasks))
-        for task in self.book.in_phase(Phase.UPLOADING):
-            if task.node_id is not None:  # the early forward died with the old process; commit resends
-                task.node_id = None
+        for task in self.book.in_phase(Phase.UPLOADING, Phase.FORWARDING):
+            node_id, _ = forwarded(task)
+            if node_id is not None and in_flight(task):
+                # Files were mid-way to that node when we died: its pending copy is uncertain, so prefer
+                # another node; with no other node, the missing files are simply sent again.
+                self._avoid.setdefault(task.uuid, set()).add(node_id)
+            if task.phase == Phase.UPLOADING and task.node_id is not None:
+                task.node_id = None  # the early forward died with the old process; the commit resends
                 await self.book.save(task)
         resumed = self.book.in_phase(Phase.FORWARDING)
         for task in resumed:
@@ -117,7 +124,9 @@ class Coordinator:
         uuid = self._claim_uuid(set_uuid)
         path = self.staging.create(uuid)
         job = hashlib.sha1(f"{options}|{outputs}|{new.skip_post_processing}".encode()).hexdigest()[:16]
-        task = Task(uuid=uuid, name=new.name, options=options, outputs=outputs,
+        # NodeODM names an unnamed task this way, and PyODM shows the name.
+        name = new.name or "Task of " + datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        task = Task(uuid=uuid, name=name, options=options, outputs=outputs,
                     skip_post_processing=new.skip_post_processing, webhook=new.webhook,
                     staging_path=str(path), job_key=job)
         node = self._pick(task, images=0)
@@ -149,20 +158,20 @@ class Coordinator:
         task.images_count = sum(1 for f in files if is_image(f.name))
         task.committed_at = time.time()
         early = self._early.pop(task.uuid, None)
-        if early is not None:
-            error = await early.finish()
-            if error is not None:
-                task.last_error = f"early forward to node failed: {error}"
+        reserved = task.node_id if early is not None and early.error is None else None
         task.phase = Phase.WAITING
-        self._place(task, keep_reserved=task.node_id is not None and early is not None and early.error is None)
+        self._place(task, keep_reserved=reserved is not None)
+        if early is not None and task.node_id != reserved:
+            early.cancel()  # placed elsewhere (or nowhere): the pre-opened copy is abandoned
+            early = None
         await self.book.save(task)
         await self.store.record("accepted", f"Task {task.uuid} accepted: {task.images_count} images, "
                                 f"{_describe(task, self.registry)}", task_uuid=task.uuid, node_id=task.node_id)
         if task.phase == Phase.FORWARDING:
-            self._start_sending(task)
+            self._start_sending(task, early)
 
     async def cancel(self, task: Task) -> None:
-        self._stop_sending(task.uuid)
+        await self._settle(task.uuid)
         node = self.registry.get(task.node_id)
         if task.phase == Phase.ON_NODE and node is not None:
             try:
@@ -179,26 +188,33 @@ class Coordinator:
         await self.store.record("canceled", f"Task {task.uuid} canceled", task_uuid=task.uuid)
         self.wake()
 
+    async def _best_effort(self, node: NodeState, action: str, task: Task) -> None:
+        try:
+            await (node.client.task_cancel if action == "cancel" else node.client.task_remove)(task.uuid)
+        except (NodeError, NodeUnreachable) as exc:
+            log.info("Task %s: could not %s it on %s (%s)", task.uuid[:8], action, node.row.url, exc)
+
     async def remove(self, task: Task) -> None:
         """Remove everywhere: the node's copy, the row and the staged files."""
-        self._stop_sending(task.uuid)
+        await self._settle(task.uuid)
         node = self.registry.get(task.node_id)
-        if node is not None and task.phase in (Phase.ON_NODE, Phase.FINISHED):
-            try:
-                await node.client.task_remove(task.uuid)
-            except (NodeError, NodeUnreachable) as exc:
-                log.info("Task %s: could not remove it from %s (%s); it is forgotten here anyway",
-                         task.uuid[:8], node.row.url, exc)
+        if node is not None and forwarded(task)[0] == node.id:
+            await self._best_effort(node, "remove", task)
         await self._discard(task)
         await self.store.record("removed", f"Task {task.uuid} removed", task_uuid=task.uuid)
         self.wake()
 
     async def restart(self, task: Task, options_field: str | None) -> None:
+        node = self.registry.get(task.node_id)
+        if node is not None and task.phase == Phase.ON_NODE:
+            try:  # the node may have finished since our last poll
+                await self.observe(task, node, await node.client.task_info(task.uuid))
+            except (NodeError, NodeUnreachable):
+                pass
         if not TaskStatus(task.status).restartable:
             raise TaskRefused("Task cannot be restarted")
         if options_field is not None:
             task.options, _ = self._prepare(NewTask(options=options_field, outputs=task.outputs))
-        node = self.registry.get(task.node_id)
         if node is not None and node.online and task.phase in (Phase.ON_NODE, Phase.FINISHED) \
                 and forwarded(task)[0] == node.id:
             try:
@@ -215,6 +231,21 @@ class Coordinator:
         await self.book.save(task)
         await self.store.record("restarted", f"Task {task.uuid} restarted", task_uuid=task.uuid)
         self.wake()
+
+    async def observe(self, task: Task, node: NodeState, info: dict[str, Any], tail: bool = False) -> None:
+        """Take in what a node says about a task (from a poll or a proxied info) and act on a finish."""
+        if task.phase not in (Phase.ON_NODE, Phase.FINISHED) or task.node_id != node.id:
+            return  # moved, canceled or removed while we asked
+        was_finished = TaskStatus(task.status).finished
+        if not apply_node_info(task, info, tail):
+            return
+        if TaskStatus(task.status).finished and not was_finished:
+            task.phase, task.finished_at = Phase.FINISHED, time.time()
+            if task.status == TaskStatus.COMPLETED and task.images_count and task.processing_time_ms > 0:
+                await self.registry.learn_speed(node.id, task.processing_time_ms / task.images_count)
+            log.info("Task %s is %s on %s", task.uuid, TaskStatus(task.status).name, node.row.url)
+            self.wake()
+        await self.book.save(task)
 
     # -- placement and sending --------------------------------------------------------------
     def _views(self, task: Task) -> list[NodeView]:
@@ -246,11 +277,22 @@ class Coordinator:
             return
         task.phase, task.status, task.node_id = Phase.FORWARDING, TaskStatus.RUNNING, node.id
 
-    def _start_sending(self, task: Task) -> None:
+    def _start_sending(self, task: Task, early: EarlyForward | None = None) -> None:
         self._stop_sending(task.uuid)
-        job = asyncio.create_task(self._send(task), name=f"send-{task.uuid[:8]}")
+        job = asyncio.create_task(self._send(task, early), name=f"send-{task.uuid[:8]}")
         self._sending[task.uuid] = job
         job.add_done_callback(lambda _: self._sending.pop(task.uuid, None) if self._sending.get(task.uuid) is job else None)
+
+    async def _settle(self, uuid: str) -> None:
+        """Stop a send that is still uploading; let one that is committing finish, so the node and
+        the table agree on whether the task exists there before we act on it."""
+        job = self._sending.get(uuid)
+        if job is None:
+            self._stop_sending(uuid)
+            return
+        if uuid not in self._committing:
+            self._stop_sending(uuid)
+        await asyncio.gather(job, return_exceptions=True)
 
     def _stop_sending(self, uuid: str) -> None:
         job = self._sending.pop(uuid, None)
@@ -260,7 +302,9 @@ class Coordinator:
         if early is not None:
             early.cancel()
 
-    async def _send(self, task: Task) -> None:
+    async def _send(self, task: Task, early: EarlyForward | None) -> None:
+        if early is not None:
+            await early.finish()  # whatever it could not send, deliver() sends again
         node = self.registry.get(task.node_id)
         if node is None:
             self._requeue(task)
@@ -269,10 +313,13 @@ class Coordinator:
         task.attempts += 1
         await self.book.save(task)
         try:
-            await Forwarder(self.book, self.staging, task, node).deliver()
+            await Forwarder(self.book, self.staging, task, node).deliver(
+                on_commit=lambda: self._committing.add(task.uuid))
         except (NodeError, NodeUnreachable, OSError) as exc:
             await self._send_failed(task, node, exc)
             return
+        finally:
+            self._committing.discard(task.uuid)
         task.phase, task.last_error = Phase.ON_NODE, ""
         await self.book.save(task)
         self._avoid.pop(task.uuid, None)

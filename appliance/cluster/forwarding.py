@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from appliance.cluster.registry import NodeState
 from appliance.cluster.staging import Staging
-from appliance.cluster.tasks import TaskBook, forwarded, set_forwarded
+from appliance.cluster.tasks import TaskBook, forwarded, in_flight, set_forwarded
 from appliance.nodeodm.client import NodeError
 from appliance.store.models import Task
 
@@ -58,11 +59,22 @@ class Forwarder:
 
     async def send_file(self, path: Path) -> None:
         async with self._slots:
+            await self._mark(path.name, sent=False)
             await self.node.client.task_upload(self.task.uuid, [path])
+            await self._mark(path.name, sent=True)
+
+    async def _mark(self, name: str, sent: bool) -> None:
+        """Record a file as on its way, then as arrived, so a crash in between is known to be uncertain."""
         node_id, files = forwarded(self.task)
-        if node_id == self.node.id:
-            set_forwarded(self.task, node_id, files | {path.name})
-            await self.book.save(self.task)
+        if node_id != self.node.id:
+            return
+        sending = in_flight(self.task) - {name}
+        if sent:
+            files = files | {name}
+        else:
+            sending.add(name)
+        set_forwarded(self.task, node_id, files, sending)
+        await self.book.save(self.task)
 
     async def send_missing(self) -> None:
         await self.ensure_init()
@@ -70,9 +82,14 @@ class Forwarder:
         missing = [p for p in self.staging.files(self.task.uuid) if p.name not in done]
         await asyncio.gather(*(self.send_file(p) for p in missing))
 
-    async def deliver(self) -> None:
-        """Everything that is not on the node yet, then commit; a lost pending upload starts over."""
+    async def deliver(self, on_commit: Callable[[], None] = lambda: None) -> None:
+        """Everything that is not on the node yet, then commit; a lost pending upload starts over.
+
+        `on_commit` is called just before the commit, after which the send must not be interrupted:
+        a commit cut off mid-way may still start the task on the node.
+        """
         await self.send_missing()
+        on_commit()
         try:
             await self.node.client.task_commit(self.task.uuid)
         except NodeError as exc:

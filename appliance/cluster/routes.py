@@ -177,6 +177,7 @@ async def task_info(request: web.Request) -> web.Response:
             reply = await node.client.task_info(task.uuid, with_output)
         except (NodeError, NodeUnreachable):
             return replies.ok(_table_info(task, with_output))
+        await c.observe(task, node, reply)
         reply.update(uuid=task.uuid, name=task.name, dateCreated=task.date_created_ms)
         return replies.ok(reply)
     return replies.ok(_table_info(task, with_output))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 from appliance.nodeodm.status import TaskStatus, status_rank
 from appliance.store.database import Store
 from appliance.store.models import Phase, Task
 
+OUTPUT_TAIL_LINES = 50  # kept in the table so output still answers when the node is gone
 ACTIVE_PHASES = (Phase.FORWARDING, Phase.ON_NODE)
 VISIBLE_PHASES = (Phase.WAITING, Phase.FORWARDING, Phase.ON_NODE, Phase.FINISHED)
 
@@ -80,12 +82,36 @@ def move_status(task: Task, code: int) -> bool:
 
 
 def forwarded(task: Task) -> tuple[int | None, set[str]]:
-    """Which node already holds a pending upload of this task, and which files it has."""
+    """Which node already holds a pending upload of this task, and which files it surely has."""
     data = json.loads(task.forwarded_files or "{}")
     if not isinstance(data, dict):
         return None, set()
     return data.get("node_id"), set(data.get("files", []))
 
 
-def set_forwarded(task: Task, node_id: int | None, files: Iterable[str]) -> None:
-    task.forwarded_files = json.dumps({"node_id": node_id, "files": sorted(files)})
+def in_flight(task: Task) -> set[str]:
+    """Files whose upload to the node had started but not been confirmed: the node may or may not have them."""
+    data = json.loads(task.forwarded_files or "{}")
+    return set(data.get("sending", [])) if isinstance(data, dict) else set()
+
+
+def set_forwarded(task: Task, node_id: int | None, files: Iterable[str], sending: Iterable[str] = ()) -> None:
+    task.forwarded_files = json.dumps({"node_id": node_id, "files": sorted(files), "sending": sorted(sending)})
+
+
+def apply_node_info(task: Task, info: dict[str, Any], tail: bool) -> bool:
+    """Copy a node's view of the task into our row; True when anything worth saving changed.
+
+    `tail` says the reply's output is the last lines of the log (our own poll), not a client's slice.
+    """
+    status = info.get("status") or {}
+    before = (task.status, task.progress, task.processing_time_ms, task.error_message, task.output_tail)
+    move_status(task, int(status.get("code", task.status)))
+    if task.status == status.get("code"):
+        task.progress = float(info.get("progress") or 0)
+        raw_time = info.get("processingTime")
+        task.processing_time_ms = int(raw_time) if raw_time is not None else -1
+        task.error_message = str(status.get("errorMessage") or "")
+        if tail and "output" in info:
+            task.output_tail = json.dumps(list(info["output"])[-OUTPUT_TAIL_LINES:])
+    return before != (task.status, task.progress, task.processing_time_ms, task.error_message, task.output_tail)

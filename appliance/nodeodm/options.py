@@ -102,11 +102,27 @@ _BOUND = re.compile(r"^(float|integer) (>=|>|<|<=) ([-+.\d]+)$")
 _SIGNED = re.compile(r"^(positive |negative )?(integer|float)$")
 
 
+def _js_number(value: OptionValue) -> str:
+    """Print a number as NodeODM (JavaScript) does in its messages: -5.0 is "-5"."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _shown(value: OptionValue) -> str:
+    """Print a value as NodeODM (JavaScript) would in its messages: 5 not 5.0, true not True."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _check_domain(domain: str | list[str], value: OptionValue) -> None:
     """Raise ValueError with NodeODM's wording when `value` is outside `domain`."""
     if isinstance(domain, list):
         if value not in domain:
-            raise ValueError(f"Invalid value {value} (not in enum)")
+            raise ValueError(f"Invalid value {_shown(value)} (not in enum)")
         return
     if not domain or domain in ("string", "path", "<string>"):
         return
@@ -130,7 +146,7 @@ def _check_domain(domain: str | list[str], value: OptionValue) -> None:
     else:
         return  # free-text domain such as "<positive float>" descriptions: nothing to enforce
     if not in_range:
-        raise ValueError(f"Invalid value {value} (out of range)")
+        raise ValueError(f"Invalid value {_js_number(value)} (out of range)")
 
 
 def parse_options_field(raw: str | None) -> list[dict[str, Any]]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError
 
 CHUNK_BYTES = 256 * 1024
 MAX_FIELD_BYTES = 1024 * 1024  # options JSON for ODM is a few kB; 1 MiB leaves room and caps abuse
@@ -150,6 +152,6 @@ async def receive_form(request: web.Request, directory: Path | None, file_field:
                 form.fields[part.name] = await _read_field(part)
     except UploadError:
         raise
-    except (ValueError, AssertionError, RuntimeError) as exc:
+    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
         raise UploadError(f"Malformed multipart body: {exc}") from None
     return form

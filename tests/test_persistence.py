@@ -1,0 +1,142 @@
+"""kill -9 of the coordinator mid-forward: after a restart the task resumes from staging and completes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.gate import Gate
+from tests.nodeodm_helpers import init_task, jcall, upload
+from tests.support import ServerThread
+
+TOKEN = "node-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Coordinator:
+    """`python -m appliance run` as a real process, so it can be killed for real."""
+
+    def __init__(self, state: Path, node_url: str, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = ""
+        self.args = [sys.executable, "-m", "appliance", "run", "--host", "127.0.0.1", "--port", str(self.port),
+                     "--state-dir", str(state), "--node", node_url, "--no-discovery",
+                     "--poll-seconds", "0.3", "--task-poll-seconds", "0.2", "--min-free-disk-mb", "0"]
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=Path(__file__).parent.parent)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/info", timeout=1).json().get("maxParallelTasks"):
+                    return
+            except requests.RequestException:
+                pass
+            assert self.process.poll() is None, self.log.read_text()
+            time.sleep(0.1)
+        raise AssertionError("coordinator did not start:\n" + self.log.read_text())
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def gated_node(simnode_factory):
+    node = simnode_factory(token=TOKEN, seconds_per_image=0.02)
+    holder: dict[str, Gate] = {}
+
+    def factory():
+        holder["gate"] = Gate(node.url)
+        return holder["gate"].app()
+
+    with ServerThread(factory) as relay:
+        yield node, relay, holder["gate"]
+
+
+def _wait(predicate, timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("kill_after", ["commit", "upload"])
+def test_kill9_mid_forward_then_restart_completes(tmp_path, gated_node, kill_after):
+    node, relay, gate = gated_node
+    coordinator = Coordinator(tmp_path / "state", f"{relay.url}?token={TOKEN}", tmp_path / "coordinator.log")
+    coordinator.start()
+    try:
+        relay.call(_close(gate))
+        uuid = init_task(coordinator, name="survivor")
+        for i in range(12):
+            upload(coordinator, uuid, f"IMG_{i:03d}.JPG")
+        if kill_after == "commit":
+            assert jcall(coordinator, "POST", f"/task/new/commit/{uuid}") == {"uuid": uuid}
+            assert jcall(coordinator, "GET", f"/task/{uuid}/info")["status"]["code"] == 20
+        _wait(lambda: gate.held > 0, what="forward to reach the node")
+        coordinator.kill9()
+        relay.call(_open(gate))
+
+        coordinator.start()
+        if kill_after == "upload":  # the client carries on where it was
+            upload(coordinator, uuid, "IMG_999.JPG")
+            assert jcall(coordinator, "POST", f"/task/new/commit/{uuid}") == {"uuid": uuid}
+        _wait(lambda: jcall(coordinator, "GET", f"/task/{uuid}/info")["status"]["code"] == 40, what="completion")
+        info = jcall(coordinator, "GET", f"/task/{uuid}/info")
+        expected = 12 if kill_after == "commit" else 13
+        assert info["imagesCount"] == expected and info["name"] == "survivor"
+        on_node = requests.get(f"{node.url}/task/{uuid}/info", params={"token": TOKEN}, timeout=5).json()
+        assert on_node["imagesCount"] == expected, "the node got each file exactly once"
+        listed = requests.get(f"{node.url}/task/list", params={"token": TOKEN}, timeout=5).json()
+        assert listed == [{"uuid": uuid}], "exactly one copy of the task on the node"
+        assert jcall(coordinator, "GET", "/task/list") == [{"uuid": uuid}]
+    finally:
+        relay.call(_open(gate))
+        coordinator.stop()
+
+
+async def _close(gate: Gate) -> None:
+    gate.open.clear()
+
+
+async def _open(gate: Gate) -> None:
+    gate.open.set()
+
+
+def test_sigterm_exits_cleanly(tmp_path, simnode_factory):
+    node = simnode_factory()
+    coordinator = Coordinator(tmp_path / "state", node.url, tmp_path / "c.log")
+    coordinator.start()
+    coordinator.process.send_signal(signal.SIGTERM)
+    assert coordinator.process.wait(15) == 0, (tmp_path / "c.log").read_text()
