@@ -48,13 +48,13 @@ def _submit_and_follow(url_port: int, job: list[Submodel], report: dict[str, dic
                                 outputs=RECONSTRUCTION_OUTPUTS, parallel_uploads=10)
         report[sub.name] = {"uuid": task.uuid, "status": "uploaded"}
         tasks.append((sub, task))
-    pending = dict(tasks)
+    pending = {sub.name: task for sub, task in tasks}
     while pending:
-        for sub, task in list(pending.items()):
+        for name, task in list(pending.items()):
             info = task.info()
-            report[sub.name].update(status=STATUS_NAMES.get(info.status.value, "?"), progress=info.progress)
+            report[name].update(status=STATUS_NAMES.get(info.status.value, "?"), progress=info.progress)
             if info.status.value in (30, 40, 50):
-                del pending[sub]
+                del pending[name]
         time.sleep(1)
 
 

@@ -387,7 +387,7 @@ async def test_slots_queue_and_node_info(start_node, session):
 
 async def test_init_window_shows_running_then_queued_like_nodeodm(start_node, session):
     """odm-split-merge-queued.json: a task committed to a busy node reads RUNNING (-1 ms), then QUEUED."""
-    api = Api(session, await start_node(slots=1, seconds_per_image=SLOW, init_seconds=0.2))
+    api = Api(session, await start_node(slots=1, seconds_per_image=SLOW, init_seconds=0.5))
     busy = await api.submit(images(1))
     waiting = await api.submit(images(1))
     for uuid in (busy, waiting):

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 BASE_LAT, BASE_LON, BASE_ALT = 46.8425, -91.9940, 410.0  # somewhere over a field
+CAMERA_ID = "v2 dji fc6310 4000 3000 brown 0.8500"
 
 
 @dataclass(frozen=True)
@@ -97,12 +98,8 @@ def _position(index: int) -> tuple[float, float, float]:
     return BASE_LAT + 0.0004 * (index // 8), BASE_LON + 0.0006 * (index % 8), BASE_ALT + 60.0
 
 
-def _camera_id() -> str:
-    return "v2 dji fc6310 4000 3000 brown 0.8500"
-
-
 def _cameras() -> dict[str, Any]:
-    return {_camera_id(): {"projection_type": "brown", "width": 4000, "height": 3000, "focal_x": 0.85,
+    return {CAMERA_ID: {"projection_type": "brown", "width": 4000, "height": 3000, "focal_x": 0.85,
                            "focal_y": 0.85, "c_x": 0.0, "c_y": 0.0, "k1": -0.004, "k2": 0.009,
                            "p1": 0.0, "p2": 0.0, "k3": -0.006}}
 
@@ -110,10 +107,9 @@ def _cameras() -> dict[str, Any]:
 def _reconstruction(ctx: ResultContext) -> list[dict[str, Any]]:
     shots = {}
     for i, image in enumerate(ctx.images):
-        lat, lon, alt = _position(i)
         shots[image] = {"rotation": [3.14, 0.0, 0.0], "translation": [i * 12.0, 0.0, 60.0],
-                        "camera": _camera_id(), "orientation": 1, "capture_time": 1.7e9 + i * 2,
-                        "gps_dop": 3.0, "gps_position": [i * 12.0, 0.0, alt - BASE_ALT]}
+                        "camera": CAMERA_ID, "orientation": 1, "capture_time": 1.7e9 + i * 2,
+                        "gps_dop": 3.0, "gps_position": [i * 12.0, 0.0, _position(i)[2] - BASE_ALT]}
     points = {str(n): {"color": [120, 130, 110], "coordinates": [n * 1.5, n * 0.5, 0.2]} for n in range(5)}
     return [{"cameras": _cameras(), "shots": shots, "points": points,
              "reference_lla": {"latitude": BASE_LAT, "longitude": BASE_LON, "altitude": BASE_ALT}}]

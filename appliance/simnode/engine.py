@@ -131,7 +131,8 @@ class Engine:
             queue_seq=next(self._seq),
         )
         if self.settings.init_seconds > 0:
-            task.status, task.initializing_until = TaskStatus.RUNNING, time.monotonic() + self.settings.init_seconds
+            task.status, task.initializing = TaskStatus.RUNNING, True
+            asyncio.get_running_loop().call_later(self.settings.init_seconds, self._initialized, task, task.generation)
         self.tasks[uuid] = task
         log.info("%s: task %s created with %d images", self._label, uuid[:8], len(images))
         self._start_ready(time.monotonic())
@@ -167,7 +168,7 @@ class Engine:
     def _abandon_run(self, task: SimTask, status: TaskStatus) -> None:
         task.status = status
         task.generation += 1
-        task.stalled, task.initializing_until = False, None
+        task.stalled, task.initializing = False, False
 
     def cancel(self, uuid: str) -> None:
         """Cancel a task; canceling a canceled task is fine, as in NodeODM."""
@@ -214,12 +215,14 @@ class Engine:
 
     def tick(self, now: float) -> None:
         for task in list(self.tasks.values()):
-            if task.initializing_until is not None:
-                if now >= task.initializing_until:
-                    task.status, task.initializing_until = TaskStatus.QUEUED, None
-            elif task.status is TaskStatus.RUNNING and task.building is None:
+            if task.status is TaskStatus.RUNNING and not task.initializing and task.building is None:
                 self._advance(task, now)
         self._start_ready(now)
+
+    def _initialized(self, task: SimTask, generation: int) -> None:
+        if task.generation == generation and task.initializing:
+            task.status, task.initializing = TaskStatus.QUEUED, False
+            self._start_ready(time.monotonic())
 
     async def wait_for_builds(self) -> None:
         """Let result archives being written in threads finish, before their folder is deleted."""
@@ -228,7 +231,7 @@ class Engine:
             await asyncio.wait(builds)
 
     def _start_ready(self, now: float) -> None:
-        running = sum(t.status is TaskStatus.RUNNING and t.initializing_until is None for t in self.tasks.values())
+        running = sum(t.status is TaskStatus.RUNNING and not t.initializing for t in self.tasks.values())
         queued = sorted((t for t in self.tasks.values() if t.status is TaskStatus.QUEUED), key=lambda t: t.queue_seq)
         for task in queued[:max(0, self.settings.slots - running)]:
             self._start(task, now)

@@ -40,7 +40,7 @@ class SimTask:
     progress: float = 0.0
     output: list[str] = field(default_factory=list)
     processing_ms: int = -1  # final processing time; live while RUNNING, see processing_time()
-    initializing_until: float | None = None  # monotonic; RUNNING but not started, like NodeODM after commit
+    initializing: bool = False  # RUNNING but not started, like NodeODM while it lays out a committed upload
     # the current run; `generation` changes whenever a run is abandoned, so stale work is ignored
     generation: int = 0
     started: float = 0.0  # monotonic
@@ -62,7 +62,7 @@ class SimTask:
 
     def processing_time(self, now: float) -> int:
         """Milliseconds of processing: live while running, -1 before the start."""
-        if self.status is TaskStatus.RUNNING and self.initializing_until is None:
+        if self.status is TaskStatus.RUNNING and not self.initializing:
             return int((now - self.started) * 1000)
         return self.processing_ms
 

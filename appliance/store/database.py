@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from appliance.store.models import Base, Event, Node, Task, row_values
 
 T = TypeVar("T")
-log = logging.getLogger("passel.store")
+log = logging.getLogger("passel.events")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
