@@ -26,6 +26,7 @@ from appliance.config import Config
 from appliance.keys import CONFIG, COORDINATOR
 from appliance.netaddr import default_public_url
 from appliance.nodeodm.auth import setup_auth_routes, token_middleware
+from appliance.nodeodm.replies import error_middleware
 from appliance.store.database import Store
 from webui.routes import setup_ui_routes
 
@@ -79,7 +80,7 @@ def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx sign
 def create_app(config: Config) -> web.Application:
     """The whole box: NodeODM API, admin API and web UI on one port."""
     app = web.Application(client_max_size=MAX_REQUEST_BYTES,
-                          middlewares=[token_middleware(config.token or None, exempt_prefixes=("/static/",),
+                          middlewares=[error_middleware, token_middleware(config.token or None, exempt_prefixes=("/static/",),
                                                        exempt_paths=frozenset({"/"}))])
     app[CONFIG] = config
     app.cleanup_ctx.append(_coordinator_ctx(config))

@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--stall-at", type=float, default=None, help="progress %% at which every task stalls")
     sim.add_argument("--data-dir", default=None, help="where task files go (default: a temporary directory)")
     sim.add_argument("--name", default="simnode", help="name shown in logs")
+    sim.add_argument("--engine", default="odm", help="engine to report (odm, micmac, ...)")
+    sim.add_argument("--engine-version", default="3.5.6-sim", help="engine version to report")
+    sim.add_argument("--asset-kb", type=int, default=2, help="size of each binary result file, for download tests")
+    sim.add_argument("--init-seconds", type=float, default=0.0,
+                     help="time spent laying out files after commit, as a real NodeODM does (RUNNING, then QUEUED if busy)")
+    sim.add_argument("--seed", type=int, default=None, help="seed the fault dice, for reproducible runs")
 
     demo = sub.add_parser("demo", help="start 3 simulated nodes and a coordinator, and process a sample job",
                           description="Everything on this machine: three simulated NodeODM nodes of different "
@@ -159,7 +165,8 @@ def _simnode_command(args: argparse.Namespace) -> int:
                                cores=args.cores, memory_mb=args.memory_mb, seconds_per_image=args.seconds_per_image,
                                token=args.token, fail_rate=args.fail_rate, drop_upload_rate=args.drop_upload_rate,
                                stall_at=args.stall_at, data_dir=Path(args.data_dir) if args.data_dir else None,
-                               name=args.name)
+                               name=args.name, engine=args.engine, engine_version=args.engine_version,
+                               asset_kb=args.asset_kb, init_seconds=args.init_seconds, seed=args.seed)
     _run_until_signal(serve_simnode(settings))
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections import Counter
 from typing import Any
 
@@ -20,7 +21,8 @@ from appliance.keys import COORDINATOR
 from appliance.nodeodm import replies
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.status import TaskStatus
-from appliance.nodeodm.uploads import UploadError, ensure_free_space, receive_form
+from appliance.nodeodm.routes import add_nodeodm_routes
+from appliance.nodeodm.uploads import UploadError, ensure_free_space, read_action_fields, receive_form
 from appliance.store.models import Phase, Task
 
 log = logging.getLogger("passel.api")
@@ -218,23 +220,10 @@ async def task_list(request: web.Request) -> web.Response:
     return replies.ok([{"uuid": t.uuid} for t in _coordinator(request).book.all_visible()])
 
 
-async def _action_fields(request: web.Request) -> dict[str, str]:
-    """cancel, remove and restart take urlencoded, multipart or JSON bodies."""
-    if request.content_type == "application/json":
-        try:
-            data = await request.json()
-        except ValueError:
-            raise UploadError("Invalid JSON body") from None
-        if not isinstance(data, dict):
-            raise UploadError("Invalid JSON body: expected an object")
-        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
-    return (await receive_form(request, directory=None)).fields
-
-
 async def _task_action(request: web.Request, action: str) -> web.Response:
     c = _coordinator(request)
     try:
-        fields = await _action_fields(request)
+        fields = await read_action_fields(request)
     except UploadError as exc:
         return replies.action_error(str(exc))
     uuid = fields.get("uuid", "").lower()
@@ -266,17 +255,4 @@ async def task_restart(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
-    """The whole NodeODM route table, at the root because PyODM drops any URL path."""
-    app.router.add_get("/info", info)
-    app.router.add_get("/options", options)
-    app.router.add_post("/task/new", task_new)
-    app.router.add_post("/task/new/init", task_new_init)
-    app.router.add_post("/task/new/upload/{uuid}", task_new_upload)
-    app.router.add_post("/task/new/commit/{uuid}", task_new_commit)
-    app.router.add_get("/task/list", task_list)
-    app.router.add_get("/task/{uuid}/info", task_info)
-    app.router.add_get("/task/{uuid}/output", task_output)
-    app.router.add_get("/task/{uuid}/download/{asset}", task_download)
-    app.router.add_post("/task/cancel", task_cancel)
-    app.router.add_post("/task/remove", task_remove)
-    app.router.add_post("/task/restart", task_restart)
+    add_nodeodm_routes(app, sys.modules[__name__])  # type: ignore[arg-type]

@@ -4,9 +4,13 @@ NodeODM answers errors with HTTP 200 and a JSON `{"error": ...}` body, and PyODM
 when the content type says so, so every reply goes through these helpers.
 """
 
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+
+log = logging.getLogger("passel.api")
 
 TASK_NOT_FOUND_UPLOAD = "Invalid uuid (not found)"
 NEED_ONE_FILE = "Need at least 1 file."
@@ -40,3 +44,16 @@ def success() -> web.Response:
 def task_not_found(uuid: str) -> web.Response:
     """What `/task/{uuid}/info` and `/output` answer for an unknown task."""
     return error(f"{uuid} not found")
+
+
+@web.middleware
+async def error_middleware(request: web.Request,
+                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Answer an unexpected failure in NodeODM's shape, and log it, instead of a bare 500."""
+    try:
+        return await handler(request)
+    except (web.HTTPException, ConnectionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the server must answer every request
+        log.exception("%s %s failed", request.method, request.path)
+        return error(f"Internal error: {exc}")

@@ -24,5 +24,9 @@ class TaskStatus(IntEnum):
 
 
 def status_rank(code: int) -> int:
-    """Order statuses so that a cached status only ever moves forward."""
-    return {10: 0, 20: 1, 30: 2, 40: 2, 50: 2}.get(code, 0)
+    """Order statuses so that a cached status only moves forward: from active to finished.
+
+    QUEUED and RUNNING rank the same, because a node moves a task back from RUNNING to QUEUED when
+    it lays out the files before a slot is free (seen in the traces), and ODM must see that.
+    """
+    return 0 if code in (TaskStatus.QUEUED, TaskStatus.RUNNING) else 1

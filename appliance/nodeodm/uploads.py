@@ -8,6 +8,7 @@ never leaves a half file that looks whole.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import unicodedata
@@ -155,3 +156,19 @@ async def receive_form(request: web.Request, directory: Path | None, file_field:
     except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
         raise UploadError(f"Malformed multipart body: {exc}") from None
     return form
+
+
+async def read_action_fields(request: web.Request) -> dict[str, str]:
+    """The body of cancel, remove and restart: urlencoded, multipart or JSON, as NodeODM accepts.
+
+    Non-string JSON values (such as an options list) come back JSON-encoded, like a form field.
+    """
+    if request.content_type == "application/json":
+        try:
+            data = json.loads(await request.text())
+        except ValueError:
+            raise UploadError("Invalid JSON body") from None
+        if not isinstance(data, dict):
+            raise UploadError("Invalid JSON body: expected an object")
+        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+    return (await receive_form(request, directory=None)).fields

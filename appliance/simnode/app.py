@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import hdrs, web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from appliance.nodeodm import replies
+from appliance.nodeodm.replies import error_middleware
 from appliance.nodeodm.auth import setup_auth_routes, token_middleware
 from appliance.nodeodm.options import OptionsError, validate_options
-from appliance.nodeodm.uploads import UploadError, receive_form
+from appliance.nodeodm.routes import add_nodeodm_routes
+from appliance.nodeodm.uploads import UploadError, read_action_fields, receive_form
 from appliance.simnode.engine import Engine, TaskActionError
 from appliance.simnode.intake import IntakeError
 from appliance.simnode.settings import SimnodeSettings
@@ -29,18 +31,6 @@ log = logging.getLogger("passel.simnode")
 
 ENGINE = web.AppKey("simnode_engine", Engine)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer unexpected failures in NodeODM's shape (HTTP 200 + error) instead of a bare 500."""
-    try:
-        return await handler(request)
-    except (web.HTTPException, ConnectionError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - the server must answer every request
-        log.exception("%s %s failed", request.method, request.path)
-        return replies.error(f"Internal error: {exc}")
 
 
 def _engine(request: web.Request) -> Engine:
@@ -166,23 +156,13 @@ async def task_download(request: web.Request) -> web.StreamResponse:
     })
 
 
-async def _action_body(request: web.Request) -> dict[str, Any]:
-    """The body of cancel, remove and restart: urlencoded, multipart or JSON, as NodeODM accepts."""
-    if request.content_type == "application/json":
-        body = json.loads(await request.text())
-        return body if isinstance(body, dict) else {}
-    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
-    return {}
-
-
 def task_action(act: Callable[[Engine, str, dict[str, Any]], Awaitable[None]]) -> Handler:
     """Wrap an action on a task uuid with NodeODM's body parsing and reply shapes."""
 
     async def handler(request: web.Request) -> web.Response:
         try:
-            body = await _action_body(request)
-        except (ValueError, AssertionError, HttpProcessingError) as exc:
+            body = await read_action_fields(request)
+        except UploadError as exc:
             return replies.error(f"Malformed request body: {exc}")
         uuid = body.get("uuid")
         if not uuid:
@@ -208,11 +188,7 @@ async def _remove(engine: Engine, uuid: str, body: dict[str, Any]) -> None:
 
 async def _restart(engine: Engine, uuid: str, body: dict[str, Any]) -> None:
     raw = body.get("options")
-    if raw is None or raw == "":
-        engine.restart(uuid, None)
-        return
-    text = raw if isinstance(raw, str) else json.dumps(raw)
-    engine.restart(uuid, validate_options(text, engine.catalog))
+    engine.restart(uuid, validate_options(raw, engine.catalog) if raw else None)
 
 
 async def get_faults(request: web.Request) -> web.Response:
@@ -233,11 +209,11 @@ async def set_faults(request: web.Request) -> web.Response:
     return replies.ok(engine.faults.to_json())
 
 
-async def _node_info(request: web.Request) -> web.Response:
+async def info(request: web.Request) -> web.Response:
     return replies.ok(_engine(request).node_info())
 
 
-async def _options(request: web.Request) -> web.Response:
+async def options(request: web.Request) -> web.Response:
     return replies.ok([spec.to_json() for spec in _engine(request).catalog])
 
 
@@ -264,6 +240,11 @@ def _engine_context(engine: Engine) -> Callable[[web.Application], AsyncIterator
     return context
 
 
+task_cancel = task_action(_cancel)
+task_remove = task_action(_remove)
+task_restart = task_action(_restart)
+
+
 def create_simnode_app(settings: SimnodeSettings) -> web.Application:
     """A NodeODM look-alike; cheap to build, its folders and loop start with the app."""
     engine = Engine(settings)
@@ -271,19 +252,7 @@ def create_simnode_app(settings: SimnodeSettings) -> web.Application:
     app[ENGINE] = engine
     app.cleanup_ctx.append(_engine_context(engine))
     setup_auth_routes(app)
-    app.router.add_get("/info", _node_info)
-    app.router.add_get("/options", _options)
-    app.router.add_post("/task/new", task_new)
-    app.router.add_post("/task/new/init", task_new_init)
-    app.router.add_post("/task/new/upload/{uuid}", task_new_upload)
-    app.router.add_post("/task/new/commit/{uuid}", task_new_commit)
-    app.router.add_get("/task/list", task_list)
-    app.router.add_get("/task/{uuid}/info", task_info)
-    app.router.add_get("/task/{uuid}/output", task_output)
-    app.router.add_get("/task/{uuid}/download/{asset}", task_download)
-    app.router.add_post("/task/cancel", task_action(_cancel))
-    app.router.add_post("/task/remove", task_action(_remove))
-    app.router.add_post("/task/restart", task_action(_restart))
+    add_nodeodm_routes(app, sys.modules[__name__])  # type: ignore[arg-type]
     app.router.add_get("/-/sim/faults", get_faults)
     app.router.add_post("/-/sim/faults", set_faults)
     return app
