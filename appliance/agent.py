@@ -23,6 +23,9 @@ from appliance.cluster.routes import setup_routes
 from appliance.cluster.staging import Staging
 from appliance.cluster.tracker import TaskTracker
 from appliance.config import Config
+from appliance.discovery.agent_api import setup_agent_routes
+from appliance.discovery.relay import entry_point_middleware
+from appliance.discovery.service import discovery_ctx
 from appliance.keys import CONFIG, COORDINATOR
 from appliance.netaddr import default_public_url
 from appliance.nodeodm.auth import setup_auth_routes, token_middleware
@@ -63,7 +66,7 @@ def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx sign
         jobs = [await _background("node-health", registry.poll_forever()),
                 await _background("dispatch", coordinator.run_dispatch_loop()),
                 await _background("task-tracker", TaskTracker(coordinator, config.task_poll_seconds).run_forever())]
-        log.info("Passel %s coordinator ready: %d node(s), %d task(s) on record, public URL %s",
+        log.info("Passel %s ready: %d node(s) and %d task(s) on record, public URL %s",
                  __version__, len(registry.nodes), len(coordinator.book.tasks), public_url)
         yield
         for job in jobs:
@@ -80,10 +83,13 @@ def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx sign
 def create_app(config: Config) -> web.Application:
     """The whole box: NodeODM API, admin API and web UI on one port."""
     app = web.Application(client_max_size=MAX_REQUEST_BYTES,
-                          middlewares=[error_middleware, token_middleware(config.token or None, exempt_prefixes=("/static/",),
+                          middlewares=[error_middleware, entry_point_middleware, token_middleware(config.token or None, exempt_prefixes=("/static/",),
                                                        exempt_paths=frozenset({"/"}))])
     app[CONFIG] = config
     app.cleanup_ctx.append(_coordinator_ctx(config))
+    if config.discovery:
+        app.cleanup_ctx.append(discovery_ctx(config))
+        setup_agent_routes(app)
     setup_auth_routes(app)
     setup_routes(app)
     setup_admin_routes(app)

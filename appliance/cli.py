@@ -35,7 +35,8 @@ Settings come from, in rising order: built-in defaults, a TOML file (--config, $
 /etc/passel/passel.toml), PASSEL_* environment variables, then flags.
 """
 
-RUN_SETTINGS = ("host", "port", "state_dir", "node", "token", "public_url", "discovery", "poll_seconds",
+RUN_SETTINGS = ("host", "port", "state_dir", "node", "token", "public_url", "discovery", "name", "priority",
+                "share", "alias", "poll_seconds",
                 "task_poll_seconds", "dispatch_attempts", "min_free_disk_mb", "log_level")
 
 
@@ -83,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds-per-image", type=float, default=0.25, help="simulated speed of the fastest node")
     demo.add_argument("--state-dir", default=None, help="keep the demo's database here (default: temporary)")
     demo.add_argument("--exit-when-done", action="store_true", help="stop once the sample job has finished")
+
+    status = sub.add_parser("status", help="the passel as one box sees it: boxes, nodes and tasks")
+    status.add_argument("--api", default=os.environ.get("PASSEL_API", DEFAULT_API), help=f"any box's API (default {DEFAULT_API})")
+    status.add_argument("--token", default=os.environ.get("PASSEL_TOKEN") or None, help="the API token, if one is set")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    transfer = sub.add_parser("transfer", help="hand the coordinator role to another box, by id or name")
+    transfer.add_argument("box", help="the box's id or friendly name (see `passel status`)")
+    transfer.add_argument("--api", default=os.environ.get("PASSEL_API", DEFAULT_API), help=f"any box's API (default {DEFAULT_API})")
+    transfer.add_argument("--token", default=os.environ.get("PASSEL_TOKEN") or None, help="the API token, if one is set")
 
     nodes = sub.add_parser("nodes", help="list, add, remove, lock or unlock the coordinator's nodes")
     nodes.add_argument("action", choices=["list", "add", "remove", "lock", "unlock", "best"])
@@ -138,6 +149,36 @@ def _nodes_command(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         _print_nodes(result if isinstance(result, list) else [result])
+    return 0
+
+
+def _status_command(args: argparse.Namespace) -> int:
+    passel = _api(args.api, args.token, "GET", "/-/passel.json")
+    cluster = _api(args.api, args.token, "GET", "/-/status.json")
+    if args.json:
+        print(json.dumps(passel | {"nodes": cluster["nodes"], "tasks": cluster["tasks"]}, indent=2))
+        return 0
+    print(f"Passel seen from {passel['self']['name']} ({passel['self']['id']}), term {passel['term']}")
+    print(f"\n{'BOX':<20} {'ID':<13} {'ROLE':<12} {'ADDRESS':<16} STATE")
+    for box in passel["boxes"]:
+        state = "this box" if box["self"] else ("alive" if box["alive"] else "not heard from")
+        print(f"{box['name']:<20} {box['id']:<13} {box['role']:<12} {box['address'] or '-':<16} {state}")
+    print()
+    _print_nodes(cluster["nodes"])
+    counts: dict[str, int] = {}
+    for task in cluster["tasks"]:
+        counts[task["status_name"]] = counts.get(task["status_name"], 0) + 1
+    print("\nTasks: " + (", ".join(f"{n} {name.lower()}" for name, n in sorted(counts.items())) or "none"))
+    return 0
+
+
+def _transfer_command(args: argparse.Namespace) -> int:
+    passel = _api(args.api, args.token, "GET", "/-/passel.json")
+    match = [b for b in passel["boxes"] if args.box in (b["id"], b["name"])]
+    if len(match) != 1:
+        raise SystemExit(f"No single box named {args.box!r}; boxes: {', '.join(b['name'] for b in passel['boxes'])}")
+    result = _api(args.api, args.token, "POST", "/-/transfer", {"to": match[0]["id"]})
+    print(f"{match[0]['name']} is now the coordinator (term {result['term']})")
     return 0
 
 
@@ -199,7 +240,8 @@ def _demo_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    handlers = {"run": _run_command, "simnode": _simnode_command, "demo": _demo_command, "nodes": _nodes_command}
+    handlers = {"run": _run_command, "simnode": _simnode_command, "demo": _demo_command, "nodes": _nodes_command,
+                "status": _status_command, "transfer": _transfer_command}
     if args.command not in handlers:
         parser.print_help()
         return 2

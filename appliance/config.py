@@ -43,7 +43,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("token", "", "token clients must pass as ?token= (empty: no token, like a default NodeODM)"),
     Setting("public_url", "", "URL that nodes use to reach this Passel for split-merge submodels "
                               "(default: http://<this box's address>:<port>)"),
-    Setting("discovery", True, "find other boxes and nodes over mDNS", bool),
+    Setting("discovery", True, "find other boxes and nodes over mDNS and elect a coordinator", bool),
+    Setting("name", "", "this box's friendly name in the passel (default: the host name)"),
+    Setting("priority", 0, "election priority: when no coordinator is alive, the highest claims the role", int),
+    Setting("share", (), "a NodeODM on this box to advertise; repeat for more "
+                         "(default: http://127.0.0.1:3001 when it answers)", str, True),
+    Setting("alias", "passel.local", "the friendly host name the coordinator answers for over mDNS"),
     Setting("poll_seconds", 3.0, "how often each node's health is checked", float),
     Setting("task_poll_seconds", 2.0, "how often running tasks are refreshed from their nodes", float),
     Setting("dispatch_attempts", 5, "how many times a task is sent to a node before it is failed", int),
@@ -69,6 +74,10 @@ class Config:
     token: str
     public_url: str
     discovery: bool
+    name: str
+    priority: int
+    share: tuple[str, ...]
+    alias: str
     poll_seconds: float
     task_poll_seconds: float
     dispatch_attempts: int

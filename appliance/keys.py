@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import aiohttp
 from aiohttp import web
 
 if TYPE_CHECKING:
     from appliance.cluster.coordinator import Coordinator
     from appliance.config import Config
+    from appliance.discovery.passel import Passel
 
 CONFIG: web.AppKey["Config"] = web.AppKey("config")
 COORDINATOR: web.AppKey["Coordinator"] = web.AppKey("coordinator")
+PASSEL: web.AppKey["Passel"] = web.AppKey("passel")
+RELAY_SESSION: web.AppKey["aiohttp.ClientSession"] = web.AppKey("relay_session")

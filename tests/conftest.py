@@ -96,3 +96,17 @@ def no_leaked_threads() -> Iterator[None]:
     yield
     leaked = [t for t in set(threading.enumerate()) - before if t.is_alive() and t.name.startswith("test-server")]
     assert not leaked, f"threads left running: {leaked}"
+
+
+@pytest.fixture
+def netns_required() -> None:
+    """Skip multi-host tests where namespaces cannot be made, except in CI, where that is a failure."""
+    import os
+
+    from tests.netns import netns_available
+    reason = netns_available()
+    if reason is None:
+        return
+    if os.environ.get("PASSEL_REQUIRE_NETNS") == "1":
+        pytest.fail(f"multi-host tests are required here but cannot run: {reason}")
+    pytest.skip(reason)

@@ -13,17 +13,19 @@ import logging
 import re
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from appliance.cluster.forwarding import EarlyForward, Forwarder
 from appliance.cluster.registry import NodeRegistry, NodeState
 from appliance.cluster.scheduler import Demand, NodeView, choose_node, why_not
 from appliance.cluster.staging import Staging, is_image
-from appliance.cluster.tasks import TaskBook, apply_node_info, forwarded, in_flight
+from appliance.cluster.tasks import TaskBook, apply_node_info, forwarded, in_flight, set_forwarded
 from appliance.nodeodm.client import NodeError, NodeUnreachable
-from appliance.nodeodm.options import OptionsError, has_option, set_option, validate_options
+from appliance.nodeodm.options import OptionsError, validate_options
 from appliance.nodeodm.status import TaskStatus
 from appliance.store.database import Store
 from appliance.store.models import Phase, Task
@@ -74,6 +76,7 @@ class Coordinator:
         self.store, self.registry, self.staging = store, registry, staging
         self.public_url = public_url
         self.dispatch_attempts = dispatch_attempts
+        self.active: Callable[[], bool] = lambda: True  # False while this box is not the coordinator
         self.book = TaskBook(store)
         self._wake = asyncio.Event()
         self._early: dict[str, EarlyForward] = {}
@@ -114,8 +117,6 @@ class Coordinator:
             options = validate_options(new.options, self.registry.option_specs())
         except OptionsError as exc:
             raise TaskRefused(str(exc)) from None
-        if has_option(options, "split") and self.public_url:
-            options = set_option(options, "sm-cluster", self.public_url)
         return json.dumps(options), _check_outputs(new.outputs)
 
     async def init(self, new: NewTask, set_uuid: str | None) -> Task:
@@ -132,7 +133,7 @@ class Coordinator:
         node = self._pick(task, images=0)
         if node is not None:
             task.node_id = node.id
-            self._early[uuid] = EarlyForward(Forwarder(self.book, self.staging, task, node))
+            self._early[uuid] = EarlyForward(Forwarder(self.book, self.staging, task, node, self.public_url))
         await self.book.save(task)
         return task
 
@@ -171,7 +172,7 @@ class Coordinator:
             self._start_sending(task, early)
 
     async def cancel(self, task: Task) -> None:
-        await self._settle(task.uuid)
+        await self.settle(task.uuid)
         node = self.registry.get(task.node_id)
         if task.phase == Phase.ON_NODE and node is not None:
             try:
@@ -196,7 +197,7 @@ class Coordinator:
 
     async def remove(self, task: Task) -> None:
         """Remove everywhere: the node's copy, the row and the staged files."""
-        await self._settle(task.uuid)
+        await self.settle(task.uuid)
         node = self.registry.get(task.node_id)
         if node is not None and forwarded(task)[0] == node.id:
             await self._best_effort(node, "remove", task)
@@ -247,6 +248,38 @@ class Coordinator:
             self.wake()
         await self.book.save(task)
 
+    async def forget(self, task: Task) -> None:
+        """Drop a task here without touching its node: another coordinator has taken it."""
+        await self._discard(task)
+
+    async def pause(self) -> None:
+        """Stop sending when this box stops being coordinator; what was mid-way is resumed by the next."""
+        for uuid in list(self._sending):
+            await self.settle(uuid)
+
+    async def adopt(self, values: dict[str, Any], node_url: str | None, files_from: Path, giver: str) -> bool:
+        """Take a task handed over by another box; False when it is already here (kept as is)."""
+        uuid = str(values["uuid"])
+        if uuid in self.book.tasks:
+            return False
+        task = Task(**{k: v for k, v in values.items() if k in Task.__table__.columns.keys()})
+        node = await self.registry.ensure(node_url) if node_url else None
+        old_node, files = forwarded(task)
+        task.node_id = node.id if node else None
+        set_forwarded(task, task.node_id if old_node is not None and node else None, files if node else [])
+        if task.phase == Phase.FORWARDING:
+            task.phase = Phase.WAITING
+        if task.phase == Phase.UPLOADING:
+            task.node_id = None
+        path = self.staging.create(uuid)
+        self.staging.adopt(files_from, uuid)
+        task.staging_path = str(path)
+        await self.book.save(task)
+        await self.store.record("adopted", f"Task {uuid} handed over by box {giver}", task_uuid=uuid,
+                                node_id=task.node_id)
+        self.wake()
+        return True
+
     # -- placement and sending --------------------------------------------------------------
     def _views(self, task: Task) -> list[NodeView]:
         busy = self.book.busy_by_node()
@@ -283,7 +316,7 @@ class Coordinator:
         self._sending[task.uuid] = job
         job.add_done_callback(lambda _: self._sending.pop(task.uuid, None) if self._sending.get(task.uuid) is job else None)
 
-    async def _settle(self, uuid: str) -> None:
+    async def settle(self, uuid: str) -> None:
         """Stop a send that is still uploading; let one that is committing finish, so the node and
         the table agree on whether the task exists there before we act on it."""
         job = self._sending.get(uuid)
@@ -313,7 +346,7 @@ class Coordinator:
         task.attempts += 1
         await self.book.save(task)
         try:
-            await Forwarder(self.book, self.staging, task, node).deliver(
+            await Forwarder(self.book, self.staging, task, node, self.public_url).deliver(
                 on_commit=lambda: self._committing.add(task.uuid))
         except (NodeError, NodeUnreachable, OSError) as exc:
             await self._send_failed(task, node, exc)
@@ -354,6 +387,8 @@ class Coordinator:
             except TimeoutError:
                 pass
             self._wake.clear()
+            if not self.active():
+                continue
             for task in self.book.in_phase(Phase.WAITING):
                 if task.uuid in self._sending:
                     continue

@@ -16,6 +16,7 @@ from appliance.cluster.registry import NodeState
 from appliance.cluster.staging import Staging
 from appliance.cluster.tasks import TaskBook, forwarded, in_flight, set_forwarded
 from appliance.nodeodm.client import NodeError
+from appliance.nodeodm.options import has_option, set_option
 from appliance.store.models import Task
 
 log = logging.getLogger("passel.forward")
@@ -23,9 +24,16 @@ PARALLEL_UPLOADS = 4  # per task; enough to fill a gigabit link from page cache
 _PENDING_EXISTS = ("Invalid set-uuid", "Directory exists")  # the node already has our pending upload
 
 
-def init_fields(task: Task) -> dict[str, str]:
-    """The text fields of `/task/new/init`, as the client gave them after validation."""
-    fields = {"name": task.name, "options": task.options,
+def init_fields(task: Task, node: NodeState, public_url: str) -> dict[str, str]:
+    """The text fields of `/task/new/init`, as the client gave them after validation.
+
+    A split task sends its submodels back to `sm-cluster`: the agent of the box that runs it, when
+    known, because that agent relays to whoever is coordinator and so survives a coordinator change.
+    """
+    options = json.loads(task.options or "[]")
+    if has_option(options, "split"):
+        options = set_option(options, "sm-cluster", node.row.agent_url or public_url)
+    fields = {"name": task.name, "options": json.dumps(options),
               "skipPostProcessing": "true" if task.skip_post_processing else "false"}
     if task.outputs is not None:
         fields["outputs"] = task.outputs
@@ -37,8 +45,9 @@ def init_fields(task: Task) -> dict[str, str]:
 class Forwarder:
     """Moves one task's staged files to one node."""
 
-    def __init__(self, book: TaskBook, staging: Staging, task: Task, node: NodeState) -> None:
+    def __init__(self, book: TaskBook, staging: Staging, task: Task, node: NodeState, public_url: str) -> None:
         self.book, self.staging, self.task, self.node = book, staging, task, node
+        self.public_url = public_url
         self._init_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(PARALLEL_UPLOADS)
 
@@ -49,7 +58,7 @@ class Forwarder:
             if node_id == self.node.id:
                 return
             try:
-                await self.node.client.task_init(self.task.uuid, init_fields(self.task))
+                await self.node.client.task_init(self.task.uuid, init_fields(self.task, self.node, self.public_url))
             except NodeError as exc:
                 if not str(exc).startswith(_PENDING_EXISTS):
                     raise
@@ -135,7 +144,3 @@ class EarlyForward:
     def cancel(self) -> None:
         for job in list(self._jobs):
             job.cancel()
-
-
-def options_list(task: Task) -> list[dict[str, object]]:
-    return json.loads(task.options or "[]")

@@ -57,7 +57,7 @@ class NodeState:
             "max_images": info.get("maxImages"), "engine": info.get("engine", ""),
             "version": info.get("version", ""), "cores": info.get("cpuCores"),
             "total_memory": info.get("totalMemory"), "available_memory": info.get("availableMemory"),
-            "ms_per_image": self.row.ms_per_image,
+            "ms_per_image": self.row.ms_per_image, "box_agent": self.row.agent_url or None,
         }
 
 
@@ -70,6 +70,7 @@ class NodeRegistry:
         self.poll_seconds = poll_seconds
         self.nodes: dict[int, NodeState] = {}
         self.on_change: list[Callable[[], None]] = []
+        self.active: Callable[[], bool] = lambda: True  # only the coordinator polls
 
     async def load(self) -> None:
         for row in await self.store.load(Node):
@@ -102,7 +103,8 @@ class NodeRegistry:
         state = self._state(row)
         self.nodes[row.id] = state
         await self.store.record("node-added", f"Node {base} added ({source})", node_id=row.id)
-        await self.poll_one(state)
+        if self.active():
+            await self.poll_one(state)
         return state
 
     async def remove(self, ref: str) -> NodeState:
@@ -135,11 +137,11 @@ class NodeRegistry:
         for callback in self.on_change:
             callback()
 
-    async def poll_one(self, state: NodeState) -> None:
+    async def poll_one(self, state: NodeState, timeout: aiohttp.ClientTimeout | None = None) -> None:
         """Ask one node for /info (and /options on the way back online)."""
         was_online = state.online
         try:
-            info = await state.client.info()
+            info = await state.client.info(timeout)
             if not was_online or state.row.last_options in ("", "[]"):
                 state.row.last_options = json.dumps(await state.client.options())
         except (NodeUnreachable, NodeError) as exc:
@@ -160,11 +162,22 @@ class NodeRegistry:
                                     f"({info.get('maxParallelTasks')} slots, {info.get('cpuCores')} cores)", node_id=state.id)
         self._changed()
 
+    async def poll_all(self, timeout: aiohttp.ClientTimeout | None = None) -> None:
+        await asyncio.gather(*(self.poll_one(s, timeout) for s in list(self.nodes.values())))
+
     async def poll_forever(self) -> None:
         while True:
-            states = list(self.nodes.values())
-            await asyncio.gather(*(self.poll_one(s) for s in states))
+            if self.active():
+                await self.poll_all()
             await asyncio.sleep(self.poll_seconds)
+
+    async def ensure(self, url: str, source: str = "handover", agent_url: str = "") -> NodeState:
+        """A node by URL, added when unknown (handed-over tasks and mDNS bring nodes this box never saw)."""
+        state = await self.add(url, source=source)
+        if agent_url and state.row.agent_url != agent_url:
+            state.row.agent_url = agent_url
+            await self.store.save(state.row)
+        return state
 
     def views(self, busy: dict[int, int], same_job: dict[int, int] | None = None) -> list[NodeView]:
         """Snapshots for the scheduler; `busy` is the coordinator's own count of active tasks per node."""

@@ -51,6 +51,9 @@ class TaskTracker:
 
     async def run_forever(self) -> None:
         while True:
+            if not self.coordinator.active():
+                await asyncio.sleep(self.interval)
+                continue
             active = [t for t in self.coordinator.book.in_phase(Phase.ON_NODE) if not TaskStatus(t.status).finished]
             await asyncio.gather(*(self.refresh(t) for t in active))
             await asyncio.sleep(self.interval)

@@ -65,8 +65,8 @@ class NodeClient:
             raise NodeError(str(data.get("error", "failed")))
         return data
 
-    async def info(self) -> dict[str, Any]:
-        return await self._json("GET", "/info", timeout=QUICK_TIMEOUT)
+    async def info(self, timeout: aiohttp.ClientTimeout | None = None) -> dict[str, Any]:
+        return await self._json("GET", "/info", timeout=timeout or QUICK_TIMEOUT)
 
     async def options(self) -> list[dict[str, Any]]:
         return await self._json("GET", "/options", timeout=QUICK_TIMEOUT)

@@ -63,6 +63,7 @@ class Node(Base):
     last_options: Mapped[str] = mapped_column(Text, default="[]")
     last_seen: Mapped[float | None] = mapped_column(Float, default=None)
     ms_per_image: Mapped[float | None] = mapped_column(Float, default=None)
+    agent_url: Mapped[str] = mapped_column(Text, default="")  # the Passel agent on the node's own box
 
 
 class Event(Base):

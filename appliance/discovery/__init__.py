@@ -1,0 +1,1 @@
+"""Finding the other boxes (mDNS), knowing who is alive (heartbeats), and electing a coordinator."""

@@ -1,0 +1,101 @@
+"""The internal API between agents, versioned under `/-/agent/v1/`, plus each box's own view of the passel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from appliance.discovery.clock import boottime
+from appliance.discovery.handover import parse_task
+from appliance.discovery.passel import AGENT_API, Passel, TransferRefused
+from appliance.keys import COORDINATOR, PASSEL
+from appliance.nodeodm.uploads import UploadError, receive_form
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    try:
+        payload = await request.json()
+    except ValueError:
+        return web.json_response({"error": "heartbeat must be JSON"}, status=400)
+    if not isinstance(payload, dict) or payload.get("v") != 1:
+        return web.json_response({"error": "unsupported heartbeat version"}, status=400)
+    return web.json_response(request.app[PASSEL].receive(payload, request.remote or ""))
+
+
+async def takeover(request: web.Request) -> web.Response:
+    passel = request.app[PASSEL]
+    try:
+        body = await request.json()
+        await passel.take_over(int(body["term"]), str(body.get("from", "?")))
+    except (ValueError, KeyError, TypeError):
+        return web.json_response({"accepted": False, "error": "expected {term, from}"}, status=400)
+    except TransferRefused as exc:
+        return web.json_response({"accepted": False, "error": str(exc)})
+    return web.json_response({"accepted": True, "term": passel.state.term})
+
+
+async def adopt(request: web.Request) -> web.Response:
+    """Take a task row and its staged files from a box that is no longer coordinator (fenced by term)."""
+    passel, coordinator = request.app[PASSEL], request.app[COORDINATOR]
+    try:
+        term = int(request.query.get("term", "-1"))
+    except ValueError:
+        term = -1
+    if not passel.is_coordinator or term > passel.state.term:
+        return web.json_response({"adopted": False, "error": "this box is not the current coordinator"})
+    scratch = coordinator.staging.scratch()
+    try:
+        form = await receive_form(request, scratch, file_field="images")
+        values, node_url = parse_task(form.fields.get("task", ""))
+        await coordinator.adopt(values, node_url, scratch, request.query.get("from", "?"))
+    except (UploadError, ValueError, TypeError) as exc:
+        return web.json_response({"adopted": False, "error": f"bad hand-over: {exc}"})
+    finally:
+        coordinator.staging.discard_scratch(scratch)
+    return web.json_response({"adopted": True})
+
+
+def passel_view(passel: Passel) -> dict[str, Any]:
+    """The passel as this box sees it (what `passel status --json` prints)."""
+    now = boottime()
+    me = passel.identity
+    boxes = [{"id": me.id, "name": me.name, "role": passel.state.role, "address": None, "port": passel.api_port,
+              "alive": True, "self": True, "priority": passel.priority, "term": passel.state.term}]
+    for peer in sorted(passel.membership.peers.values(), key=lambda p: p.name):
+        boxes.append({"id": peer.id, "name": peer.name, "role": peer.role, "address": peer.address,
+                      "port": peer.port, "alive": peer.alive(now), "self": False, "priority": peer.priority,
+                      "term": peer.term, "last_heard_s": round(now - peer.last_heard, 1) if peer.last_heard else None})
+    coordinator_id = passel.identity.id if passel.is_coordinator else passel.state.coordinator_id
+    coordinator = next((b for b in boxes if b["id"] == coordinator_id), None)
+    return {"self": boxes[0], "coordinator": coordinator, "term": passel.state.term, "boxes": boxes}
+
+
+async def passel_json(request: web.Request) -> web.Response:
+    return web.json_response(passel_view(request.app[PASSEL]))
+
+
+async def transfer(request: web.Request) -> web.Response:
+    """Hand the coordinator role to another box (runs on the coordinator; followers relay here)."""
+    try:
+        body = await request.json() if request.content_type == "application/json" else dict(await request.post())
+        target = str(body["to"])
+    except (ValueError, KeyError, TypeError):
+        return web.json_response({"error": 'expected {"to": BOX_ID}'}, status=400)
+    passel = request.app[PASSEL]
+    try:
+        await passel.transfer(target)
+    except TransferRefused as exc:
+        return web.json_response({"error": str(exc)}, status=409)
+    return web.json_response({"success": True, "coordinator": target, "term": passel.state.term})
+
+
+def setup_agent_routes(app: web.Application) -> None:
+    app.router.add_post(f"{AGENT_API}/heartbeat", heartbeat)
+    app.router.add_post(f"{AGENT_API}/takeover", takeover)
+    app.router.add_post(f"{AGENT_API}/adopt", adopt)
+    app.router.add_get("/-/passel.json", passel_json)
+    app.router.add_post("/-/transfer", transfer)
+
+
+__all__ = ["setup_agent_routes", "passel_view"]

@@ -1,0 +1,66 @@
+"""A box that is not coordinator gives its task rows and staged files to the one that is.
+
+This is how nothing is lost when a partition heals (the losing coordinator hands over what it
+accepted) and when an old coordinator comes back after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import aiohttp
+
+from appliance.cluster.coordinator import Coordinator
+from appliance.discovery.passel import AGENT_API, Passel
+from appliance.store.models import row_values
+
+log = logging.getLogger("passel.handover")
+HANDOVER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=120)
+
+
+async def hand_over_all(coordinator: Coordinator, passel: Passel, session: aiohttp.ClientSession) -> int:
+    """Send every task this box holds to the coordinator; returns how many were taken."""
+    target = passel.coordinator()
+    if target is None or passel.is_coordinator:
+        return 0
+    taken = 0
+    for task in list(coordinator.book.tasks.values()):
+        await coordinator.settle(task.uuid)
+        node = coordinator.registry.get(task.node_id)
+        values: dict[str, Any] = row_values(task)
+        with aiohttp.MultipartWriter("form-data") as body:
+            part = body.append_json(values | {"node_url": node.row.url if node else None})
+            part.set_content_disposition("form-data", name="task")
+            handles = []
+            try:
+                for path in coordinator.staging.files(task.uuid):
+                    handle = open(path, "rb")
+                    handles.append(handle)
+                    body.append(handle).set_content_disposition("form-data", name="images", filename=path.name)
+                url = f"{target.url}{AGENT_API}/adopt?term={passel.state.term}&from={passel.identity.id}"
+                async with session.post(url, data=body, timeout=HANDOVER_TIMEOUT) as reply:
+                    answer = await reply.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                log.info("Could not hand task %s to %s yet: %s", task.uuid, target.name, exc)
+                return taken
+            finally:
+                for handle in handles:
+                    handle.close()
+        if not answer.get("adopted"):
+            log.info("Coordinator %s refused task %s: %s", target.name, task.uuid, answer.get("error"))
+            return taken
+        await coordinator.forget(task)
+        taken += 1
+    if taken:
+        await coordinator.store.record("handed-over", f"Handed {taken} task(s) to coordinator {target.name}")
+    return taken
+
+
+def parse_task(raw: str) -> tuple[dict[str, Any], str | None]:
+    data = json.loads(raw)
+    if not isinstance(data, dict) or "uuid" not in data:
+        raise ValueError("not a task row")
+    node_url = data.pop("node_url", None)
+    return data, node_url

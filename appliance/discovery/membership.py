@@ -1,0 +1,76 @@
+"""Who is in the passel, as this box knows it: sightings from mDNS, liveness from heartbeats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.discovery.clock import boottime
+from appliance.discovery.election import FOLLOWER, Member
+
+HEARTBEAT_SECONDS = 1.0
+LEASE_SECONDS = 5.0  # no heartbeat for this long: the peer is gone (and a coordinator loses its role)
+
+
+@dataclass
+class Peer:
+    id: str
+    address: str
+    port: int
+    name: str = ""
+    priority: int = 0
+    term: int = 0
+    role: str = FOLLOWER
+    coordinator_id: str | None = None
+    version: str = ""
+    last_heard: float | None = None  # boottime of the last heartbeat exchanged with it
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.port}"
+
+    def alive(self, now: float) -> bool:
+        return self.last_heard is not None and now - self.last_heard < LEASE_SECONDS
+
+    def member(self) -> Member:
+        return Member(id=self.id, priority=self.priority, term=self.term, role=self.role)
+
+
+class Membership:
+    """Peers by id; never includes this box itself."""
+
+    def __init__(self, self_id: str) -> None:
+        self.self_id = self_id
+        self.peers: dict[str, Peer] = {}
+
+    def sighted(self, peer_id: str, address: str, port: int, name: str = "") -> Peer | None:
+        """mDNS says a box exists here; it is not alive until it answers a heartbeat."""
+        if peer_id == self.self_id or not peer_id:
+            return None
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            peer = self.peers[peer_id] = Peer(id=peer_id, address=address, port=port, name=name)
+        elif not peer.alive(boottime()):
+            peer.address, peer.port = address, port
+        return peer
+
+    def heard(self, payload: dict[str, Any], address: str) -> Peer | None:
+        """Record a heartbeat (sent to us, or a reply to ours)."""
+        peer_id = str(payload.get("id", ""))
+        if not peer_id or peer_id == self.self_id:
+            return None
+        peer = self.peers.setdefault(peer_id, Peer(id=peer_id, address=address, port=int(payload.get("port", 0))))
+        peer.address = address
+        peer.port = int(payload.get("port") or peer.port)
+        peer.name = str(payload.get("name", peer.name))
+        peer.priority = int(payload.get("priority", 0))
+        peer.term = int(payload.get("term", 0))
+        peer.role = str(payload.get("role", FOLLOWER))
+        peer.coordinator_id = payload.get("coordinator") or None
+        peer.version = str(payload.get("version", ""))
+        peer.last_heard = boottime()
+        return peer
+
+    def alive(self) -> list[Peer]:
+        now = boottime()
+        return [p for p in self.peers.values() if p.alive(now)]

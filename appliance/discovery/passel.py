@@ -1,0 +1,173 @@
+"""The passel as one box takes part in it: heartbeats out and in, the election, and role changes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from appliance import __version__
+from appliance.discovery.clock import JumpDetector, boottime
+from appliance.discovery.election import COORDINATOR, FOLLOWER, Decision, Member, elect
+from appliance.discovery.identity import BoxIdentity
+from appliance.discovery.membership import HEARTBEAT_SECONDS, LEASE_SECONDS, Membership, Peer
+from appliance.discovery.state import RoleState, load_term, save_term
+
+log = logging.getLogger("passel.election")
+AGENT_API = "/-/agent/v1"
+HEARTBEAT_TIMEOUT = aiohttp.ClientTimeout(total=HEARTBEAT_SECONDS)
+SETTLE_SECONDS = LEASE_SECONDS  # listen this long after a start or a wake-up before claiming
+
+RoleListener = Callable[[str, str], Awaitable[None]]
+
+
+class TransferRefused(Exception):
+    """The role cannot be handed to that box now; the message says why."""
+
+
+class Passel:
+    """This box's membership and role, driven by a one-second tick."""
+
+    def __init__(self, identity: BoxIdentity, state_dir: Path, priority: int, api_port: int,
+                 session: aiohttp.ClientSession) -> None:
+        self.identity = identity
+        self.state_dir = state_dir
+        self.priority = priority
+        self.api_port = api_port
+        self.session = session
+        self.membership = Membership(identity.id)
+        self.state = RoleState(term=load_term(state_dir))
+        self.listeners: list[RoleListener] = []
+        self.before_leading: list[Callable[[], Awaitable[None]]] = []  # run before the role is visible
+        self._settle_from = boottime()
+        self._jumps = JumpDetector()
+        self._changed = asyncio.Event()
+
+    # -- what others see -------------------------------------------------------------------
+    @property
+    def is_coordinator(self) -> bool:
+        return self.state.role == COORDINATOR
+
+    def me(self) -> Member:
+        return Member(id=self.identity.id, priority=self.priority, term=self.state.term, role=self.state.role)
+
+    def payload(self) -> dict[str, Any]:
+        return {"v": 1, "id": self.identity.id, "name": self.identity.name, "term": self.state.term,
+                "role": self.state.role, "priority": self.priority, "coordinator": self.state.coordinator_id,
+                "port": self.api_port, "version": __version__}
+
+    def coordinator(self) -> Peer | None:
+        """The live coordinator, when it is another box."""
+        peer = self.membership.peers.get(self.state.coordinator_id or "")
+        return peer if peer is not None and peer.alive(boottime()) else None
+
+    async def wait_for_coordinator(self, timeout: float) -> bool:
+        """Wait (bounded) until some box is coordinator; True when one is."""
+        deadline = boottime() + timeout
+        while not (self.is_coordinator or self.coordinator()):
+            remaining = deadline - boottime()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    # -- heartbeats ------------------------------------------------------------------------
+    def receive(self, payload: dict[str, Any], address: str) -> dict[str, Any]:
+        """A heartbeat arrived; note the sender and any newer term, and answer with ours."""
+        peer = self.membership.heard(payload, address)
+        if peer is not None and peer.term > self.state.term and peer.role == COORDINATOR:
+            self._wake()
+        return self.payload()
+
+    async def greet(self, peer: Peer) -> None:
+        """Heartbeat a newly seen box at once."""
+        await self._beat(peer)
+
+    async def _beat(self, peer: Peer) -> None:
+        try:
+            async with self.session.post(f"{peer.url}{AGENT_API}/heartbeat", json=self.payload(),
+                                         timeout=HEARTBEAT_TIMEOUT) as reply:
+                if reply.status == 200:
+                    self.membership.heard(await reply.json(), peer.address)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            pass  # silence is the signal: the lease runs out
+
+    # -- the election ----------------------------------------------------------------------
+    async def tick(self) -> None:
+        if self._jumps.jumped():
+            log.info("This box was asleep; listening for the passel before taking any role")
+            self._settle_from = boottime()
+        await asyncio.gather(*(self._beat(p) for p in list(self.membership.peers.values())))
+        settled = boottime() - self._settle_from >= SETTLE_SECONDS
+        await self.apply(elect(self.me(), [p.member() for p in self.membership.alive()], settled))
+
+    async def apply(self, decision: Decision) -> None:
+        before = (self.state.role, self.state.coordinator_id)
+        if decision.role == COORDINATOR and self.state.role != COORDINATOR:
+            for prepare in self.before_leading:
+                await prepare()
+        if decision.term > self.state.term:
+            save_term(self.state_dir, decision.term)
+        self.state.term = max(self.state.term, decision.term)
+        self.state.role, self.state.coordinator_id = decision.role, decision.coordinator_id
+        if (self.state.role, self.state.coordinator_id) == before:
+            return
+        if self.state.role == COORDINATOR:
+            log.info("This box (%s) is now the coordinator, term %d", self.identity.name, self.state.term)
+        elif self.state.coordinator_id:
+            peer = self.membership.peers.get(self.state.coordinator_id)
+            log.info("Following coordinator %s at %s, term %d", peer.name if peer else "?",
+                     peer.url if peer else "?", self.state.term)
+        else:
+            log.info("No coordinator heard; waiting for the passel to choose one")
+        self._wake()
+        for listener in self.listeners:
+            await listener(before[0], self.state.role)
+
+    def _wake(self) -> None:
+        self._changed.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # noqa: BLE001 - one bad tick must not end the election
+                log.exception("Election tick failed")
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    # -- handing the role over by hand -----------------------------------------------------
+    async def transfer(self, target_id: str) -> None:
+        """Give the role to a live box: it takes term + 1, and we follow it."""
+        if not self.is_coordinator:
+            raise TransferRefused("Only the coordinator can hand over its role")
+        if target_id == self.identity.id:
+            return
+        peer = self.membership.peers.get(target_id)
+        if peer is None or not peer.alive(boottime()):
+            raise TransferRefused(f"Box {target_id} is not alive in this passel")
+        term = self.state.term + 1
+        try:
+            async with self.session.post(f"{peer.url}{AGENT_API}/takeover", timeout=aiohttp.ClientTimeout(total=5),
+                                         json={"term": term, "from": self.identity.id}) as reply:
+                answer = await reply.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise TransferRefused(f"Box {peer.name} did not answer: {exc}") from None
+        if not answer.get("accepted"):
+            raise TransferRefused(str(answer.get("error", "refused")))
+        peer.role, peer.term = COORDINATOR, term
+        await self.apply(Decision(FOLLOWER, target_id, term))
+
+    async def take_over(self, term: int, sender: str) -> None:
+        """Accept the role from the coordinator; a stale term is refused (the fence)."""
+        if term <= self.state.term:
+            raise TransferRefused(f"Term {term} is not newer than {self.state.term}")
+        await self.apply(Decision(COORDINATOR, self.identity.id, term))
+        log.info("Took over the coordinator role from %s by hand", sender)

@@ -1,0 +1,128 @@
+"""Wires discovery into the app: mDNS, the election loop, role changes and hand-overs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from appliance.config import Config
+from appliance.discovery.election import COORDINATOR
+from appliance.discovery.handover import hand_over_all
+from appliance.discovery.identity import load_identity
+from appliance.discovery.mdns import ALIAS_TYPE, NODEODM_TYPE, PASSEL_TYPE, PROTOCOL_VERSION, Mdns, Sighting
+from appliance.discovery.passel import Passel
+from appliance.keys import COORDINATOR as COORDINATOR_KEY
+from appliance.keys import PASSEL, RELAY_SESSION
+from appliance.nodeodm.client import NodeClient, NodeError, NodeUnreachable
+
+log = logging.getLogger("passel.discovery")
+DEFAULT_SHARE = "http://127.0.0.1:3001"
+HANDOVER_SECONDS = 2.0
+LISTEN_WAIT_SECONDS = 15.0
+TAKEOVER_POLL_TIMEOUT = aiohttp.ClientTimeout(total=1.5)
+
+
+async def _answers(session: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        await NodeClient(session, url).info()
+        return True
+    except (NodeError, NodeUnreachable, ValueError):
+        return False
+
+
+async def _wait_listening(host: str, port: int) -> None:
+    """Advertise only once the API accepts connections (Home Assistant's 'advertise late')."""
+    target = "127.0.0.1" if host in ("", "0.0.0.0") else host
+    deadline = asyncio.get_running_loop().time() + LISTEN_WAIT_SECONDS
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(target, port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+
+
+def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        coordinator = app[COORDINATOR_KEY]
+        registry = coordinator.registry
+        session = registry.session
+        identity = load_identity(config.state_dir, config.name or None)
+        passel = Passel(identity, config.state_dir, config.priority, config.port, session)
+        app[PASSEL] = passel
+        app[RELAY_SESSION] = relay_session = aiohttp.ClientSession(auto_decompress=False)
+        coordinator.active = registry.active = lambda: passel.is_coordinator
+        pending: set[asyncio.Task[None]] = set()
+
+        def spawn(coro) -> None:  # noqa: ANN001
+            job = asyncio.ensure_future(coro)
+            pending.add(job)
+            job.add_done_callback(pending.discard)
+
+        def sighted(s: Sighting) -> None:
+            if s.kind == "passel":
+                peer = passel.membership.sighted(s.txt.get("id", ""), s.addresses[0], s.port, s.txt.get("name", ""))
+                if peer is not None:
+                    spawn(passel.greet(peer))  # a heartbeat now, not at the next tick: joining takes one round trip
+            elif s.txt.get("box"):
+                agent = f"http://{s.addresses[0]}:{s.txt.get('agent', config.port)}"
+                spawn(registry.ensure(f"http://{s.addresses[0]}:{s.port}", source="mdns", agent_url=agent))
+
+        mdns = Mdns(identity, config.host, sighted, lambda kind, name: None)
+        await mdns.start()
+
+        async def publish_self() -> None:
+            await mdns.publish("self", PASSEL_TYPE, identity.instance, config.port, {
+                "id": identity.id, "v": PROTOCOL_VERSION, "name": identity.name, "port": str(config.port),
+                "role": passel.state.role, "term": str(passel.state.term), "priority": str(config.priority)})
+
+        async def on_role(before: str, after: str) -> None:
+            await publish_self()
+            if after == COORDINATOR:
+                await mdns.publish("alias", ALIAS_TYPE, "Passel", config.port, {"path": "/"},
+                                   server=config.alias.rstrip(".") + ".")
+                coordinator.wake()
+            else:
+                await mdns.withdraw("alias")
+                if before == COORDINATOR:
+                    await coordinator.pause()
+        passel.listeners.append(on_role)
+        # Know which nodes answer before answering clients as coordinator (a dead box's node times out fast).
+        passel.before_leading.append(lambda: registry.poll_all(timeout=TAKEOVER_POLL_TIMEOUT))
+
+        async def advertise() -> None:
+            await _wait_listening(config.host, config.port)
+            shares = list(config.share) or ([DEFAULT_SHARE] if await _answers(session, DEFAULT_SHARE) else [])
+            ports = [urlsplit(url).port or 3001 for url in shares]
+            # Each registration probes for about 1.2 s; doing them together keeps joining fast.
+            await asyncio.gather(publish_self(), *(
+                mdns.publish(f"node-{port}", NODEODM_TYPE, f"{identity.name} NodeODM {port}", port,
+                             {"box": identity.id, "agent": str(config.port)}) for port in ports))
+            log.info("Box %s (id %s) is on the network; sharing %s", identity.name, identity.id,
+                     ", ".join(shares) or "no NodeODM")
+
+        async def hand_over_forever() -> None:
+            while True:
+                await asyncio.sleep(HANDOVER_SECONDS)
+                if not passel.is_coordinator and coordinator.book.tasks and passel.coordinator():
+                    await hand_over_all(coordinator, passel, session)
+
+        jobs = [asyncio.create_task(advertise(), name="mdns-advertise"),
+                asyncio.create_task(passel.run_forever(), name="election"),
+                asyncio.create_task(hand_over_forever(), name="handover")]
+        yield
+        for job in [*jobs, *pending]:
+            job.cancel()
+        for job in [*jobs, *pending]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await job
+        await mdns.stop()
+        await relay_session.close()
+    return ctx

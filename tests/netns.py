@@ -1,0 +1,168 @@
+"""Several hosts on one machine: network namespaces on a bridge, each box with its own processes.
+
+Every run gets its own names, so parallel or leftover runs never collide, and everything is torn
+down in `close()`. Traffic stays inside the namespaces this module creates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).parent.parent
+
+
+def netns_available() -> str | None:
+    """None when namespaces can be made here, else the reason they cannot."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "the ip command (iproute2) is missing"
+    probe = f"pzp{uuid.uuid4().hex[:6]}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True)
+    if made.returncode != 0:
+        return f"ip netns add failed: {made.stderr.decode().strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@dataclass
+class Box:
+    """One simulated host: a namespace, an address, and the processes started in it."""
+
+    index: int
+    ns: str
+    address: str
+    veth: str
+    workdir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def api(self) -> str:
+        return f"http://{self.address}:3000"
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "ab")
+        process = subprocess.Popen(["ip", "netns", "exec", self.ns, *args], stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=REPO, start_new_session=True)
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def start_simnode(self, seconds_per_image: float = 0.05, slots: int = 2) -> None:
+        self.start("simnode", sys.executable, "-m", "appliance", "simnode", "--host", "0.0.0.0", "--port", "3001",
+                   "--seconds-per-image", str(seconds_per_image), "--slots", str(slots),
+                   "--name", f"node{self.index}")
+
+    def start_agent(self, *extra: str) -> None:
+        self.start("agent", sys.executable, "-m", "appliance", "run", "--host", "0.0.0.0", "--port", "3000",
+                   "--state-dir", str(self.workdir / "state"), "--name", f"box{self.index}",
+                   "--poll-seconds", "0.5", "--task-poll-seconds", "0.5", "--min-free-disk-mb", "0", *extra)
+
+    def signal(self, name: str, sig: int) -> None:
+        process = self.processes[name]
+        os.kill(process.pid, sig)
+        if sig == signal.SIGKILL:
+            process.wait(10)
+
+    def stop(self, name: str) -> None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        os.kill(process.pid, signal.SIGCONT)
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def link(self, up: bool) -> None:
+        """Cut the box off the bridge (a partition) or plug it back in."""
+        _ip("-n", self.ns, "link", "set", "eth0", "up" if up else "down")
+
+    def get_json(self, path: str, timeout: float = 5) -> object:
+        """GET from inside this box's own namespace: works even while the box is cut off."""
+        code = ("import json,sys,urllib.request;"
+                "print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode())")
+        done = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-c", code,
+                               f"http://127.0.0.1:3000{path}", str(timeout)], capture_output=True, timeout=timeout + 10)
+        if done.returncode != 0:
+            raise ConnectionError(done.stderr.decode(errors="replace")[-300:])
+        return json.loads(done.stdout)
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+class Bridge:
+    """A hub namespace with a bridge, and a box per veth pair."""
+
+    def __init__(self, count: int, workdir: Path) -> None:
+        tag = uuid.uuid4().hex[:5]
+        self.hub = f"pz{tag}h"
+        self.subnet = f"10.{200 + int(tag[:2], 16) % 50}.{int(tag[2:4], 16)}"
+        self.boxes: list[Box] = []
+        _ip("netns", "add", self.hub)
+        try:
+            _ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
+            _ip("-n", self.hub, "link", "set", "br0", "up")
+            for i in range(1, count + 1):
+                ns, veth = f"pz{tag}n{i}", f"vpz{tag}{i}"
+                _ip("netns", "add", ns)
+                _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+                _ip("link", "set", veth, "netns", self.hub)
+                _ip("-n", self.hub, "link", "set", veth, "master", "br0")
+                _ip("-n", self.hub, "link", "set", veth, "up")
+                _ip("-n", ns, "link", "set", "lo", "up")
+                _ip("-n", ns, "addr", "add", f"{self.subnet}.{i}/24", "dev", "eth0")
+                _ip("-n", ns, "link", "set", "eth0", "up")
+                box_dir = workdir / f"box{i}"
+                box_dir.mkdir(parents=True, exist_ok=True)
+                self.boxes.append(Box(i, ns, f"{self.subnet}.{i}", veth, box_dir))
+            # The test process itself joins the bridge, so it can act as a client on the field network.
+            self.root_veth = f"vpz{tag}r"
+            _ip("link", "add", self.root_veth, "type", "veth", "peer", "name", f"vpz{tag}q", "netns", self.hub)
+            _ip("-n", self.hub, "link", "set", f"vpz{tag}q", "master", "br0")
+            _ip("-n", self.hub, "link", "set", f"vpz{tag}q", "up")
+            _ip("addr", "add", f"{self.subnet}.254/24", "dev", self.root_veth)
+            _ip("link", "set", self.root_veth, "up")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for box in self.boxes:
+            for name in list(box.processes):
+                box.stop(name)
+        for box in self.boxes:
+            subprocess.run(["ip", "netns", "del", box.ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", getattr(self, "root_veth", "none")], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.hub], capture_output=True)
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except Exception as exc:  # noqa: BLE001 - keep polling through transient errors
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")

@@ -1,0 +1,173 @@
+"""Real multicast between boxes in network namespaces: discovery, election, failover, partitions.
+
+Each test builds its own bridge of namespaces, each with a simulated NodeODM and a Passel agent,
+exactly as boxes on a field network. CI sets PASSEL_REQUIRE_NETNS=1 so these can never be skipped
+silently there.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.netns import Bridge, wait_until
+
+pytestmark = pytest.mark.netns
+LEASE = 5.0
+
+
+@pytest.fixture
+def passel3(tmp_path: Path, netns_required):
+    bridge = Bridge(3, tmp_path)
+    try:
+        for box in bridge.boxes:
+            box.start_simnode(seconds_per_image=0.05)
+            box.start_agent("--priority", str(box.index))
+        yield bridge
+    finally:
+        for box in bridge.boxes:
+            for name in ("agent", "simnode"):
+                (tmp_path / f"box{box.index}-{name}.log").write_text(box.log(name))
+        bridge.close()
+
+
+def view(box, timeout: float = 3) -> dict:
+    return requests.get(box.api + "/-/passel.json", timeout=timeout).json()
+
+
+def coordinators(boxes) -> set[str]:
+    return {b["id"] for box in boxes for b in view(box)["boxes"] if b["role"] == "coordinator" and b["alive"]}
+
+
+def settled_on_one(boxes) -> str | None:
+    """The coordinator id when every box agrees on the same one, else None."""
+    seen = {(view(box)["coordinator"] or {}).get("id") for box in boxes}
+    return seen.pop() if len(seen) == 1 and None not in seen else None
+
+
+def box_by_id(bridge, box_id: str):
+    return next(box for box in bridge.boxes if view(box)["self"]["id"] == box_id)
+
+
+def submit_from_namespace(box, images: int = 6) -> str:
+    """A PyODM client running inside `box`'s namespace, talking to its local agent; returns the uuid."""
+    code = f"""
+import sys, tempfile, pathlib
+from pyodm import Node
+d = pathlib.Path(tempfile.mkdtemp())
+files = []
+for i in range({images}):
+    p = d / f"IMG_{{i:03d}}.JPG"; p.write_bytes(b"\\xff\\xd8" + bytes([i]) * 4000); files.append(str(p))
+task = Node("127.0.0.1", 3000).create_task(files, skip_post_processing=True, parallel_uploads=4)
+print(task.uuid)
+"""
+    done = subprocess.run(["ip", "netns", "exec", box.ns, sys.executable, "-c", code], capture_output=True,
+                          timeout=60, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    return done.stdout.decode().strip().splitlines()[-1]
+
+
+def test_discovery_election_entry_points_and_transfer(passel3, tmp_path):
+    boxes = passel3.boxes
+    wait_until(lambda: all(sum(b["alive"] for b in view(box)["boxes"]) == 3 for box in boxes), 30,
+               "every box to see every box")
+    leader = wait_until(lambda: settled_on_one(boxes), 30, "one coordinator")
+    assert coordinators(boxes) == {leader}
+    assert view(boxes[2])["self"]["priority"] == 3
+
+    # Any box is an entry point: PyODM against a follower, end to end.
+    from pyodm import Node
+    follower = next(box for box in boxes if view(box)["self"]["id"] != leader)
+    files = []
+    for i in range(8):
+        path = tmp_path / f"IMG_{i}.JPG"
+        path.write_bytes(b"\xff\xd8" + bytes([i]) * 20000)
+        files.append(str(path))
+    task = Node(follower.address, 3000).create_task(files, skip_post_processing=True, parallel_uploads=10,
+                                                    outputs=["cameras.json"])
+    task.wait_for_completion(interval=0.5)
+    assert task.info().images_count == 8
+    out = Path(task.download_assets(str(tmp_path / "out")))
+    assert (out / "cameras.json").is_file()
+
+    # Nodes shared over mDNS joined the coordinator's registry by themselves.
+    nodes = requests.get(follower.api + "/-/nodes", timeout=5).json()
+    assert sorted(n["url"] for n in nodes) == sorted(f"http://{b.address}:3001" for b in boxes)
+    assert all(n["source"] == "mdns" and n["online"] for n in nodes)
+
+    # `passel status --json` gives the passel as one box sees it.
+    status = subprocess.run([sys.executable, "-m", "appliance", "status", "--api", follower.api, "--json"],
+                            capture_output=True, timeout=30, cwd=Path(__file__).parent.parent)
+    parsed = json.loads(status.stdout)
+    assert parsed["coordinator"]["id"] == leader and parsed["self"]["id"] != leader and parsed["term"] >= 1
+    assert {b["name"] for b in parsed["boxes"]} == {"box1", "box2", "box3"}
+    assert all({"id", "name", "role", "address", "alive"} <= set(b) for b in parsed["boxes"])
+
+    # Hand the role over by hand, through a follower's admin API.
+    target = next(box for box in boxes if view(box)["self"]["id"] not in (leader, view(follower)["self"]["id"]))
+    target_id = view(target)["self"]["id"]
+    reply = requests.post(follower.api + "/-/transfer", json={"to": target_id}, timeout=10).json()
+    assert reply["success"] is True
+    wait_until(lambda: settled_on_one(boxes) == target_id, 15, "every box to follow the new coordinator")
+    assert requests.get(f"{follower.api}/task/{task.uuid}/info", timeout=10).json()["status"]["code"] == 40, \
+        "the finished task moved with the role"
+
+
+def test_kill9_of_coordinator_fails_over_and_old_one_rejoins_as_follower(passel3):
+    boxes = passel3.boxes
+    leader_id = wait_until(lambda: settled_on_one(boxes), 40, "one coordinator")
+    leader = box_by_id(passel3, leader_id)
+    survivors = [box for box in boxes if box is not leader]
+    before = submit_from_namespace(survivors[0])
+    wait_until(lambda: requests.get(f"{survivors[0].api}/task/{before}/info", timeout=5).json()
+               .get("status", {}).get("code") == 40, 30, "the first task to finish")
+
+    leader.signal("agent", signal.SIGKILL)
+    killed = time.monotonic()
+    new_id = wait_until(lambda: (c := settled_on_one(survivors)) not in (None, leader_id) and c, 30,
+                        "a new coordinator")
+    info = wait_until(lambda: requests.get(survivors[0].api + "/info", timeout=3).json(), 15, "/info again")
+    assert info["maxParallelTasks"] >= 4
+    assert time.monotonic() - killed < 25
+
+    leader.start_agent("--priority", str(leader.index))
+    wait_until(lambda: view(leader)["self"]["role"] == "follower" and view(leader)["coordinator"]["id"] == new_id,
+               30, "the old coordinator to come back as a follower")
+    assert coordinators(boxes) == {new_id}
+    # What the old coordinator held is handed to the new one: the task is known again.
+    wait_until(lambda: requests.get(f"{survivors[0].api}/task/{before}/info", timeout=5).json()
+               .get("status", {}).get("code") == 40, 30, "the old task to be handed over")
+    listed = requests.get(survivors[0].api + "/task/list", timeout=5).json()
+    assert listed.count({"uuid": before}) == 1
+
+
+def test_partition_gives_a_coordinator_per_side_and_heal_keeps_every_task(passel3):
+    boxes = passel3.boxes
+    leader_id = wait_until(lambda: settled_on_one(boxes), 40, "one coordinator")
+    leader = box_by_id(passel3, leader_id)
+    island = next(box for box in boxes if box is not leader)
+    mainland = [box for box in boxes if box is not island]
+    before = submit_from_namespace(mainland[0])
+
+    island.link(False)
+    wait_until(lambda: island.get_json("/-/passel.json")["self"]["role"] == "coordinator", 30,
+               "the cut-off box to coordinate its side")
+    assert settled_on_one(mainland) == leader_id, "the mainland keeps its coordinator"
+    on_island = submit_from_namespace(island)
+    on_mainland = submit_from_namespace(mainland[1])
+
+    island.link(True)
+    winner = wait_until(lambda: settled_on_one(boxes), 40, "one coordinator after the heal")
+    assert coordinators(boxes) == {winner}
+    for uuid in (before, on_island, on_mainland):
+        wait_until(lambda: requests.get(f"{mainland[0].api}/task/{uuid}/info", timeout=5).json()
+                   .get("status", {}).get("code") == 40, 40, f"task {uuid} to be known and finished")
+    listed = [t["uuid"] for t in requests.get(mainland[0].api + "/task/list", timeout=5).json()]
+    assert sorted(listed) == sorted({before, on_island, on_mainland}), "each task exactly once"
