@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -37,14 +37,24 @@ log = logging.getLogger("passel.agent")
 MAX_REQUEST_BYTES = 1024 ** 4  # uploads stream to disk; the disk-space guard is the real limit
 
 
-async def _background(name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-    task = asyncio.create_task(coro, name=name)
+RESTART_DELAY_SECONDS = 2.0
 
-    def report(t: asyncio.Task[None]) -> None:
-        if not t.cancelled() and t.exception() is not None:
-            log.error("Background job %s stopped: %r", name, t.exception())
-    task.add_done_callback(report)
-    return task
+
+async def _supervise(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a background loop forever: a bug in one round is logged and the loop starts again,
+    instead of silently ending task tracking until the next restart."""
+    while True:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - logged with its traceback, then retried
+            log.exception("Background job %s failed; restarting it in %.0f s", name, RESTART_DELAY_SECONDS)
+        await asyncio.sleep(RESTART_DELAY_SECONDS)
+
+
+def _background(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+    return asyncio.create_task(_supervise(name, job), name=name)
 
 
 def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx signature
@@ -63,9 +73,10 @@ def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx sign
                 await registry.add(url, source="config")
             except ValueError as exc:
                 log.error("Ignoring node %s: %s", url.split("?")[0], exc)
-        jobs = [await _background("node-health", registry.poll_forever()),
-                await _background("dispatch", coordinator.run_dispatch_loop()),
-                await _background("task-tracker", TaskTracker(coordinator, config.task_poll_seconds).run_forever())]
+        tracker = TaskTracker(coordinator, config.task_poll_seconds)
+        jobs = [_background("node-health", registry.poll_forever),
+                _background("dispatch", coordinator.run_dispatch_loop),
+                _background("task-tracker", tracker.run_forever)]
         log.info("Passel %s ready: %d node(s) and %d task(s) on record, public URL %s",
                  __version__, len(registry.nodes), len(coordinator.book.tasks), public_url)
         yield

@@ -49,10 +49,25 @@ class ServerThread:
 
     def stop(self) -> None:
         if self._runner is not None:
-            self.call(self._runner.cleanup())
+            try:
+                self.call(self._runner.cleanup(), timeout=30)
+            except TimeoutError:
+                self._dump_tasks()
+                raise
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+    def _dump_tasks(self) -> None:
+        """Show what the server's loop is stuck on, to make a hang at shutdown diagnosable."""
+        import sys
+        for task in asyncio.all_tasks(self.loop):
+            print(f"--- {task.get_name()}: {task.get_coro()}", file=sys.stderr)
+            task.print_stack(limit=8, file=sys.stderr)
+        for thread_id, frame in sys._current_frames().items():
+            if thread_id == self._thread.ident:
+                import traceback
+                print("--- server thread:", "".join(traceback.format_stack(frame, limit=12)), file=sys.stderr)
 
     def __enter__(self) -> "ServerThread":
         return self.start()

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance.cluster.forwarding import EarlyForward, Forwarder
+from appliance.cluster.info_cache import InfoCache
 from appliance.cluster.registry import NodeRegistry, NodeState
 from appliance.cluster.scheduler import Demand, NodeView, choose_node, why_not
 from appliance.cluster.staging import Staging, is_image
-from appliance.cluster.tasks import TaskBook, apply_node_info, forwarded, in_flight, set_forwarded
+from appliance.cluster.tasks import TaskBook, apply_node_info, forwarded, set_forwarded
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.options import OptionsError, validate_options
 from appliance.nodeodm.status import TaskStatus
@@ -78,6 +79,7 @@ class Coordinator:
         self.dispatch_attempts = dispatch_attempts
         self.active: Callable[[], bool] = lambda: True  # False while this box is not the coordinator
         self.book = TaskBook(store)
+        self.info_cache = InfoCache()
         self._wake = asyncio.Event()
         self._early: dict[str, EarlyForward] = {}
         self._sending: dict[str, asyncio.Task[None]] = {}
@@ -93,9 +95,9 @@ class Coordinator:
         self.staging.clean(set(self.book.tasks))
         for task in self.book.in_phase(Phase.UPLOADING, Phase.FORWARDING):
             node_id, _ = forwarded(task)
-            if node_id is not None and in_flight(task):
-                # Files were mid-way to that node when we died: its pending copy is uncertain, so prefer
-                # another node; with no other node, the missing files are simply sent again.
+            if node_id is not None:
+                # Files were on their way to that node when we died: which arrived is uncertain, so
+                # prefer another node; with no other node, the unconfirmed files are sent again.
                 self._avoid.setdefault(task.uuid, set()).add(node_id)
             if task.phase == Phase.UPLOADING and task.node_id is not None:
                 task.node_id = None  # the early forward died with the old process; the commit resends
@@ -172,6 +174,7 @@ class Coordinator:
             self._start_sending(task, early)
 
     async def cancel(self, task: Task) -> None:
+        self.info_cache.forget(task.uuid)
         await self.settle(task.uuid)
         node = self.registry.get(task.node_id)
         if task.phase == Phase.ON_NODE and node is not None:
@@ -206,6 +209,7 @@ class Coordinator:
         self.wake()
 
     async def restart(self, task: Task, options_field: str | None) -> None:
+        self.info_cache.forget(task.uuid)
         node = self.registry.get(task.node_id)
         if node is not None and task.phase == Phase.ON_NODE:
             try:  # the node may have finished since our last poll
@@ -403,6 +407,7 @@ class Coordinator:
                     await self.book.save(task)
 
     async def _discard(self, task: Task) -> None:
+        self.info_cache.forget(task.uuid)
         self._stop_sending(task.uuid)
         self._avoid.pop(task.uuid, None)
         self.staging.remove(task.uuid)

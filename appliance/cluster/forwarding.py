@@ -14,13 +14,14 @@ from pathlib import Path
 
 from appliance.cluster.registry import NodeState
 from appliance.cluster.staging import Staging
-from appliance.cluster.tasks import TaskBook, forwarded, in_flight, set_forwarded
+from appliance.cluster.tasks import TaskBook, forwarded, set_forwarded
 from appliance.nodeodm.client import NodeError
 from appliance.nodeodm.options import has_option, set_option
 from appliance.store.models import Task
 
 log = logging.getLogger("passel.forward")
 PARALLEL_UPLOADS = 4  # per task; enough to fill a gigabit link from page cache
+FLUSH_SECONDS = 0.5
 _PENDING_EXISTS = ("Invalid set-uuid", "Directory exists")  # the node already has our pending upload
 
 
@@ -50,6 +51,8 @@ class Forwarder:
         self.public_url = public_url
         self._init_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(PARALLEL_UPLOADS)
+        self._confirmed: set[str] = set()
+        self._flusher: asyncio.Task[None] | None = None
 
     async def ensure_init(self) -> None:
         """Create the pending task on the node once, unless it already exists there."""
@@ -68,28 +71,29 @@ class Forwarder:
 
     async def send_file(self, path: Path) -> None:
         async with self._slots:
-            await self._mark(path.name, sent=False)
             await self.node.client.task_upload(self.task.uuid, [path])
-            await self._mark(path.name, sent=True)
+        self._confirmed.add(path.name)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_soon())
 
-    async def _mark(self, name: str, sent: bool) -> None:
-        """Record a file as on its way, then as arrived, so a crash in between is known to be uncertain."""
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(FLUSH_SECONDS)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Record which files the node has. Batched: a write (and fsync) per file would slow the
+        forward by several seconds per gigabyte, and a crash in between only makes files uncertain."""
         node_id, files = forwarded(self.task)
-        if node_id != self.node.id:
-            return
-        sending = in_flight(self.task) - {name}
-        if sent:
-            files = files | {name}
-        else:
-            sending.add(name)
-        set_forwarded(self.task, node_id, files, sending)
-        await self.book.save(self.task)
+        if node_id == self.node.id and not self._confirmed <= files:
+            set_forwarded(self.task, node_id, files | self._confirmed)
+            await self.book.save(self.task)
 
     async def send_missing(self) -> None:
         await self.ensure_init()
         _, done = forwarded(self.task)
-        missing = [p for p in self.staging.files(self.task.uuid) if p.name not in done]
+        missing = [p for p in self.staging.files(self.task.uuid) if p.name not in done | self._confirmed]
         await asyncio.gather(*(self.send_file(p) for p in missing))
+        await self.flush()
 
     async def deliver(self, on_commit: Callable[[], None] = lambda: None) -> None:
         """Everything that is not on the node yet, then commit; a lost pending upload starts over.
@@ -106,6 +110,7 @@ class Forwarder:
                 raise
             log.info("Task %s: %s lost its pending upload; sending it again", self.task.uuid[:8], self.node.row.url)
             set_forwarded(self.task, None, [])
+            self._confirmed.clear()
             await self.send_missing()
             await self.node.client.task_commit(self.task.uuid)
 
@@ -139,6 +144,7 @@ class EarlyForward:
         """Wait for files in flight; the error, if any, says why the early forward broke."""
         if self._jobs:
             await asyncio.gather(*list(self._jobs), return_exceptions=True)
+        await self.forwarder.flush()
         return self.error
 
     def cancel(self) -> None:

@@ -174,14 +174,19 @@ async def task_info(request: web.Request) -> web.Response:
         return replies.task_not_found(request.match_info["uuid"])
     with_output = _int_param(request, "with_output")
     node = c.registry.get(task.node_id)
-    if task.phase in (Phase.ON_NODE, Phase.FINISHED) and node is not None and node.online:
-        try:
-            reply = await node.client.task_info(task.uuid, with_output)
-        except (NodeError, NodeUnreachable):
-            return replies.ok(_table_info(task, with_output))
-        await c.observe(task, node, reply)
-        reply.update(uuid=task.uuid, name=task.name, dateCreated=task.date_created_ms)
-        return replies.ok(reply)
+    if task.phase in (Phase.ON_NODE, Phase.FINISHED) and node is not None:
+        reply = c.info_cache.final(task.uuid) if with_output is None else None
+        if reply is None and node.online:
+            try:
+                reply = await c.info_cache.fetch(task.uuid, with_output,
+                                                 lambda: node.client.task_info(task.uuid, with_output))
+            except (NodeError, NodeUnreachable):
+                reply = None
+            else:
+                await c.observe(task, node, reply)
+        if reply is not None:
+            reply.update(uuid=task.uuid, name=task.name, dateCreated=task.date_created_ms)
+            return replies.ok(reply)
     return replies.ok(_table_info(task, with_output))
 
 

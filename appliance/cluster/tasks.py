@@ -89,14 +89,8 @@ def forwarded(task: Task) -> tuple[int | None, set[str]]:
     return data.get("node_id"), set(data.get("files", []))
 
 
-def in_flight(task: Task) -> set[str]:
-    """Files whose upload to the node had started but not been confirmed: the node may or may not have them."""
-    data = json.loads(task.forwarded_files or "{}")
-    return set(data.get("sending", [])) if isinstance(data, dict) else set()
-
-
-def set_forwarded(task: Task, node_id: int | None, files: Iterable[str], sending: Iterable[str] = ()) -> None:
-    task.forwarded_files = json.dumps({"node_id": node_id, "files": sorted(files), "sending": sorted(sending)})
+def set_forwarded(task: Task, node_id: int | None, files: Iterable[str]) -> None:
+    task.forwarded_files = json.dumps({"node_id": node_id, "files": sorted(files)})
 
 
 def apply_node_info(task: Task, info: dict[str, Any], tail: bool) -> bool:

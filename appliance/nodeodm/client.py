@@ -10,6 +10,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
+from appliance.nodeodm.file_upload import UploadFailed, post_file
+
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=30)  # PyODM also waits 30 s
 QUICK_TIMEOUT = aiohttp.ClientTimeout(total=5)  # health polls must not pile up behind a dead node
 
@@ -86,6 +88,10 @@ class NodeClient:
         return str(reply["uuid"])
 
     async def task_upload(self, uuid: str, files: Iterable[Path]) -> None:
+        files = list(files)
+        if len(files) == 1 and self.base_url.startswith("http://"):
+            await self._upload_with_sendfile(uuid, files[0])
+            return
         with aiohttp.MultipartWriter("form-data") as writer:
             handles = []
             try:
@@ -98,6 +104,16 @@ class NodeClient:
             finally:
                 for handle in handles:
                     handle.close()
+
+    async def _upload_with_sendfile(self, uuid: str, path: Path) -> None:
+        try:
+            status, data = await post_file(self.url(f"/task/new/upload/{uuid}"), path)
+        except UploadFailed as exc:
+            raise NodeUnreachable(str(exc)) from None
+        if status != 200:
+            raise NodeError(f"HTTP {status} from {self.base_url} uploading {path.name}")
+        if not isinstance(data, dict) or data.get("error") or not data.get("success"):
+            raise NodeError(str((data or {}).get("error", "upload refused")) if isinstance(data, dict) else "upload refused")
 
     async def task_commit(self, uuid: str) -> None:
         await self._json("POST", f"/task/new/commit/{uuid}")
