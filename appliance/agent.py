@@ -26,10 +26,12 @@ from appliance.config import Config
 from appliance.discovery.agent_api import setup_agent_routes
 from appliance.discovery.relay import entry_point_middleware
 from appliance.discovery.service import discovery_ctx
-from appliance.keys import CONFIG, COORDINATOR
+from appliance.discovery.identity import load_identity
+from appliance.keys import CONFIG, COORDINATOR, IDENTITY
 from appliance.netaddr import default_public_url
 from appliance.nodeodm.auth import setup_auth_routes, token_middleware
 from appliance.nodeodm.replies import error_middleware
+from appliance.sdnotify import systemd_ctx
 from appliance.store.database import Store
 from webui.routes import setup_ui_routes
 
@@ -65,7 +67,10 @@ def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx sign
         registry = NodeRegistry(store, session, config.poll_seconds)
         await registry.load()
         public_url = config.public_url or default_public_url(config.host, config.port)
-        coordinator = Coordinator(store, registry, Staging(config.staging_dir, config.min_free_disk_mb * 1024 * 1024), public_url, config.dispatch_attempts)
+        identity = load_identity(config.state_dir, config.name or None)
+        app[IDENTITY] = identity
+        coordinator = Coordinator(store, registry, Staging(config.staging_dir, config.min_free_disk_mb * 1024 * 1024),
+                                  public_url, config.dispatch_attempts, identity.id)
         await coordinator.recover()
         app[COORDINATOR] = coordinator
         for url in config.node:
@@ -101,6 +106,7 @@ def create_app(config: Config) -> web.Application:
     if config.discovery:
         app.cleanup_ctx.append(discovery_ctx(config))
         setup_agent_routes(app)
+    app.cleanup_ctx.append(systemd_ctx(config))  # last in, first out: STOPPING=1 before anything closes
     setup_auth_routes(app)
     setup_routes(app)
     setup_admin_routes(app)

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                          description="Serve the NodeODM-compatible API and the web UI for the passel.")
     run.add_argument("--config", metavar="FILE", help="TOML file of settings (keys as the flags, with underscores)")
     add_setting_flags(run, RUN_SETTINGS)
+    run.add_argument("--first-boot", action="store_true",
+                     help="create what a new box needs when missing: /etc/passel/passel.toml with every setting "
+                          "commented out, and the state directory (passel.service passes this)")
 
     sim = sub.add_parser("simnode", help="run a simulated NodeODM, for demos, training and tests",
                          description="A NodeODM look-alike that 'processes' images in seconds_per_image each "
@@ -103,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     nodes.add_argument("--api", default=os.environ.get("PASSEL_API", DEFAULT_API), help=f"Passel API (default {DEFAULT_API})")
     nodes.add_argument("--token", default=os.environ.get("PASSEL_TOKEN") or None, help="the API token, if one is set")
     nodes.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    for name, text in (("sleep", "tell this box's agent to leave the passel; systemd runs it before a suspend"),
+                       ("wake", "tell this box's agent to rejoin the passel; systemd runs it after resume")):
+        power = sub.add_parser(name, help=text, description=text)
+        power.add_argument("--config", metavar="FILE", help="TOML file of settings, for the port and token")
     return parser
 
 
@@ -183,6 +191,11 @@ def _transfer_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _power_command(args: argparse.Namespace) -> int:
+    from appliance.power import tell_agent
+    return tell_agent(args.command, args.config)
+
+
 def _run_command(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -193,6 +206,9 @@ def _run_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise SystemExit(f"passel: {exc}") from None
     setup_logging(config.log_level)
+    if args.first_boot:
+        from appliance.firstboot import first_boot
+        first_boot(config, args.config)
 
     async def freeze_start_up_objects(app: web.Application) -> None:
         # ~100k long-lived objects (SQLAlchemy, Alembic, aiohttp) made every full collection cost
@@ -250,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     handlers = {"run": _run_command, "simnode": _simnode_command, "demo": _demo_command, "nodes": _nodes_command,
-                "status": _status_command, "transfer": _transfer_command}
+                "status": _status_command, "transfer": _transfer_command, "sleep": _power_command,
+                "wake": _power_command}
     if args.command not in handlers:
         parser.print_help()
         return 2

@@ -64,7 +64,8 @@ async def _print_progress(report: dict[str, dict[str, Any]], coordinator_url: st
         if line:
             print(f"[demo] {line}", flush=True)
         try:
-            await asyncio.wait_for(stop.wait(), 2)
+            async with asyncio.timeout(2):
+                await stop.wait()
         except TimeoutError:
             pass
 

@@ -10,9 +10,13 @@ from aiohttp import web
 if TYPE_CHECKING:
     from appliance.cluster.coordinator import Coordinator
     from appliance.config import Config
+    from appliance.discovery.identity import BoxIdentity
     from appliance.discovery.passel import Passel
+    from appliance.discovery.replica import ReplicaFollower
 
 CONFIG: web.AppKey["Config"] = web.AppKey("config")
 COORDINATOR: web.AppKey["Coordinator"] = web.AppKey("coordinator")
 PASSEL: web.AppKey["Passel"] = web.AppKey("passel")
 RELAY_SESSION: web.AppKey["aiohttp.ClientSession"] = web.AppKey("relay_session")
+IDENTITY: web.AppKey["BoxIdentity"] = web.AppKey("identity")
+REPLICA: web.AppKey["ReplicaFollower"] = web.AppKey("replica")

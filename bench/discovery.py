@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -360,6 +361,15 @@ def log_notes(bridge, limit: int = 12) -> dict[str, Any]:  # noqa: ANN001
 
 # -- machine and summary --------------------------------------------------------------------------
 
+def appliance_digest() -> str:
+    """A hash of the code under test: agents start afresh in every run, so an edit to appliance/ while
+    the benchmark runs would mix two versions into one median."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "appliance").rglob("*.py")):
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def machine() -> dict[str, Any]:
     model = ""
     try:
@@ -499,6 +509,7 @@ def main() -> int:
     joins: list[dict[str, Any]] = []
     failovers: list[dict[str, Any]] = []
     started = time.monotonic()
+    digest_before = appliance_digest()
     try:
         for i in range(args.runs):
             # Interleave the two kinds so slow drift in the machine affects both alike.
@@ -524,7 +535,13 @@ def main() -> int:
         else:
             shutil.rmtree(scratch, ignore_errors=True)
     summary = summarize(joins, failovers)
-    data = {"benchmark": "discovery", "runs": args.runs, "machine": machine(),
+    digest_after = appliance_digest()
+    if digest_after != digest_before:
+        say("WARNING: appliance/ changed while the benchmark ran; the runs measured different code")
+    host = machine()
+    host["code"].update({"appliance_sources_sha256": digest_before,
+                         "changed_during_run": digest_after != digest_before})
+    data = {"benchmark": "discovery", "runs": args.runs, "machine": host,
             "settings": {"poll_interval_s": POLL, "http_timeout_s": HTTP_TIMEOUT, "info_timeout_s": INFO_TIMEOUT,
                          "agent_poll_seconds": args.poll_seconds, "agent_task_poll_seconds": 0.5,
                          "fresh_bridge_per_run": True},

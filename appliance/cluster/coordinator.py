@@ -24,7 +24,8 @@ from appliance.cluster.info_cache import InfoCache
 from appliance.cluster.registry import NodeRegistry, NodeState
 from appliance.cluster.scheduler import Demand, NodeView, choose_node, why_not
 from appliance.cluster.staging import Staging, is_image
-from appliance.cluster.tasks import TaskBook, apply_node_info, forwarded, set_forwarded
+from appliance.cluster.tasks import (GONE_PHASES, TaskBook, apply_node_info, forwarded, progress_rank,
+                                     set_forwarded)
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.options import OptionsError, validate_options
 from appliance.nodeodm.status import TaskStatus
@@ -73,12 +74,13 @@ class Coordinator:
     """Owns the task table, the staging area and the flow of tasks to nodes."""
 
     def __init__(self, store: Store, registry: NodeRegistry, staging: Staging, public_url: str,
-                 dispatch_attempts: int) -> None:
+                 dispatch_attempts: int, self_id: str = "") -> None:
         self.store, self.registry, self.staging = store, registry, staging
         self.public_url = public_url
         self.dispatch_attempts = dispatch_attempts
         self.active: Callable[[], bool] = lambda: True  # False while this box is not the coordinator
-        self.book = TaskBook(store)
+        self.self_id = self_id
+        self.book = TaskBook(store, self_id)
         self.info_cache = InfoCache()
         self._wake = asyncio.Event()
         self._early: dict[str, EarlyForward] = {}
@@ -125,13 +127,16 @@ class Coordinator:
         """Accept a new task: validate, create its staging directory, and pre-open it on a node."""
         options, outputs = self._prepare(new)
         uuid = self._claim_uuid(set_uuid)
+        if uuid in self.book.tasks:  # a tombstone: NodeODM lets a removed task's uuid be used again
+            await self.book.purge(uuid)
+            self.staging.remove(uuid)
         path = self.staging.create(uuid)
         job = hashlib.sha1(f"{options}|{outputs}|{new.skip_post_processing}".encode()).hexdigest()[:16]
         # NodeODM names an unnamed task this way, and PyODM shows the name.
         name = new.name or "Task of " + datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         task = Task(uuid=uuid, name=name, options=options, outputs=outputs,
                     skip_post_processing=new.skip_post_processing, webhook=new.webhook,
-                    staging_path=str(path), job_key=job)
+                    staging_path=str(path), job_key=job, staged_on=self.self_id)
         node = self._pick(task, images=0)
         if node is not None:
             task.node_id = node.id
@@ -142,7 +147,7 @@ class Coordinator:
     def _claim_uuid(self, set_uuid: str | None) -> str:
         if set_uuid is None:
             return str(uuidlib.uuid4())
-        if not re.fullmatch(UUID_PATTERN, set_uuid) or set_uuid.lower() in self.book.tasks:
+        if not re.fullmatch(UUID_PATTERN, set_uuid) or self.book.known(set_uuid.lower()):
             raise TaskRefused(f"Invalid set-uuid: {set_uuid}")
         return set_uuid.lower()
 
@@ -252,9 +257,14 @@ class Coordinator:
             self.wake()
         await self.book.save(task)
 
-    async def forget(self, task: Task) -> None:
-        """Drop a task here without touching its node: another coordinator has taken it."""
-        await self._discard(task)
+    async def handed_over(self, task: Task, to: str) -> None:
+        """Another coordinator has this task and its files now; keep the row as a replica only."""
+        self._stop_sending(task.uuid)
+        self.staging.remove(task.uuid)
+        task.owner = to
+        if task.staged_on == self.self_id:
+            task.staged_on = to
+        await self.book.save_replica(task)
 
     async def pause(self) -> None:
         """Stop sending when this box stops being coordinator; what was mid-way is resumed by the next."""
@@ -262,27 +272,41 @@ class Coordinator:
             await self.settle(uuid)
 
     async def adopt(self, values: dict[str, Any], node_url: str | None, files_from: Path, giver: str) -> bool:
-        """Take a task handed over by another box; False when it is already here (kept as is)."""
-        uuid = str(values["uuid"])
-        if uuid in self.book.tasks:
+        """Take a task from a box that is no longer coordinator; the further-along version wins.
+
+        Returns False when this box already had an equal or better version (its own is kept).
+        """
+        incoming = Task(**{k: v for k, v in values.items() if k in Task.__table__.columns.keys()})
+        existing = self.book.tasks.get(incoming.uuid)
+        has_files = any(files_from.iterdir())
+        if existing is not None and (existing.phase in GONE_PHASES
+                                     or progress_rank(existing) >= progress_rank(incoming)):
+            if has_files and existing.phase not in GONE_PHASES and not self.staging.files(existing.uuid):
+                self._take_files(existing, files_from)
+                await self.book.save(existing)
             return False
-        task = Task(**{k: v for k, v in values.items() if k in Task.__table__.columns.keys()})
         node = await self.registry.ensure(node_url) if node_url else None
-        old_node, files = forwarded(task)
-        task.node_id = node.id if node else None
-        set_forwarded(task, task.node_id if old_node is not None and node else None, files if node else [])
-        if task.phase == Phase.FORWARDING:
-            task.phase = Phase.WAITING
-        if task.phase == Phase.UPLOADING:
-            task.node_id = None
-        path = self.staging.create(uuid)
-        self.staging.adopt(files_from, uuid)
-        task.staging_path = str(path)
-        await self.book.save(task)
-        await self.store.record("adopted", f"Task {uuid} handed over by box {giver}", task_uuid=uuid,
-                                node_id=task.node_id)
+        old_node, files = forwarded(incoming)
+        incoming.node_id = node.id if node else None
+        set_forwarded(incoming, incoming.node_id if old_node is not None and node else None, files if node else [])
+        if incoming.phase == Phase.FORWARDING:
+            incoming.phase = Phase.WAITING
+        if incoming.phase == Phase.UPLOADING:
+            incoming.node_id = None
+        if has_files:
+            self._take_files(incoming, files_from)
+        self._stop_sending(incoming.uuid)
+        await self.book.save(incoming)
+        await self.store.record("adopted", f"Task {incoming.uuid} handed over by box {giver}",
+                                task_uuid=incoming.uuid, node_id=incoming.node_id)
         self.wake()
         return True
+
+    def _take_files(self, task: Task, files_from: Path) -> None:
+        self.staging.remove(task.uuid)
+        path = self.staging.create(task.uuid)
+        self.staging.adopt(files_from, task.uuid)
+        task.staging_path, task.staged_on = str(path), self.self_id
 
     # -- placement and sending --------------------------------------------------------------
     def _views(self, task: Task) -> list[NodeView]:
@@ -387,7 +411,10 @@ class Coordinator:
         """Place waiting tasks, oldest first, whenever a slot may have freed."""
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), DISPATCH_RECHECK_SECONDS)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races its timeout,
+                # and then this loop never stops.
+                async with asyncio.timeout(DISPATCH_RECHECK_SECONDS):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -411,7 +438,7 @@ class Coordinator:
         self._stop_sending(task.uuid)
         self._avoid.pop(task.uuid, None)
         self.staging.remove(task.uuid)
-        await self.book.drop(task.uuid)
+        await self.book.tombstone(task)
 
     async def shutdown(self) -> None:
         jobs = list(self._sending.values())

@@ -89,6 +89,10 @@ class NodeRegistry:
                 return state
         raise NodeNotFound(ref)
 
+    def find_url(self, url: str) -> NodeState | None:
+        base = url.split("?")[0].rstrip("/")
+        return next((s for s in self.nodes.values() if s.row.url == base), None)
+
     async def add(self, url: str, source: str = "manual", label: str = "") -> NodeState:
         """Add a node, or return it unchanged when its URL is already known."""
         base, token = split_node_url(url)

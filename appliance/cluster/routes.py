@@ -72,8 +72,11 @@ async def task_new_init(request: web.Request) -> web.Response:
 
 
 def _uploading(request: web.Request) -> Task | None:
-    task = _coordinator(request).book.get(request.match_info["uuid"].lower())
-    return task if task is not None and task.phase == Phase.UPLOADING else None
+    """A task still taking files, whose earlier files are on this box's disk (not left on a lost one)."""
+    c = _coordinator(request)
+    task = c.book.get(request.match_info["uuid"].lower())
+    ok = task is not None and task.phase == Phase.UPLOADING and task.staged_on in ("", c.self_id)
+    return task if ok else None
 
 
 async def task_new_upload(request: web.Request) -> web.Response:

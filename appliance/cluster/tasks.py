@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -14,20 +15,36 @@ from appliance.store.models import Phase, Task
 OUTPUT_TAIL_LINES = 50  # kept in the table so output still answers when the node is gone
 ACTIVE_PHASES = (Phase.FORWARDING, Phase.ON_NODE)
 VISIBLE_PHASES = (Phase.WAITING, Phase.FORWARDING, Phase.ON_NODE, Phase.FINISHED)
+GONE_PHASES = (Phase.REMOVED, Phase.LOST)
+PHASE_ORDER = (Phase.UPLOADING, Phase.WAITING, Phase.FORWARDING, Phase.ON_NODE, Phase.FINISHED, Phase.LOST,
+               Phase.REMOVED)
+
+
+def progress_rank(task: Task) -> tuple[int, int]:
+    """How far a task has got; when two boxes hold different versions, the further one wins."""
+    return status_rank(task.status), PHASE_ORDER.index(task.phase) if task.phase in PHASE_ORDER else 0
 
 
 class TaskBook:
-    """All tasks this coordinator tracks, keyed by uuid."""
+    """All tasks this box knows, keyed by uuid: the truth on the coordinator, a replica elsewhere."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, self_id: str = "") -> None:
         self.store = store
+        self.self_id = self_id
         self.tasks: dict[str, Task] = {}
+        self.rev = 0
 
     async def load(self) -> None:
         self.tasks = {t.uuid: t for t in await self.store.load(Task)}
+        self.rev = max((t.rev for t in self.tasks.values()), default=0)
 
     def get(self, uuid: str) -> Task | None:
         return self.tasks.get(uuid)
+
+    def known(self, uuid: str) -> Task | None:
+        """Any row but tombstones."""
+        task = self.tasks.get(uuid)
+        return task if task is not None and task.phase not in GONE_PHASES else None
 
     def visible(self, uuid: str) -> Task | None:
         """A task the client may see: committed, not removed."""
@@ -41,12 +58,28 @@ class TaskBook:
         return sorted((t for t in self.tasks.values() if t.phase in phases), key=lambda t: t.committed_at or 0)
 
     async def save(self, task: Task) -> None:
+        """Write as the coordinator: a new version number, so replicas pull the change."""
+        self.rev += 1
+        task.rev, task.owner = self.rev, self.self_id
         self.tasks[task.uuid] = task
         await self.store.save(task)
 
-    async def drop(self, uuid: str) -> None:
+    async def save_replica(self, task: Task) -> None:
+        """Write a row as received from the coordinator, keeping its version."""
+        self.tasks[task.uuid] = task
+        await self.store.save(task)
+
+    async def tombstone(self, task: Task, phase: str = Phase.REMOVED) -> None:
+        """Mark removed (or lost) rather than delete, so replicas and returning boxes learn of it."""
+        task.phase, task.finished_at = phase, time.time()
+        await self.save(task)
+
+    async def purge(self, uuid: str) -> None:
         self.tasks.pop(uuid, None)
         await self.store.delete(Task, uuid)
+
+    def changed_since(self, rev: int) -> list[Task]:
+        return sorted((t for t in self.tasks.values() if t.rev > rev), key=lambda t: t.rev)
 
     def busy_by_node(self) -> dict[int, int]:
         """Slots each node owes to our tasks: sent or being sent, unfinished, plus upload reservations."""

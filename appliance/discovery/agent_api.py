@@ -9,7 +9,8 @@ from aiohttp import web
 from appliance.discovery.clock import boottime
 from appliance.discovery.handover import parse_task
 from appliance.discovery.passel import AGENT_API, Passel, TransferRefused
-from appliance.keys import COORDINATOR, PASSEL
+from appliance.discovery.replica import export_since
+from appliance.keys import COORDINATOR, PASSEL, REPLICA
 from appliance.nodeodm.uploads import UploadError, receive_form
 
 
@@ -27,6 +28,9 @@ async def takeover(request: web.Request) -> web.Response:
     passel = request.app[PASSEL]
     try:
         body = await request.json()
+        giver = passel.membership.peers.get(str(body.get("from", "")))
+        if giver is not None:  # catch up with the giver's table first, so no task blinks out
+            await request.app[REPLICA].pull(giver)
         await passel.take_over(int(body["term"]), str(body.get("from", "?")))
     except (ValueError, KeyError, TypeError):
         return web.json_response({"accepted": False, "error": "expected {term, from}"}, status=400)
@@ -48,12 +52,23 @@ async def adopt(request: web.Request) -> web.Response:
     try:
         form = await receive_form(request, scratch, file_field="images")
         values, node_url = parse_task(form.fields.get("task", ""))
-        await coordinator.adopt(values, node_url, scratch, request.query.get("from", "?"))
+        adopted = await coordinator.adopt(values, node_url, scratch, request.query.get("from", "?"))
     except (UploadError, ValueError, TypeError) as exc:
         return web.json_response({"adopted": False, "error": f"bad hand-over: {exc}"})
     finally:
         coordinator.staging.discard_scratch(scratch)
-    return web.json_response({"adopted": True})
+    return web.json_response({"adopted": adopted})
+
+
+async def tasks_since(request: web.Request) -> web.Response:
+    """The replica feed: task rows newer than `since` (all of them when 0), and the nodes."""
+    if not request.app[PASSEL].is_coordinator:
+        return web.json_response({"error": "this box is not the coordinator"}, status=409)
+    try:
+        since = int(request.query.get("since", "0"))
+    except ValueError:
+        since = 0
+    return web.json_response(export_since(request.app[COORDINATOR], since))
 
 
 def passel_view(passel: Passel) -> dict[str, Any]:
@@ -94,6 +109,7 @@ def setup_agent_routes(app: web.Application) -> None:
     app.router.add_post(f"{AGENT_API}/heartbeat", heartbeat)
     app.router.add_post(f"{AGENT_API}/takeover", takeover)
     app.router.add_post(f"{AGENT_API}/adopt", adopt)
+    app.router.add_get(f"{AGENT_API}/tasks", tasks_since)
     app.router.add_get("/-/passel.json", passel_json)
     app.router.add_post("/-/transfer", transfer)
 

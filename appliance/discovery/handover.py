@@ -21,12 +21,13 @@ HANDOVER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=120)
 
 
 async def hand_over_all(coordinator: Coordinator, passel: Passel, session: aiohttp.ClientSession) -> int:
-    """Send every task this box holds to the coordinator; returns how many were taken."""
+    """Send the tasks this box wrote as coordinator, with their staged files, to the coordinator."""
     target = passel.coordinator()
     if target is None or passel.is_coordinator:
         return 0
     taken = 0
-    for task in list(coordinator.book.tasks.values()):
+    own = [t for t in coordinator.book.tasks.values() if t.owner == coordinator.self_id]
+    for task in own:
         await coordinator.settle(task.uuid)
         node = coordinator.registry.get(task.node_id)
         values: dict[str, Any] = row_values(task)
@@ -48,10 +49,10 @@ async def hand_over_all(coordinator: Coordinator, passel: Passel, session: aioht
             finally:
                 for handle in handles:
                     handle.close()
-        if not answer.get("adopted"):
-            log.info("Coordinator %s refused task %s: %s", target.name, task.uuid, answer.get("error"))
+        if "error" in answer:
+            log.info("Coordinator %s refused task %s: %s", target.name, task.uuid, answer["error"])
             return taken
-        await coordinator.forget(task)
+        await coordinator.handed_over(task, target.id)
         taken += 1
     if taken:
         await coordinator.store.record("handed-over", f"Handed {taken} task(s) to coordinator {target.name}")

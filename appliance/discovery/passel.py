@@ -65,16 +65,22 @@ class Passel:
         peer = self.membership.peers.get(self.state.coordinator_id or "")
         return peer if peer is not None and peer.alive(boottime()) else None
 
-    async def wait_for_coordinator(self, timeout: float) -> bool:
-        """Wait (bounded) until some box is coordinator; True when one is."""
+    async def wait_for_coordinator(self, timeout: float, not_id: str | None = None) -> bool:
+        """Wait (bounded) until some box, other than `not_id`, is coordinator; True when one is."""
         deadline = boottime() + timeout
-        while not (self.is_coordinator or self.coordinator()):
+
+        def ready() -> bool:
+            peer = self.coordinator()
+            return self.is_coordinator or (peer is not None and peer.id != not_id)
+
+        while not ready():
             remaining = deadline - boottime()
             if remaining <= 0:
                 return False
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
             except TimeoutError:
                 return False
         return True
@@ -120,6 +126,10 @@ class Passel:
         self.state.role, self.state.coordinator_id = decision.role, decision.coordinator_id
         if (self.state.role, self.state.coordinator_id) == before:
             return
+        old_leader = self.membership.peers.get(before[1] or "")
+        if old_leader is not None and not old_leader.alive(boottime()):
+            log.info("Coordinator %s has not answered heartbeats for %.0f s; it is considered gone",
+                     old_leader.name, LEASE_SECONDS)
         if self.state.role == COORDINATOR:
             log.info("This box (%s) is now the coordinator, term %d", self.identity.name, self.state.term)
         elif self.state.coordinator_id:
@@ -127,7 +137,7 @@ class Passel:
             log.info("Following coordinator %s at %s, term %d", peer.name if peer else "?",
                      peer.url if peer else "?", self.state.term)
         else:
-            log.info("No coordinator heard; waiting for the passel to choose one")
+            log.info("No live coordinator; waiting for the best-placed box to claim the role")
         self._wake()
         for listener in self.listeners:
             await listener(before[0], self.state.role)

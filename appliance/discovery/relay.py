@@ -54,15 +54,22 @@ async def entry_point_middleware(request: web.Request, handler: Handler) -> web.
 
 
 async def _relay_to_coordinator(request: web.Request, handler: Handler, passel: Passel) -> web.StreamResponse:
-    if not await passel.wait_for_coordinator(LEASE_SECONDS + 2):
-        return replies.error(NO_COORDINATOR)
-    if passel.is_coordinator:
-        return await handler(request)
-    peer = passel.coordinator()
-    if peer is None:
-        return replies.error(NO_COORDINATOR)
-    try:
-        return await relay(request, peer.url, request.app[RELAY_SESSION])
-    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-        return replies.error(f"The coordinator ({peer.name} at {peer.url}) stopped answering: {exc or 'timeout'}; "
-                             "try again in a few seconds.")
+    failed: str | None = None
+    for _ in range(2):  # a second try only after the first coordinator refused to connect
+        if not await passel.wait_for_coordinator(LEASE_SECONDS + 2, not_id=failed):
+            return replies.error(NO_COORDINATOR)
+        if passel.is_coordinator:
+            return await handler(request)
+        peer = passel.coordinator()
+        if peer is None:
+            return replies.error(NO_COORDINATOR)
+        try:
+            return await relay(request, peer.url, request.app[RELAY_SESSION])
+        except aiohttp.ClientConnectorError:
+            # Nothing was sent: the coordinator's process is gone. Hold the request through the
+            # election instead of failing it, then send it to the new coordinator.
+            failed = peer.id
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            return replies.error(f"The coordinator ({peer.name} at {peer.url}) stopped answering: "
+                                 f"{exc or 'timeout'}; try again in a few seconds.")
+    return replies.error(NO_COORDINATOR)

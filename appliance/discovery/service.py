@@ -14,16 +14,16 @@ from aiohttp import web
 from appliance.config import Config
 from appliance.discovery.election import COORDINATOR
 from appliance.discovery.handover import hand_over_all
-from appliance.discovery.identity import load_identity
 from appliance.discovery.mdns import ALIAS_TYPE, NODEODM_TYPE, PASSEL_TYPE, PROTOCOL_VERSION, Mdns, Sighting
 from appliance.discovery.passel import Passel
+from appliance.discovery.replica import ReplicaFollower
 from appliance.keys import COORDINATOR as COORDINATOR_KEY
-from appliance.keys import PASSEL, RELAY_SESSION
+from appliance.keys import IDENTITY, PASSEL, RELAY_SESSION, REPLICA
 from appliance.nodeodm.client import NodeClient, NodeError, NodeUnreachable
 
 log = logging.getLogger("passel.discovery")
 DEFAULT_SHARE = "http://127.0.0.1:3001"
-HANDOVER_SECONDS = 2.0
+SYNC_SECONDS = 1.0
 LISTEN_WAIT_SECONDS = 15.0
 TAKEOVER_POLL_TIMEOUT = aiohttp.ClientTimeout(total=1.5)
 
@@ -54,7 +54,7 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
         coordinator = app[COORDINATOR_KEY]
         registry = coordinator.registry
         session = registry.session
-        identity = load_identity(config.state_dir, config.name or None)
+        identity = app[IDENTITY]
         passel = Passel(identity, config.state_dir, config.priority, config.port, session)
         app[PASSEL] = passel
         app[RELAY_SESSION] = relay_session = aiohttp.ClientSession(auto_decompress=False)
@@ -108,15 +108,24 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
             log.info("Box %s (id %s) is on the network; sharing %s", identity.name, identity.id,
                      ", ".join(shares) or "no NodeODM")
 
-        async def hand_over_forever() -> None:
+        follower = app[REPLICA] = ReplicaFollower(coordinator, session)
+
+        async def follow_forever() -> None:
+            """As a follower: hand over what this box accepted as coordinator, then catch up."""
             while True:
-                await asyncio.sleep(HANDOVER_SECONDS)
-                if not passel.is_coordinator and coordinator.book.tasks and passel.coordinator():
+                await asyncio.sleep(SYNC_SECONDS)
+                leader = passel.coordinator()
+                if passel.is_coordinator or leader is None:
+                    continue
+                try:
                     await hand_over_all(coordinator, passel, session)
+                    await follower.pull(leader)
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    log.debug("Replica sync with %s failed: %s", leader.name, exc)
 
         jobs = [asyncio.create_task(advertise(), name="mdns-advertise"),
                 asyncio.create_task(passel.run_forever(), name="election"),
-                asyncio.create_task(hand_over_forever(), name="handover")]
+                asyncio.create_task(follow_forever(), name="replica")]
         yield
         for job in [*jobs, *pending]:
             job.cancel()

@@ -1,8 +1,13 @@
 """Receive multipart uploads straight to disk, never into memory.
 
-aiohttp's `request.post()` buffers the whole body, so uploads are read part by part with
-`request.multipart()`. Each file is written as `<name>.part` and renamed when complete, so a crash
-never leaves a half file that looks whole.
+aiohttp's `request.post()` buffers the whole body, and its `request.multipart()` reader copies every
+byte several times in Python, which on a small box costs as much CPU as the kernel's own work of
+receiving and writing the upload. So the raw body is read chunk by chunk, `MultipartScanner` finds
+the parts, and each file's bytes go to disk with one `os.write` per received chunk.
+
+Each file is written as `<name>.part` and renamed only when the whole body was well-formed, so a
+crash never leaves a half file that looks whole, and a body that fails half-way (truncated, too
+large a field, disk full) leaves nothing behind: the client is told to send it again.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import BodyPartReader, MultipartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-CHUNK_BYTES = 256 * 1024
+from appliance.nodeodm.multipart_scan import Event, MultipartError, MultipartScanner, PartStart, boundary_of
+
 MAX_FIELD_BYTES = 1024 * 1024  # options JSON for ODM is a few kB; 1 MiB leaves room and caps abuse
 MAX_FILENAME_BYTES = 255  # the usual file-system limit
 MIN_FREE_DISK_BYTES = 512 * 1024 * 1024  # refuse new uploads below this, so accepted ones can finish
@@ -85,44 +90,75 @@ def ensure_free_space(directory: Path, min_free: int = MIN_FREE_DISK_BYTES) -> N
             "free some space or remove finished tasks", no_retry=False)
 
 
-async def _save_part(part: BodyPartReader, directory: Path, filename: str) -> tuple[str, int]:
-    name = unique_name(directory, check_filename(filename))
-    partial = directory / (name + PARTIAL_SUFFIX)
-    written = 0
-    try:
-        with open(partial, "wb") as out:
-            while chunk := await part.read_chunk(CHUNK_BYTES):
-                out.write(chunk)
-                written += len(chunk)
-        os.replace(partial, directory / name)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise UploadError("Disk full while receiving the upload; free some space and retry",
-                              no_retry=False) from None
-        raise
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return name, written
+class _FormWriter:
+    """Applies the scanner's events: files of `file_field` to `<name>.part` files, text fields to memory."""
 
+    def __init__(self, directory: Path | None, file_field: str, form: ReceivedForm) -> None:
+        self.directory, self.file_field, self.form = directory, file_field, form
+        self._partials: list[tuple[Path, str]] = []  # (partial path, final name), in arrival order
+        self._fd: int | None = None  # the file being written
+        self._field: tuple[PartStart, bytearray] | None = None  # the text field being read
 
-async def _read_field(part: BodyPartReader) -> str:
-    data = bytearray()
-    while chunk := await part.read_chunk(64 * 1024):
-        data += chunk
-        if len(data) > MAX_FIELD_BYTES:
-            raise UploadError(f"Field {part.name!r} is larger than {MAX_FIELD_BYTES} bytes")
-    try:
-        return data.decode(part.get_charset(default="utf-8"))
-    except (UnicodeDecodeError, LookupError):
-        raise UploadError(f"Field {part.name!r} is not valid text") from None
+    def handle(self, event: Event) -> None:
+        if isinstance(event, PartStart):
+            self._start(event)
+        elif event is None:
+            self._end()
+        elif self._fd is not None:
+            written = os.write(self._fd, event)
+            while written < len(event):  # a regular file takes it all unless the disk is full
+                written += os.write(self._fd, memoryview(event)[written:])
+            self.form.bytes_written += written
+        elif self._field is not None:
+            part, data = self._field
+            data += event
+            if len(data) > MAX_FIELD_BYTES:
+                raise UploadError(f"Field {part.name!r} is larger than {MAX_FIELD_BYTES} bytes")
+
+    def _start(self, part: PartStart) -> None:
+        if part.content_type.startswith("multipart/"):
+            raise UploadError("Nested multipart bodies are not supported")
+        if part.filename is not None:
+            if self.directory is None or part.name != self.file_field:
+                return  # not ours: skipped
+            name = unique_name(self.directory, check_filename(part.filename))
+            partial = self.directory / (name + PARTIAL_SUFFIX)
+            self._fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            self._partials.append((partial, name))
+        elif part.name:
+            self._field = (part, bytearray())
+
+    def _end(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        elif self._field is not None:
+            (part, data), self._field = self._field, None
+            try:
+                self.form.fields[part.name or ""] = data.decode(part.charset)
+            except (UnicodeDecodeError, LookupError):
+                raise UploadError(f"Field {part.name!r} is not valid text") from None
+
+    def finish(self) -> None:
+        """The body was complete: the files become real."""
+        for partial, name in self._partials:
+            os.replace(partial, partial.with_name(name))
+            self.form.files.append(name)
+
+    def discard(self) -> None:
+        """The body failed: remove every file it started."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        for partial, _ in self._partials:
+            partial.unlink(missing_ok=True)
 
 
 async def receive_form(request: web.Request, directory: Path | None, file_field: str = "images") -> ReceivedForm:
     """Stream a multipart body: files of `file_field` go to `directory`, text fields are returned.
 
-    With `directory` None, any file is refused (init takes text fields only).
+    With `directory` None, files are skipped (init takes text fields only). On any error no file of
+    this body is left in `directory`.
     """
     form = ReceivedForm()
     content_type = request.headers.get("Content-Type", "")
@@ -134,27 +170,22 @@ async def receive_form(request: web.Request, directory: Path | None, file_field:
         return form
     if not content_type.startswith("multipart/"):
         raise UploadError("Expected a multipart/form-data body")
+    writer = _FormWriter(directory, file_field, form)
     try:
-        reader = await request.multipart()
-        while True:
-            part = await reader.next()
-            if part is None:
-                break
-            if isinstance(part, MultipartReader):
-                raise UploadError("Nested multipart bodies are not supported")
-            if part.filename is not None:
-                if directory is None or part.name != file_field:
-                    await part.release()
-                    continue
-                name, size = await _save_part(part, directory, part.filename)
-                form.files.append(name)
-                form.bytes_written += size
-            elif part.name:
-                form.fields[part.name] = await _read_field(part)
-    except UploadError:
+        scanner = MultipartScanner(boundary_of(content_type))
+        async for chunk, _ in request.content.iter_chunks():
+            for event in scanner.feed(chunk):
+                writer.handle(event)
+        scanner.close()
+        writer.finish()
+    except BaseException as exc:
+        writer.discard()
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UploadError("Disk full while receiving the upload; free some space and retry",
+                              no_retry=False) from None
+        if isinstance(exc, (MultipartError, HttpProcessingError)):
+            raise UploadError(f"Malformed multipart body: {exc}") from None
         raise
-    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
-        raise UploadError(f"Malformed multipart body: {exc}") from None
     return form
 
 

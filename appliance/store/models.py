@@ -21,6 +21,8 @@ class Phase:
     FORWARDING = "forwarding"  # being sent to its node: the client sees RUNNING
     ON_NODE = "on_node"        # committed on its node, which holds the truth
     FINISHED = "finished"      # COMPLETED, FAILED or CANCELED, as last seen
+    REMOVED = "removed"        # a tombstone: removed by a client, kept briefly so replicas learn of it
+    LOST = "lost"              # its data is gone for good: answered not-found, so ODM resubmits it
 
 
 class Task(Base):
@@ -48,6 +50,11 @@ class Task(Base):
     forwarded_files: Mapped[str] = mapped_column(Text, default="[]")  # JSON list already on node_id
     output_tail: Mapped[str] = mapped_column(Text, default="[]")  # last lines seen, for a lost node
     job_key: Mapped[str] = mapped_column(String(64), default="")
+    rev: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    owner: Mapped[str] = mapped_column(String(16), default="")
+    staged_on: Mapped[str] = mapped_column(String(16), default="")
+    notes: Mapped[str] = mapped_column(Text, default="[]")
+    downloaded_at: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class Node(Base):

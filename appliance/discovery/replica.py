@@ -1,0 +1,94 @@
+"""Every box keeps a replica of the coordinator's task table, so a new coordinator starts from it.
+
+Versioned sync: the coordinator bumps a row's `rev` on every write; followers pull the rows newer
+than the last version they saw. A follower of a new coordinator starts over with a full copy
+(versions from different coordinators do not compare). Node rows travel with the tasks, tokens
+included, because the next coordinator must be able to talk to the nodes: this API is between
+agents only (issue 7 adds the passel key that authenticates it).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+
+from appliance.cluster.coordinator import Coordinator
+from appliance.cluster.tasks import forwarded, set_forwarded
+from appliance.discovery.passel import AGENT_API, Peer
+from appliance.store.models import Task, row_values
+
+log = logging.getLogger("passel.replica")
+SYNC_TIMEOUT = aiohttp.ClientTimeout(total=15)
+
+
+def export_since(coordinator: Coordinator, since: int) -> dict[str, Any]:
+    """What a follower needs to catch up from version `since` (everything when `since` is 0)."""
+    registry = coordinator.registry
+    book = coordinator.book
+    full = since <= 0 or since > book.rev
+    rows = []
+    for task in (book.tasks.values() if full else book.changed_since(since)):
+        values: dict[str, Any] = row_values(task)
+        node = registry.get(task.node_id)
+        fwd_node = registry.get(forwarded(task)[0])
+        values["node_url"] = node.row.url if node else None
+        values["forwarded_node_url"] = fwd_node.row.url if fwd_node else None
+        rows.append(values)
+    nodes = [{"url": s.row.url, "token": s.row.token, "source": s.row.source, "locked": s.row.locked,
+              "label": s.row.label, "agent_url": s.row.agent_url} for s in registry.nodes.values()]
+    return {"rev": book.rev, "full": full, "tasks": rows, "nodes": nodes}
+
+
+class ReplicaFollower:
+    """Pulls the coordinator's changes into this box's own table."""
+
+    def __init__(self, coordinator: Coordinator, session: aiohttp.ClientSession) -> None:
+        self.coordinator = coordinator
+        self.session = session
+        self.synced_from: str | None = None
+        self.synced_rev = 0
+
+    async def pull(self, leader: Peer) -> int:
+        """One round of catching up; returns how many rows changed here."""
+        since = self.synced_rev if self.synced_from == leader.id else 0
+        async with self.session.get(f"{leader.url}{AGENT_API}/tasks", params={"since": since},
+                                    timeout=SYNC_TIMEOUT) as reply:
+            data = await reply.json()
+        await self._apply_nodes(data.get("nodes", []))
+        changed = await self._apply_tasks(data.get("tasks", []), full=bool(data.get("full")))
+        self.synced_from, self.synced_rev = leader.id, int(data.get("rev", 0))
+        return changed
+
+    async def _apply_nodes(self, nodes: list[dict[str, Any]]) -> None:
+        registry = self.coordinator.registry
+        for node in nodes:
+            url = node["url"] + (f"?token={node['token']}" if node.get("token") else "")
+            state = await registry.ensure(url, source=node.get("source", "manual"), agent_url=node.get("agent_url", ""))
+            if state.row.locked != bool(node.get("locked")):
+                state.row.locked = bool(node.get("locked"))
+                await registry.store.save(state.row)
+
+    async def _apply_tasks(self, rows: list[dict[str, Any]], full: bool) -> int:
+        book, registry = self.coordinator.book, self.coordinator.registry
+        seen = set()
+        for values in rows:
+            node_url, fwd_url = values.pop("node_url", None), values.pop("forwarded_node_url", None)
+            task = Task(**{k: v for k, v in values.items() if k in Task.__table__.columns.keys()})
+            local_node = registry.find_url(node_url) if node_url else None
+            local_fwd = registry.find_url(fwd_url) if fwd_url else None
+            task.node_id = local_node.id if local_node else None
+            set_forwarded(task, local_fwd.id if local_fwd else None, forwarded(task)[1])
+            mine = book.tasks.get(task.uuid)
+            if mine is not None and mine.owner == book.self_id and mine.owner != task.owner:
+                continue  # this box's own newer version is still to be handed over
+            seen.add(task.uuid)
+            await book.save_replica(task)
+        dropped = 0
+        if full:
+            for uuid, task in list(book.tasks.items()):
+                if uuid not in seen and task.owner != book.self_id:
+                    await book.purge(uuid)
+                    dropped += 1
+        return len(seen) + dropped
