@@ -21,13 +21,15 @@ from appliance.cluster.coordinator import Coordinator
 from appliance.cluster.registry import NodeRegistry
 from appliance.cluster.routes import setup_routes
 from appliance.cluster.staging import Staging
+from appliance.cluster.lifecycle import StagingLifecycle
+from appliance.cluster.reconciler import Reconciler
 from appliance.cluster.tracker import TaskTracker
 from appliance.config import Config
 from appliance.discovery.agent_api import setup_agent_routes
 from appliance.discovery.relay import entry_point_middleware
 from appliance.discovery.service import discovery_ctx
 from appliance.discovery.identity import load_identity
-from appliance.keys import CONFIG, COORDINATOR, IDENTITY
+from appliance.keys import CONFIG, COORDINATOR, IDENTITY, RECONCILER
 from appliance.netaddr import default_public_url
 from appliance.nodeodm.auth import setup_auth_routes, token_middleware
 from appliance.nodeodm.replies import error_middleware
@@ -78,10 +80,14 @@ def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx sign
                 await registry.add(url, source="config")
             except ValueError as exc:
                 log.error("Ignoring node %s: %s", url.split("?")[0], exc)
-        tracker = TaskTracker(coordinator, config.task_poll_seconds)
+        tracker = TaskTracker(coordinator, config.task_poll_seconds, config.stall_seconds)
+        reconciler = app[RECONCILER] = Reconciler(coordinator, config.grace_seconds)
+        lifecycle = StagingLifecycle(coordinator, config.staging_keep_hours)
         jobs = [_background("node-health", registry.poll_forever),
                 _background("dispatch", coordinator.run_dispatch_loop),
-                _background("task-tracker", tracker.run_forever)]
+                _background("task-tracker", tracker.run_forever),
+                _background("reconcile", reconciler.run_forever),
+                _background("staging-lifecycle", lifecycle.run_forever)]
         log.info("Passel %s ready: %d node(s) and %d task(s) on record, public URL %s",
                  __version__, len(registry.nodes), len(coordinator.book.tasks), public_url)
         yield

@@ -37,7 +37,7 @@ Settings come from, in rising order: built-in defaults, a TOML file (--config, $
 """
 
 RUN_SETTINGS = ("host", "port", "state_dir", "node", "token", "public_url", "discovery", "name", "priority",
-                "share", "alias", "poll_seconds",
+                "share", "alias", "poll_seconds", "grace_seconds", "stall_seconds", "staging_keep_hours",
                 "task_poll_seconds", "dispatch_attempts", "min_free_disk_mb", "log_level")
 
 
@@ -98,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     transfer.add_argument("box", help="the box's id or friendly name (see `passel status`)")
     transfer.add_argument("--api", default=os.environ.get("PASSEL_API", DEFAULT_API), help=f"any box's API (default {DEFAULT_API})")
     transfer.add_argument("--token", default=os.environ.get("PASSEL_TOKEN") or None, help="the API token, if one is set")
+
+    tasks = sub.add_parser("tasks", help="list, show, move, cancel, restart or remove tasks")
+    tasks.add_argument("action", choices=["list", "show", "move", "cancel", "restart", "remove"])
+    tasks.add_argument("uuid", nargs="?", help="the task (a unique prefix is enough)")
+    tasks.add_argument("node", nargs="?", help="for move: the node's id or URL")
+    tasks.add_argument("--api", default=os.environ.get("PASSEL_API", DEFAULT_API), help=f"any box's API (default {DEFAULT_API})")
+    tasks.add_argument("--token", default=os.environ.get("PASSEL_TOKEN") or None, help="the API token, if one is set")
+    tasks.add_argument("--json", action="store_true", help="machine-readable output")
 
     nodes = sub.add_parser("nodes", help="list, add, remove, lock or unlock the coordinator's nodes")
     nodes.add_argument("action", choices=["list", "add", "remove", "lock", "unlock", "best"])
@@ -196,6 +204,34 @@ def _power_command(args: argparse.Namespace) -> int:
     return tell_agent(args.command, args.config)
 
 
+def _tasks_command(args: argparse.Namespace) -> int:
+    call = lambda method, path, body=None: _api(args.api, args.token, method, path, body)  # noqa: E731
+    listing = call("GET", "/-/tasks")
+    if args.action == "list":
+        if args.json:
+            print(json.dumps(listing, indent=2))
+            return 0
+        print(f"{'TASK':<10} {'NAME':<28} {'STATUS':<10} {'PROGRESS':>8} {'IMAGES':>6}  NODE")
+        for t in listing:
+            print(f"{t['uuid'][:8]:<10} {t['name'][:28]:<28} {t['status_name']:<10} {t['progress']:>7.0f}% "
+                  f"{t['images_count']:>6}  {t['node_url'] or '-'}")
+        return 0
+    if not args.uuid:
+        raise SystemExit(f"passel tasks {args.action} needs a task uuid")
+    matches = [t["uuid"] for t in listing if t["uuid"].startswith(args.uuid.lower())]
+    if len(matches) != 1:
+        raise SystemExit(f"{'No task' if not matches else 'More than one task'} matches {args.uuid!r}")
+    uuid = matches[0]
+    if args.action == "show":
+        print(json.dumps(call("GET", f"/-/tasks/{uuid}"), indent=2))
+        return 0
+    if args.action == "move" and not args.node:
+        raise SystemExit("passel tasks move needs a node: passel tasks move UUID NODE")
+    result = call("POST", f"/-/tasks/{uuid}/{args.action}", {"node": args.node} if args.node else {})
+    print(f"Task {uuid[:8]}: {args.action} done" + (f", now going to {result['node']}" if "node" in result else ""))
+    return 0
+
+
 def _run_command(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -266,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     handlers = {"run": _run_command, "simnode": _simnode_command, "demo": _demo_command, "nodes": _nodes_command,
-                "status": _status_command, "transfer": _transfer_command, "sleep": _power_command,
-                "wake": _power_command}
+                "status": _status_command, "transfer": _transfer_command, "tasks": _tasks_command,
+                "sleep": _power_command, "wake": _power_command}
     if args.command not in handlers:
         parser.print_help()
         return 2

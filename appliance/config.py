@@ -51,6 +51,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("alias", "passel.local", "the friendly host name the coordinator answers for over mDNS"),
     Setting("poll_seconds", 3.0, "how often each node's health is checked", float),
     Setting("task_poll_seconds", 2.0, "how often running tasks are refreshed from their nodes", float),
+    Setting("grace_seconds", 90.0, "how long a node or box may be silent before its tasks are sent elsewhere "
+                                   "(long enough for a laptop lid closed for a minute)", float),
+    Setting("stall_seconds", 3600.0, "a RUNNING task with no progress and no new output for this long is sent "
+                                     "again, or failed", float),
+    Setting("staging_keep_hours", 72.0, "how long the uploaded images of a finished task are kept for a restart",
+            float),
     Setting("dispatch_attempts", 5, "how many times a task is sent to a node before it is failed", int),
     Setting("min_free_disk_mb", 512, "refuse new uploads when staging has less free space than this", int),
     Setting("log_level", "info", "debug, info, warning or error"),
@@ -80,6 +86,9 @@ class Config:
     alias: str
     poll_seconds: float
     task_poll_seconds: float
+    grace_seconds: float
+    stall_seconds: float
+    staging_keep_hours: float
     dispatch_attempts: int
     min_free_disk_mb: int
     log_level: str

@@ -45,8 +45,10 @@ def default_config_text(environ: Mapping[str, str]) -> str:
     for setting in SETTINGS:
         lines = textwrap.wrap(setting.help[0].upper() + setting.help[1:] + ".", width=98)
         if setting.env in environ:
-            lines.append(f"(Set to {environ[setting.env]!r} by {setting.env} for this service; that wins over this file.)")
-        parts.append("".join(f"# {line}\n" for line in lines) + f"# {setting.name} = {_toml(setting.default)}\n")
+            lines.append(f"(Set to {environ[setting.env]!r} by {setting.env} for this service; "
+                         "that wins over this file.)")
+        hint = '  # a list, like ["first", "second"]' if setting.repeated else ""
+        parts.append("".join(f"# {line}\n" for line in lines) + f"# {setting.name} = {_toml(setting.default)}{hint}\n")
     return "\n".join(parts)
 
 

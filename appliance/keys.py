@@ -9,6 +9,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from appliance.cluster.coordinator import Coordinator
+    from appliance.cluster.reconciler import Reconciler
     from appliance.config import Config
     from appliance.discovery.identity import BoxIdentity
     from appliance.discovery.passel import Passel
@@ -20,3 +21,4 @@ PASSEL: web.AppKey["Passel"] = web.AppKey("passel")
 RELAY_SESSION: web.AppKey["aiohttp.ClientSession"] = web.AppKey("relay_session")
 IDENTITY: web.AppKey["BoxIdentity"] = web.AppKey("identity")
 REPLICA: web.AppKey["ReplicaFollower"] = web.AppKey("replica")
+RECONCILER: web.AppKey["Reconciler"] = web.AppKey("reconciler")

@@ -104,7 +104,8 @@ async def test_an_old_database_upgrades_in_place_without_losing_a_task(tmp_path:
     assert sorted(tasks) == sorted(t["uuid"] for t in OLD_TASKS), "a task was lost in the upgrade"
     for old in OLD_TASKS:
         new = tasks[old["uuid"]]
-        assert {c: getattr(new, c) for c in TASK_COLUMNS_0001} == old | {"skip_post_processing": bool(old["skip_post_processing"])}
+        as_read = old | {"skip_post_processing": bool(old["skip_post_processing"])}  # SQLite stores 0/1
+        assert {c: getattr(new, c) for c in TASK_COLUMNS_0001} == as_read
     assert sorted(nodes) == sorted(n["url"] for n in OLD_NODES)
     assert nodes["http://10.0.0.6:3001"].locked is True and nodes["http://10.0.0.5:3001"].token == "secret"
     assert [e.message for e in events] == ["Task 1 accepted"]

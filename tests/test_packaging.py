@@ -31,10 +31,12 @@ from pyodm.types import TaskStatus
 
 from appliance import __version__, firstboot
 from appliance.agent import create_app
+from appliance.cli import main as cli_main
 from appliance.config import SETTINGS, load_config
 from appliance.firstboot import default_config_text, first_boot
 from appliance.store.database import MIGRATIONS_DIR
 from tests.nodeodm_helpers import make_images
+from tests.support import ServerThread
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = sorted((REPO / "systemd").glob("*.service"))
@@ -262,6 +264,37 @@ async def test_ready_is_sent_only_once_the_api_listens(tmp_path: Path, notify_so
     finally:
         await runner.cleanup()
     assert "STOPPING=1" in await _datagram(notify_socket, 5)
+
+
+# --- sleep and wake ----------------------------------------------------------------------------
+
+def test_sleep_and_wake_ask_the_agent_and_let_a_box_sleep_when_it_is_down(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    calls: list[tuple[str, str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        calls.append((request.path, request.query.get("token", "")))
+        if request.path.endswith("/wake") and len(calls) > 2:
+            return web.json_response({"error": "not ready"}, status=503)
+        return web.json_response({"ok": True})
+
+    def stub() -> web.Application:
+        app = web.Application()
+        app.router.add_post("/-/agent/v1/{action}", record)
+        return app
+
+    monkeypatch.delenv("PASSEL_CONFIG", raising=False)
+    monkeypatch.setenv("PASSEL_HOST", "0.0.0.0")
+    monkeypatch.setenv("PASSEL_TOKEN", "box-secret")
+    with ServerThread(stub) as agent:
+        monkeypatch.setenv("PASSEL_PORT", str(agent.port))
+        assert cli_main(["sleep"]) == 0 and cli_main(["wake"]) == 0
+        assert calls == [("/-/agent/v1/sleep", "box-secret"), ("/-/agent/v1/wake", "box-secret")]
+        assert "said goodbye" in capsys.readouterr().out
+        assert cli_main(["wake"]) == 1  # an agent that refuses is reported, and systemd logs it
+        assert "refused to wake: not ready" in capsys.readouterr().out
+    assert cli_main(["sleep"]) == 0  # nobody listening: nothing to say goodbye to, the box may sleep
+    assert "not answering" in capsys.readouterr().out
 
 
 # --- the one-file binary -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance import __version__
-from appliance.cluster.coordinator import Coordinator, public_task
+from appliance.cluster.coordinator import Coordinator, TaskRefused, public_task
 from appliance.cluster.registry import NodeNotFound
 from appliance.cluster.scheduler import Demand, rank, why_not
 from appliance.keys import CONFIG, COORDINATOR
@@ -113,6 +113,31 @@ async def show_task(request: web.Request) -> web.Response:
         "events": [{"at": e.at, "kind": e.kind, "message": e.message} for e in events]})
 
 
+async def task_action(request: web.Request) -> web.Response:
+    """Move, cancel, restart or remove a task: the same actions for the UI, the CLI and scripts."""
+    c = _c(request)
+    task = c.book.visible(request.match_info["uuid"].lower())
+    if task is None:
+        return web.json_response({"error": f"{request.match_info['uuid']} not found"}, status=404)
+    action = request.match_info["action"]
+    body = await _body(request) if request.body_exists else {}
+    try:
+        if action == "move":
+            target = await c.move(task, str(body.get("node", "")))
+            return web.json_response({"success": True, "node": target.row.url})
+        if action == "cancel":
+            await c.cancel(task)
+        elif action == "restart":
+            await c.restart(task, body.get("options"))
+        elif action == "remove":
+            await c.remove(task)
+        else:
+            return web.json_response({"error": f"Unknown action {action}"}, status=404)
+    except TaskRefused as exc:
+        return web.json_response({"error": str(exc)}, status=409)
+    return web.json_response({"success": True})
+
+
 async def events(request: web.Request) -> web.Response:
     rows = await _c(request).store.events(limit=int(request.query.get("limit", "200")))
     return web.json_response([{"at": e.at, "kind": e.kind, "message": e.message,
@@ -139,4 +164,5 @@ def setup_admin_routes(app: web.Application) -> None:
     app.router.add_post("/-/nodes/{ref}/unlock", unlock_node)
     app.router.add_get("/-/tasks", list_tasks)
     app.router.add_get("/-/tasks/{uuid}", show_task)
+    app.router.add_post("/-/tasks/{uuid}/{action}", task_action)
     app.router.add_get("/-/events", events)

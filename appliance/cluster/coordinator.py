@@ -14,7 +14,7 @@ import re
 import time
 import uuid as uuidlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,7 @@ class Coordinator:
         self._sending: dict[str, asyncio.Task[None]] = {}
         self._committing: set[str] = set()
         self._avoid: dict[str, set[int]] = {}
+        self._pinned: dict[str, int] = {}  # moved by hand: this node, free slot or not
         registry.on_change.append(self.wake)
 
     # -- start-up ---------------------------------------------------------------------------
@@ -308,6 +309,89 @@ class Coordinator:
         self.staging.adopt(files_from, task.uuid)
         task.staging_path, task.staged_on = str(path), self.self_id
 
+    # -- moving work -------------------------------------------------------------------------
+    def has_staged_files(self, task: Task) -> bool:
+        return task.staged_on in ("", self.self_id) and bool(self.staging.files(task.uuid))
+
+    async def move_away(self, task: Task, reason: str) -> None:
+        """Send a task again from staging because its node lost it or is gone; lose it when the
+        staged copy is not here (not-found makes ODM resubmit; FAILED would abort its whole job)."""
+        if task.phase not in (Phase.ON_NODE, Phase.FINISHED) or task.status == TaskStatus.CANCELED:
+            return
+        if not self.has_staged_files(task):
+            await self.lose(task, f"{reason}, and its uploaded images are not on this coordinator")
+            return
+        old = self.registry.get(task.node_id)
+        await self._leave_node(task, old)
+        if old is not None:
+            self._avoid.setdefault(task.uuid, set()).add(old.id)
+        note = f"Passel: moved off {old.row.url if old else 'its node'} because {reason}; sending it to another node"
+        await self._requeue_with_note(task, note, "redispatched")
+
+    async def move(self, task: Task, node_ref: str) -> NodeState:
+        """Move a queued or running task to a named node, by hand (the UI and CLI call this)."""
+        if task.phase not in (Phase.WAITING, Phase.FORWARDING, Phase.ON_NODE) or TaskStatus(task.status).finished:
+            raise TaskRefused("Only a queued or running task can be moved")
+        try:
+            target = self.registry.find(node_ref)
+        except KeyError:
+            raise TaskRefused(f"No node {node_ref}") from None
+        refusal = why_not(replace(next(v for v in self._views(task) if v.id == target.id), busy=0),
+                          Demand(images=task.images_count))
+        if refusal:
+            raise TaskRefused(f"Node {target.row.url} cannot take it: {refusal}")
+        if task.node_id == target.id and task.phase == Phase.ON_NODE:
+            raise TaskRefused(f"The task is already on {target.row.url}")
+        if not self.has_staged_files(task):
+            raise TaskRefused("The task's uploaded images are not on this coordinator, so it cannot be sent again")
+        old = self.registry.get(task.node_id)
+        await self.settle(task.uuid)
+        await self._leave_node(task, old)
+        self._pinned[task.uuid] = target.id
+        where = old.row.url if old and task.phase == Phase.ON_NODE else "the queue"
+        await self._requeue_with_note(task, f"Passel: moved by hand from {where} to {target.row.url}", "moved")
+        return target
+
+    async def _leave_node(self, task: Task, node: NodeState | None) -> None:
+        self.info_cache.forget(task.uuid)
+        if node is not None and forwarded(task)[0] == node.id and node.online:
+            await self._best_effort(node, "cancel", task)
+            await self._best_effort(node, "remove", task)
+
+    async def _requeue_with_note(self, task: Task, note: str, kind: str) -> None:
+        task.notes = json.dumps([*json.loads(task.notes or "[]"), note])
+        set_forwarded(task, None, [])
+        task.phase, task.node_id, task.status = Phase.WAITING, None, TaskStatus.RUNNING
+        task.progress, task.processing_time_ms = 0.0, -1
+        await self.book.save(task)
+        await self.store.record(kind, f"Task {task.uuid}: {note}", task_uuid=task.uuid)
+        self.wake()
+
+    async def lose(self, task: Task, reason: str) -> None:
+        """Give up on a task whose data is gone: clients get not-found, which ODM answers by resubmitting."""
+        self._stop_sending(task.uuid)
+        self.staging.remove(task.uuid)
+        self.info_cache.forget(task.uuid)
+        await self.book.tombstone(task, Phase.LOST)
+        await self.store.record("lost", f"Task {task.uuid} is lost: {reason}", task_uuid=task.uuid)
+
+    async def fail(self, task: Task, reason: str) -> None:
+        """A real failure the client must see: FAILED, with the reason in the output."""
+        await self._leave_node(task, self.registry.get(task.node_id))
+        task.node_id, task.phase, task.status, task.finished_at = None, Phase.FINISHED, TaskStatus.FAILED, time.time()
+        task.error_message = reason
+        task.output_tail = json.dumps([*json.loads(task.output_tail or "[]"), f"Passel: {reason}"])
+        await self.book.save(task)
+        await self.store.record("failed", f"Task {task.uuid} failed: {reason}", task_uuid=task.uuid)
+        self.wake()
+
+    async def drop_duplicate(self, node: NodeState, task: Task) -> None:
+        """A node that came back still runs a copy of a task that moved on (or was removed)."""
+        await self._best_effort(node, "cancel", task)
+        await self._best_effort(node, "remove", task)
+        await self.store.record("duplicate-removed", f"Removed a stale copy of task {task.uuid} from {node.row.url}",
+                                task_uuid=task.uuid, node_id=node.id)
+
     # -- placement and sending --------------------------------------------------------------
     def _views(self, task: Task) -> list[NodeView]:
         busy = self.book.busy_by_node()
@@ -325,6 +409,10 @@ class Coordinator:
 
     def _place(self, task: Task, keep_reserved: bool) -> None:
         """Choose the task's node now, or leave it QUEUED in the coordinator's queue."""
+        pinned = self.registry.get(self._pinned.get(task.uuid))
+        if pinned is not None and pinned.online and not pinned.row.locked:
+            task.phase, task.status, task.node_id = Phase.FORWARDING, TaskStatus.RUNNING, pinned.id
+            return
         node = None
         if keep_reserved:
             reserved = self.registry.get(task.node_id)
@@ -384,6 +472,7 @@ class Coordinator:
         task.phase, task.last_error = Phase.ON_NODE, ""
         await self.book.save(task)
         self._avoid.pop(task.uuid, None)
+        self._pinned.pop(task.uuid, None)
         await self.store.record("dispatched", f"Task {task.uuid} is now on node {node.row.url}",
                                 task_uuid=task.uuid, node_id=node.id)
 

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from appliance.cluster.scheduler import NodeView
+from appliance.discovery.clock import boottime
 from appliance.nodeodm.client import NodeClient, NodeError, NodeUnreachable, split_node_url
 from appliance.nodeodm.options import OptionSpec
 from appliance.store.database import Store
@@ -40,6 +41,11 @@ class NodeState:
     misses: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     last_error: str = ""
+    last_answer: float = field(default_factory=boottime)  # boottime of the last answered poll
+
+    def silent_for(self) -> float:
+        """Seconds since the node last answered, while it is not answering (0 when it answers)."""
+        return boottime() - self.last_answer if self.misses else 0.0
 
     @property
     def id(self) -> int:
@@ -156,7 +162,7 @@ class NodeRegistry:
                 await self.store.record("node-offline", f"Node {state.row.url} is not answering: {exc}", node_id=state.id)
                 self._changed()
             return
-        state.info, state.misses, state.last_error = info, 0, ""
+        state.info, state.misses, state.last_error, state.last_answer = info, 0, "", boottime()
         state.row.last_info = json.dumps(info)
         state.row.last_seen = time.time()
         state.online = True

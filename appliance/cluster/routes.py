@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections import Counter
 from typing import Any
 
@@ -149,11 +150,16 @@ def _table_info(task: Task, with_output: int | None) -> dict[str, Any]:
     return reply
 
 
+def _notes(task: Task) -> list[str]:
+    """Lines Passel adds in front of the node's output: where the task moved, and why."""
+    return json.loads(task.notes or "[]")
+
+
 def _table_output(task: Task) -> list[str]:
     lines = json.loads(task.output_tail or "[]")
-    if task.phase == Phase.FORWARDING and not lines:
-        return ["Launching..."]
-    return lines
+    if task.phase in (Phase.FORWARDING, Phase.WAITING) and not lines:
+        lines = ["Launching..."]
+    return _notes(task) + lines
 
 
 def _slice(lines: list[str], line: int) -> list[str]:
@@ -178,11 +184,15 @@ async def task_info(request: web.Request) -> web.Response:
     with_output = _int_param(request, "with_output")
     node = c.registry.get(task.node_id)
     if task.phase in (Phase.ON_NODE, Phase.FINISHED) and node is not None:
+        notes = _notes(task)
+        asked = with_output if not notes or with_output is None else 0  # notes shift line numbers
         reply = c.info_cache.final(task.uuid) if with_output is None else None
         if reply is None and node.online:
             try:
-                reply = await c.info_cache.fetch(task.uuid, with_output,
-                                                 lambda: node.client.task_info(task.uuid, with_output))
+                reply = await c.info_cache.fetch(task.uuid, asked,
+                                                 lambda: node.client.task_info(task.uuid, asked))
+                if notes and with_output is not None:
+                    reply["output"] = _slice(notes + list(reply.get("output", [])), with_output)
             except (NodeError, NodeUnreachable):
                 reply = None
             else:
@@ -201,8 +211,11 @@ async def task_output(request: web.Request) -> web.Response:
     line = _int_param(request, "line") or 0
     node = c.registry.get(task.node_id)
     if task.phase in (Phase.ON_NODE, Phase.FINISHED) and node is not None and node.online:
+        notes = _notes(task)
         try:
-            return replies.ok(await node.client.task_output(task.uuid, line))
+            if not notes:
+                return replies.ok(await node.client.task_output(task.uuid, line))
+            return replies.ok(_slice(notes + await node.client.task_output(task.uuid, 0), line))
         except (NodeError, NodeUnreachable):
             pass
     return replies.ok(_slice(_table_output(task), line))
@@ -219,9 +232,23 @@ async def task_download(request: web.Request) -> web.StreamResponse:
     if task.status != TaskStatus.COMPLETED or node is None:
         return replies.error(replies.ASSET_NOT_READY)
     try:
-        return await stream_from_node(request, node, f"/task/{task.uuid}/download/all.zip")
+        reply = await stream_from_node(request, node, f"/task/{task.uuid}/download/all.zip")
     except (aiohttp.ClientError, TimeoutError) as exc:
         return replies.error(f"The node holding this task's results is not answering ({exc or 'timeout'}); try again")
+    if _whole_file_sent(reply) and not task.downloaded_at:
+        task.downloaded_at = time.time()  # the staged images are no longer needed (lifecycle.py)
+        await c.book.save(task)
+    return reply
+
+
+def _whole_file_sent(reply: web.StreamResponse) -> bool:
+    """A full 200 reply, or the range that ends the file (PyODM downloads big zips in ranges)."""
+    if reply.status == 200:
+        return True
+    if reply.status != 206:
+        return False
+    span, _, total = reply.headers.get("Content-Range", "").partition("/")
+    return total.isdigit() and span.rsplit("-", 1)[-1] == str(int(total) - 1)
 
 
 async def task_list(request: web.Request) -> web.Response:

@@ -1,26 +1,27 @@
-"""Keeps the task table current from the nodes, which hold the truth about their tasks."""
+"""Keeps the task table current from the nodes, which hold the truth about their tasks, and makes
+sure no task stays RUNNING forever (a RUNNING task that never ends hangs ODM forever)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 
 from appliance.cluster.coordinator import Coordinator
 from appliance.cluster.tasks import OUTPUT_TAIL_LINES
+from appliance.discovery.clock import boottime
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.status import TaskStatus
 from appliance.store.models import Phase, Task
 
-MISSING_POLLS_BEFORE_LOST = 3  # a node restarting, or a poll racing a commit, is not a lost task
-
 
 class TaskTracker:
-    """Polls the unfinished tasks on each node and notices when they finish or vanish."""
+    """Polls the unfinished tasks on each node; a task with no progress and no new output for
+    `stall_seconds` is sent again from staging, or failed with an explanation."""
 
-    def __init__(self, coordinator: Coordinator, interval: float) -> None:
+    def __init__(self, coordinator: Coordinator, interval: float, stall_seconds: float) -> None:
         self.coordinator = coordinator
         self.interval = interval
-        self._missing: Counter[str] = Counter()
+        self.stall_seconds = stall_seconds
+        self._last_change: dict[str, tuple[tuple[float, str], float]] = {}
 
     async def refresh(self, task: Task) -> None:
         node = self.coordinator.registry.get(task.node_id)
@@ -28,32 +29,35 @@ class TaskTracker:
             return
         try:
             info = await node.client.task_info(task.uuid, with_output=-OUTPUT_TAIL_LINES)
-        except NodeUnreachable:
-            return
-        except NodeError as exc:
-            if "not found" in str(exc):
-                await self._missing_on_node(task, node.row.url)
-            return
-        self._missing.pop(task.uuid, None)
+        except (NodeUnreachable, NodeError):
+            return  # a node that lost the task, or is gone, is the reconciler's business
         await self.coordinator.observe(task, node, info, tail=True)
+        await self._check_stall(task)
 
-    async def _missing_on_node(self, task: Task, url: str) -> None:
-        self._missing[task.uuid] += 1
-        if self._missing[task.uuid] < MISSING_POLLS_BEFORE_LOST or task.phase != Phase.ON_NODE:
+    async def _check_stall(self, task: Task) -> None:
+        if task.phase != Phase.ON_NODE or task.status != TaskStatus.RUNNING:
+            self._last_change.pop(task.uuid, None)
             return
-        del self._missing[task.uuid]
-        task.phase, task.node_id, task.status = Phase.WAITING, None, TaskStatus.QUEUED
-        task.forwarded_files = "{}"
-        await self.coordinator.book.save(task)
-        await self.coordinator.store.record("lost", f"Task {task.uuid} disappeared from {url}; sending it again "
-                                            "from the staged copy", task_uuid=task.uuid)
-        self.coordinator.wake()
+        now = boottime()
+        signature = (task.progress, task.output_tail)
+        seen, since = self._last_change.get(task.uuid, (None, now))
+        if seen != signature:
+            self._last_change[task.uuid] = (signature, now)
+            return
+        if now - since < self.stall_seconds:
+            return
+        del self._last_change[task.uuid]
+        reason = f"it made no progress and wrote no output for {now - since:.0f} s"
+        c = self.coordinator
+        if task.attempts < c.dispatch_attempts and c.has_staged_files(task):
+            await c.move_away(task, reason)
+        else:
+            await c.fail(task, f"Stopped: {reason}")
 
     async def run_forever(self) -> None:
         while True:
-            if not self.coordinator.active():
-                await asyncio.sleep(self.interval)
-                continue
-            active = [t for t in self.coordinator.book.in_phase(Phase.ON_NODE) if not TaskStatus(t.status).finished]
-            await asyncio.gather(*(self.refresh(t) for t in active))
+            if self.coordinator.active():
+                active = [t for t in self.coordinator.book.in_phase(Phase.ON_NODE)
+                          if not TaskStatus(t.status).finished]
+                await asyncio.gather(*(self.refresh(t) for t in active))
             await asyncio.sleep(self.interval)

@@ -12,13 +12,14 @@ import aiohttp
 from aiohttp import web
 
 from appliance.config import Config
+from appliance.discovery.clock import boottime
 from appliance.discovery.election import COORDINATOR
 from appliance.discovery.handover import hand_over_all
 from appliance.discovery.mdns import ALIAS_TYPE, NODEODM_TYPE, PASSEL_TYPE, PROTOCOL_VERSION, Mdns, Sighting
 from appliance.discovery.passel import Passel
 from appliance.discovery.replica import ReplicaFollower
 from appliance.keys import COORDINATOR as COORDINATOR_KEY
-from appliance.keys import IDENTITY, PASSEL, RELAY_SESSION, REPLICA
+from appliance.keys import IDENTITY, PASSEL, RECONCILER, RELAY_SESSION, REPLICA
 from appliance.nodeodm.client import NodeClient, NodeError, NodeUnreachable
 
 log = logging.getLogger("passel.discovery")
@@ -59,6 +60,8 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
         app[PASSEL] = passel
         app[RELAY_SESSION] = relay_session = aiohttp.ClientSession(auto_decompress=False)
         coordinator.active = registry.active = lambda: passel.is_coordinator
+        app[RECONCILER].box_alive = lambda box_id: box_id == identity.id or (
+            (peer := passel.membership.peers.get(box_id)) is not None and peer.alive(boottime()))
         pending: set[asyncio.Task[None]] = set()
 
         def spawn(coro) -> None:  # noqa: ANN001
@@ -96,6 +99,11 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
         passel.listeners.append(on_role)
         # Know which nodes answer before answering clients as coordinator (a dead box's node times out fast).
         passel.before_leading.append(lambda: registry.poll_all(timeout=TAKEOVER_POLL_TIMEOUT))
+
+        async def reconcile_on_win(before: str, after: str) -> None:
+            if after == COORDINATOR:
+                spawn(app[RECONCILER].reconcile())
+        passel.listeners.append(reconcile_on_win)
 
         async def advertise() -> None:
             await _wait_listening(config.host, config.port)

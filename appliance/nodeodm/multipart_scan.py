@@ -88,6 +88,7 @@ class MultipartScanner:
         return self._state == _DONE
 
     def feed(self, chunk: bytes) -> Iterator[Event]:
+        """The events that `chunk` completes; a part's data may come in several slices."""
         if self._state == _DONE:
             return
         buffer = self._buffer + chunk if self._buffer else chunk
@@ -125,12 +126,12 @@ class MultipartScanner:
             if self._state == _BODY and found > pos:
                 yield memoryview(buffer)[pos:found]
             after = found + len(self._delimiter)
-            line_end = buffer.find(CRLF, after)
-            if buffer[after:after + 2] == b"--":
+            if buffer.startswith(b"--", after):  # the closing delimiter
                 if self._state == _BODY:
                     yield None
                 self._state = _DONE
                 return
+            line_end = buffer.find(CRLF, after)
             if line_end < 0:
                 if len(buffer) - after > MAX_HEADER_BYTES:
                     raise MultipartError("boundary line never ends")

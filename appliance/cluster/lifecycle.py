@@ -1,0 +1,56 @@
+"""The staged copy of a task lives until it is no longer needed, and no longer.
+
+Kept until the task completed and its results were downloaded, or it was removed, or it expired;
+abandoned uploads (never committed) are dropped after a day; tombstones are purged once replicas
+have had time to learn of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from appliance.cluster.coordinator import Coordinator
+from appliance.nodeodm.status import TaskStatus
+from appliance.store.models import Phase
+
+log = logging.getLogger("passel.staging")
+SWEEP_SECONDS = 60.0
+ABANDONED_UPLOAD_SECONDS = 24 * 3600.0
+TOMBSTONE_SECONDS = 3600.0
+
+
+class StagingLifecycle:
+    def __init__(self, coordinator: Coordinator, keep_hours: float) -> None:
+        self.coordinator = coordinator
+        self.keep_seconds = keep_hours * 3600.0
+
+    async def sweep(self, now: float | None = None) -> int:
+        """One pass; returns how many staged copies or rows were dropped."""
+        c = self.coordinator
+        now = time.time() if now is None else now
+        dropped = 0
+        for task in list(c.book.tasks.values()):
+            staged = c.staging.path(task.uuid).exists()
+            if task.phase in (Phase.REMOVED, Phase.LOST):
+                if task.finished_at and now - task.finished_at > TOMBSTONE_SECONDS:
+                    await c.book.purge(task.uuid)
+                    dropped += 1
+            elif task.phase == Phase.UPLOADING and now - task.date_created_ms / 1000 > ABANDONED_UPLOAD_SECONDS:
+                await c.remove(task)
+                dropped += 1
+            elif staged and task.phase == Phase.FINISHED and (
+                    (task.status == TaskStatus.COMPLETED and task.downloaded_at)
+                    or (task.finished_at and now - task.finished_at > self.keep_seconds)):
+                c.staging.remove(task.uuid)
+                dropped += 1
+        return dropped
+
+    async def run_forever(self) -> None:
+        while True:
+            if self.coordinator.active():
+                dropped = await self.sweep()
+                if dropped:
+                    log.info("Staging clean-up: released %d finished or abandoned upload(s)", dropped)
+            await asyncio.sleep(SWEEP_SECONDS)

@@ -1,0 +1,99 @@
+"""Rebuilding the truth from the nodes, and moving work off nodes and boxes that are gone.
+
+Runs at every election win and every few seconds while coordinating:
+- a task a node no longer lists counts as lost there only after the grace period (a node
+  restarting, or a poll racing a commit, is not a loss);
+- a node silent for longer than the grace period (sized for a laptop lid closed for a minute)
+  has its unfinished tasks sent again from staging to another node;
+- a task whose staged upload is on a box that is gone for good is answered not-found, so ODM
+  resubmits it (FAILED would abort the whole split-merge);
+- when a lost node comes back, the copies it still runs of tasks that moved are canceled and removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from appliance.cluster.coordinator import Coordinator
+from appliance.cluster.registry import NodeState
+from appliance.discovery.clock import boottime
+from appliance.nodeodm.client import NodeError, NodeUnreachable
+from appliance.nodeodm.status import TaskStatus
+from appliance.store.models import Phase, Task
+
+log = logging.getLogger("passel.reconcile")
+RECONCILE_SECONDS = 3.0
+
+BoxAlive = Callable[[str], bool]
+
+
+class Reconciler:
+    def __init__(self, coordinator: Coordinator, grace_seconds: float, box_alive: BoxAlive | None = None) -> None:
+        self.coordinator = coordinator
+        self.grace = grace_seconds
+        self.box_alive = box_alive or (lambda box_id: True)
+        self._missing_since: dict[str, float] = {}
+        self._box_gone_since: dict[str, float] = {}
+
+    async def run_forever(self) -> None:
+        while True:
+            if self.coordinator.active():
+                await self.reconcile()
+            await asyncio.sleep(RECONCILE_SECONDS)
+
+    async def reconcile(self) -> None:
+        c = self.coordinator
+        for node in list(c.registry.nodes.values()):
+            if node.online:
+                await self._compare_with_node(node)
+            elif node.silent_for() >= self.grace:
+                for task in self._unfinished_on(node.id):
+                    await c.move_away(task, f"node {node.row.url} has not answered for {node.silent_for():.0f} s")
+        await self._check_staging_boxes()
+
+    def _unfinished_on(self, node_id: int) -> list[Task]:
+        return [t for t in self.coordinator.book.in_phase(Phase.ON_NODE)
+                if t.node_id == node_id and not TaskStatus(t.status).finished]
+
+    async def _compare_with_node(self, node: NodeState) -> None:
+        c = self.coordinator
+        try:
+            listed = {str(item.get("uuid")) for item in await node.client.task_list()}
+        except (NodeError, NodeUnreachable):
+            return
+        now = boottime()
+        for task in c.book.in_phase(Phase.ON_NODE, Phase.FINISHED):
+            if task.node_id != node.id:
+                continue
+            if task.uuid in listed:
+                self._missing_since.pop(task.uuid, None)
+                continue
+            first = self._missing_since.setdefault(task.uuid, now)
+            if now - first >= self.grace and not (task.phase == Phase.FINISHED and task.downloaded_at):
+                del self._missing_since[task.uuid]
+                await c.move_away(task, f"node {node.row.url} no longer has it")
+        for uuid in listed:
+            row = c.book.tasks.get(uuid)
+            if row is None:
+                continue  # not ours: another user's task on a shared node
+            elsewhere = row.node_id is not None and row.node_id != node.id
+            moved_on = elsewhere and row.phase in (Phase.FORWARDING, Phase.ON_NODE, Phase.FINISHED)
+            if row.phase in (Phase.REMOVED, Phase.LOST) or moved_on:
+                await c.drop_duplicate(node, row)
+
+    async def _check_staging_boxes(self) -> None:
+        """Tasks not yet on a node whose files sit on another box: lost once that box is gone for good."""
+        c = self.coordinator
+        now = boottime()
+        for task in c.book.in_phase(Phase.UPLOADING, Phase.WAITING, Phase.FORWARDING):
+            box = task.staged_on
+            if not box or box == c.self_id:
+                continue
+            if self.box_alive(box):
+                self._box_gone_since.pop(box, None)
+                continue
+            if now - self._box_gone_since.setdefault(box, now) >= self.grace:
+                await c.lose(task, f"its uploaded images are on box {box}, which has been gone for "
+                                   f"{now - self._box_gone_since[box]:.0f} s")

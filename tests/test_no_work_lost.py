@@ -1,0 +1,219 @@
+"""Re-dispatch, reconciliation, stalls, moving by hand and the staging lifecycle, on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.nodeodm_helpers import init_task, jcall, upload
+
+TOKEN = "node-secret"
+
+
+class Api:
+    def __init__(self, server, token: str = "") -> None:
+        self.server, self.url, self.token, self.port = server, server.url, token, server.port
+
+
+def committed(api, images: int = 4, **fields: str) -> str:
+    uuid = init_task(api, **fields)
+    for i in range(images):
+        upload(api, uuid, f"IMG_{i}.JPG")
+    assert jcall(api, "POST", f"/task/new/commit/{uuid}") == {"uuid": uuid}
+    return uuid
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; last {value!r}")
+
+
+def info(api, uuid: str) -> dict:
+    return jcall(api, "GET", f"/task/{uuid}/info")
+
+
+def placed_on(api, uuid: str) -> str | None:
+    return next(t["node_url"] for t in jcall(api, "GET", "/-/tasks") if t["uuid"] == uuid)
+
+
+def on_node(node, uuid: str) -> dict | None:
+    reply = requests.get(f"{node.url}/task/{uuid}/info", params={"token": TOKEN}, timeout=5).json()
+    return None if "error" in reply else reply
+
+
+def test_move_by_hand_through_the_api_and_cli(simnode_factory, passel_factory, capsys):
+    from appliance import cli
+    a = simnode_factory(token=TOKEN, seconds_per_image=0.3)
+    b = simnode_factory(token=TOKEN, seconds_per_image=0.02)
+    api = Api(passel_factory([f"{a.url}?token={TOKEN}", f"{b.url}?token={TOKEN}"]))
+    jcall(api, "POST", "/-/nodes/2/lock")  # everything goes to node 1 first
+    uuid = committed(api, images=20)
+    wait_for(lambda: placed_on(api, uuid) == a.url and on_node(a, uuid), what="task on node a")
+    jcall(api, "POST", "/-/nodes/2/unlock")
+    reply = requests.post(f"{api.url}/-/tasks/{uuid}/move", json={"node": "2"}, timeout=10).json()
+    assert reply == {"success": True, "node": b.url}
+    wait_for(lambda: info(api, uuid)["status"]["code"] == 40, what="completion on b")
+    assert placed_on(api, uuid) == b.url and on_node(a, uuid) is None, "the copy on a is canceled and removed"
+    output = jcall(api, "GET", f"/task/{uuid}/output")
+    assert output[0] == f"Passel: moved by hand from {a.url} to {b.url}" and len(output) > 3
+    kinds = [e["kind"] for e in jcall(api, "GET", f"/-/tasks/{uuid}")["events"]]
+    assert "moved" in kinds
+    # refused moves say why
+    assert requests.post(f"{api.url}/-/tasks/{uuid}/move", json={"node": "1"}, timeout=10).json() == \
+        {"error": "Only a queued or running task can be moved"}
+    second = committed(api, images=30)
+    with pytest.raises(SystemExit, match="No node 9"):
+        cli.main(["tasks", "move", second[:8], "9", "--api", api.url])
+    other = b if wait_for(lambda: placed_on(api, second), what="placement") == a.url else a
+    assert cli.main(["tasks", "move", second[:8], other.url, "--api", api.url]) == 0
+    assert "now going to " + other.url in capsys.readouterr().out
+
+
+@pytest.fixture
+def process_simnode(tmp_path):
+    """A simulated node in its own process, so it can be frozen with SIGSTOP like a sleeping laptop."""
+    from tests.test_persistence import free_port
+    started = []
+
+    def start(**flags: str) -> subprocess.Popen[bytes]:
+        port = free_port()
+        args = [sys.executable, "-m", "appliance", "simnode", "--port", str(port), "--token", TOKEN]
+        for key, value in flags.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        process = subprocess.Popen(args, cwd=Path(__file__).parent.parent, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        process.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+        started.append(process)
+        wait_for(lambda: _answers(process.url), what="the simnode process")
+        return process
+
+    yield start
+    for process in started:
+        os.kill(process.pid, signal.SIGCONT)
+        process.terminate()
+        process.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url + "/info", params={"token": TOKEN}, timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+def test_silent_node_tasks_move_elsewhere_and_duplicate_is_removed_on_return(process_simnode, simnode_factory,
+                                                                              passel_factory):
+    a = process_simnode(seconds_per_image="0.2")
+    b = simnode_factory(token=TOKEN, seconds_per_image=0.02)
+    api = Api(passel_factory([f"{a.url}?token={TOKEN}", f"{b.url}?token={TOKEN}"], grace_seconds=2.0))
+    jcall(api, "POST", "/-/nodes/2/lock")
+    uuid = committed(api, images=60)
+    wait_for(lambda: on_node(a, uuid), what="task on node a")
+    jcall(api, "POST", "/-/nodes/2/unlock")
+    os.kill(a.pid, signal.SIGSTOP)  # the lid closes
+    try:
+        wait_for(lambda: placed_on(api, uuid) == b.url, timeout=40, what="re-dispatch to b")
+        wait_for(lambda: info(api, uuid)["status"]["code"] == 40, what="completion on b")
+        assert any("has not answered" in line for line in jcall(api, "GET", f"/task/{uuid}/output"))
+    finally:
+        os.kill(a.pid, signal.SIGCONT)  # the lid opens: a still has its copy
+    wait_for(lambda: on_node(a, uuid) is None, timeout=30, what="the stale copy on a to be removed")
+    assert jcall(api, "GET", "/task/list").count({"uuid": uuid}) == 1
+    kinds = [e["kind"] for e in jcall(api, "GET", f"/-/tasks/{uuid}")["events"]]
+    assert "redispatched" in kinds
+
+
+def test_task_missing_from_its_node_is_sent_again(simnode_factory, passel_factory):
+    node = simnode_factory(token=TOKEN, seconds_per_image=0.1)
+    api = Api(passel_factory([f"{node.url}?token={TOKEN}"], grace_seconds=1.0))
+    uuid = committed(api, images=30)
+    wait_for(lambda: on_node(node, uuid), what="task on the node")
+    requests.post(f"{node.url}/task/remove", data={"uuid": uuid}, params={"token": TOKEN}, timeout=5)
+    wait_for(lambda: info(api, uuid)["status"]["code"] == 40, timeout=40, what="completion after re-dispatch")
+    assert any("no longer has it" in line for line in jcall(api, "GET", f"/task/{uuid}/output"))
+    assert on_node(node, uuid)["imagesCount"] == 30
+
+
+def test_stalled_task_is_sent_again_then_failed_with_an_explanation(simnode_factory, passel_factory):
+    node = simnode_factory(token=TOKEN, seconds_per_image=0.05, stall_at=30)
+    api = Api(passel_factory([f"{node.url}?token={TOKEN}"], stall_seconds=1.0, dispatch_attempts=2))
+    uuid = committed(api, images=40)
+    final = wait_for(lambda: (i := info(api, uuid))["status"]["code"] == 30 and i, timeout=60, what="FAILED")
+    assert "no progress" in final["status"]["errorMessage"]
+    output = jcall(api, "GET", f"/task/{uuid}/output", params={"line": 0})
+    assert any("made no progress" in line for line in output)
+    assert on_node(node, uuid) is None or on_node(node, uuid)["status"]["code"] == 50
+
+
+def test_disk_full_refuses_cleanly_and_keeps_accepted_tasks(simnode_factory, passel_factory, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], check=True)
+    try:
+        node = simnode_factory(token=TOKEN, seconds_per_image=0.02)
+        api = Api(passel_factory([f"{node.url}?token={TOKEN}"], state_dir=str(mount / "state")))
+        kept = init_task(api, name="kept")
+        for i in range(3):
+            upload(api, kept, f"IMG_{i}.JPG", b"\xff\xd8" + b"k" * 200_000)
+        victim = init_task(api, name="victim")
+        reply = jcall(api, "POST", f"/task/new/upload/{victim}", files={"images": ("big.JPG", b"\xff\xd8" + b"x" * 8_000_000)})
+        assert "Disk full" in reply["error"], reply
+        assert not list((mount / "state" / "staging" / victim).iterdir()), "no partial file left behind"
+        assert jcall(api, "POST", f"/task/new/commit/{kept}") == {"uuid": kept}
+        done = wait_for(lambda: (i := info(api, kept))["status"]["code"] == 40 and i, what="the kept task")
+        assert done["imagesCount"] == 3
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_lifecycle_releases_downloaded_and_expired_staging(tmp_path):
+    from appliance.cluster.coordinator import Coordinator
+    from appliance.cluster.lifecycle import StagingLifecycle
+    from appliance.cluster.registry import NodeRegistry
+    from appliance.cluster.staging import Staging
+    from appliance.store.database import Store
+    from appliance.store.models import Phase, Task
+    import aiohttp
+    store = Store(tmp_path / "db.sqlite3")
+    await store.open()
+    async with aiohttp.ClientSession() as session:
+        c = Coordinator(store, NodeRegistry(store, session, 1.0), Staging(tmp_path / "staging", 0), "", 3, "me")
+        await c.recover()
+        now = time.time()
+        rows = {
+            "downloaded": Task(uuid="00000000-0000-4000-8000-000000000001", phase=Phase.FINISHED, status=40,
+                               downloaded_at=now, finished_at=now),
+            "fresh": Task(uuid="00000000-0000-4000-8000-000000000002", phase=Phase.FINISHED, status=40, finished_at=now),
+            "expired": Task(uuid="00000000-0000-4000-8000-000000000003", phase=Phase.FINISHED, status=30,
+                            finished_at=now - 100 * 3600),
+            "abandoned": Task(uuid="00000000-0000-4000-8000-000000000004", phase=Phase.UPLOADING,
+                              date_created_ms=int((now - 2 * 86400) * 1000)),
+            "tombstone": Task(uuid="00000000-0000-4000-8000-000000000005", phase=Phase.REMOVED,
+                              finished_at=now - 7200),
+        }
+        for task in rows.values():
+            c.staging.create(task.uuid)
+            (c.staging.path(task.uuid) / "IMG.JPG").write_bytes(b"x")
+            await c.book.save(task)
+        await StagingLifecycle(c, keep_hours=72).sweep(now)
+        staged = {name for name, t in rows.items() if c.staging.path(t.uuid).exists()}
+        assert staged == {"fresh", "tombstone"} - {"tombstone"} | ({"tombstone"} & staged)
+        assert "fresh" in staged and not {"downloaded", "expired", "abandoned"} & staged
+        assert rows["tombstone"].uuid not in c.book.tasks
+        assert c.book.tasks[rows["abandoned"].uuid].phase == Phase.REMOVED
+    await store.close()
