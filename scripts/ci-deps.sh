@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # System packages the tests need besides Python: systemd-analyze (package systemd) for the unit
-# checks, and binutils (objdump, strip) for PyInstaller's build of dist/passel.
+# checks, binutils (objdump, strip) for PyInstaller's build of dist/passel, and iproute2 for namespaces.
 # Installs only what is missing, so running it again costs nothing.
 set -euo pipefail
 missing=()
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v objdump >/dev/null 2>&1 || missing+=(binutils)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)  # network namespaces for the multi-host tests
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 echo "ci-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 import uuid as uuidlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from appliance.store.models import Phase, Task
 log = logging.getLogger("passel.tasks")
 UUID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[1-5][0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}"
 DISPATCH_RECHECK_SECONDS = 1.0
+MAX_ABANDONED = 10_000  # remembered removals of unknown uuids; bounded so such requests cannot grow memory
 
 
 class TaskRefused(Exception):
@@ -88,6 +90,7 @@ class Coordinator:
         self._committing: set[str] = set()
         self._avoid: dict[str, set[int]] = {}
         self._pinned: dict[str, int] = {}  # moved by hand: this node, free slot or not
+        self._abandoned: OrderedDict[str, float] = OrderedDict()
         registry.on_change.append(self.wake)
 
     # -- start-up ---------------------------------------------------------------------------
@@ -258,6 +261,16 @@ class Coordinator:
             self.wake()
         await self.book.save(task)
 
+    def abandoned(self, uuid: str) -> None:
+        """Remember a client removing a task this coordinator does not know. ODM does that after a
+        not-found, and then sends the work again under a new uuid, so a copy of the old task that
+        turns up later (from a box that crashed) is an orphan and must not run."""
+        if re.fullmatch(UUID_PATTERN, uuid):
+            self._abandoned[uuid] = time.time()
+            self._abandoned.move_to_end(uuid)
+            while len(self._abandoned) > MAX_ABANDONED:
+                self._abandoned.popitem(last=False)
+
     async def handed_over(self, task: Task, to: str) -> None:
         """Another coordinator has this task and its files now; keep the row as a replica only."""
         self._stop_sending(task.uuid)
@@ -279,6 +292,12 @@ class Coordinator:
         """
         incoming = Task(**{k: v for k, v in values.items() if k in Task.__table__.columns.keys()})
         existing = self.book.tasks.get(incoming.uuid)
+        if existing is None and incoming.uuid in self._abandoned:
+            incoming.node_id = None
+            await self.book.tombstone(incoming, Phase.LOST)
+            await self.store.record("orphan", f"Task {incoming.uuid} from box {giver} was given up by its client "
+                                    "(it sent the work again); dropped", task_uuid=incoming.uuid)
+            return False
         has_files = any(files_from.iterdir())
         if existing is not None and (existing.phase in GONE_PHASES
                                      or progress_rank(existing) >= progress_rank(incoming)):

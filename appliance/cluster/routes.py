@@ -264,6 +264,8 @@ async def _task_action(request: web.Request, action: str) -> web.Response:
     uuid = fields.get("uuid", "").lower()
     task = c.book.visible(uuid)
     if task is None:
+        if action == "remove":
+            c.abandoned(uuid)
         return replies.action_error(f"{fields.get('uuid', '')} not found" if uuid else "uuid is required")
     try:
         if action == "cancel":

@@ -21,6 +21,8 @@ async def heartbeat(request: web.Request) -> web.Response:
         return web.json_response({"error": "heartbeat must be JSON"}, status=400)
     if not isinstance(payload, dict) or payload.get("v") != 1:
         return web.json_response({"error": "unsupported heartbeat version"}, status=400)
+    if request.app[PASSEL].sleeping:
+        return web.json_response({"error": "this box is going to sleep"}, status=503)
     return web.json_response(request.app[PASSEL].receive(payload, request.remote or ""))
 
 
@@ -105,11 +107,24 @@ async def transfer(request: web.Request) -> web.Response:
     return web.json_response({"success": True, "coordinator": target, "term": passel.state.term})
 
 
+async def sleep(request: web.Request) -> web.Response:
+    """Called by systemd before a suspend (passel-sleep.service); answers once the goodbye is sent."""
+    await request.app[PASSEL].sleep()
+    return web.json_response({"success": True})
+
+
+async def wake(request: web.Request) -> web.Response:
+    await request.app[PASSEL].wake()
+    return web.json_response({"success": True})
+
+
 def setup_agent_routes(app: web.Application) -> None:
     app.router.add_post(f"{AGENT_API}/heartbeat", heartbeat)
     app.router.add_post(f"{AGENT_API}/takeover", takeover)
     app.router.add_post(f"{AGENT_API}/adopt", adopt)
     app.router.add_get(f"{AGENT_API}/tasks", tasks_since)
+    app.router.add_post(f"{AGENT_API}/sleep", sleep)
+    app.router.add_post(f"{AGENT_API}/wake", wake)
     app.router.add_get("/-/passel.json", passel_json)
     app.router.add_post("/-/transfer", transfer)
 

@@ -129,6 +129,9 @@ class Mdns:
             await (await self.aiozc.async_register_service(info, allow_name_change=True))
         self._registered[key] = info
 
+    def registered_keys(self) -> list[str]:
+        return list(self._registered)
+
     async def withdraw(self, key: str) -> None:
         """Unregister one service, sending its goodbye."""
         info = self._registered.pop(key, None)

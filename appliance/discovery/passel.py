@@ -45,6 +45,9 @@ class Passel:
         self.before_leading: list[Callable[[], Awaitable[None]]] = []  # run before the role is visible
         self._settle_from = boottime()
         self._jumps = JumpDetector()
+        self.sleeping = False
+        self.on_sleep: list[Callable[[], Awaitable[None]]] = []
+        self.on_wake: list[Callable[[], Awaitable[None]]] = []
         self._changed = asyncio.Event()
 
     # -- what others see -------------------------------------------------------------------
@@ -108,6 +111,8 @@ class Passel:
 
     # -- the election ----------------------------------------------------------------------
     async def tick(self) -> None:
+        if self.sleeping:
+            return
         if self._jumps.jumped():
             log.info("This box was asleep; listening for the passel before taking any role")
             self._settle_from = boottime()
@@ -152,6 +157,30 @@ class Passel:
             except Exception:  # noqa: BLE001 - one bad tick must not end the election
                 log.exception("Election tick failed")
             await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    # -- suspend and resume ------------------------------------------------------------------
+    async def sleep(self) -> None:
+        """Leave the passel before a suspend: hand the role to the best live box, then go quiet."""
+        if self.is_coordinator:
+            heirs = sorted(self.membership.alive(), key=lambda p: (p.priority, p.id), reverse=True)
+            for heir in heirs:
+                try:
+                    await self.transfer(heir.id)
+                    break
+                except TransferRefused as exc:
+                    log.info("Could not hand the role to %s before sleeping: %s", heir.name, exc)
+        self.sleeping = True
+        for hook in self.on_sleep:
+            await hook()
+        log.info("This box is going to sleep; it said goodbye to the passel")
+
+    async def wake(self) -> None:
+        """Rejoin after a resume: listen first (like a fresh start), then take part again."""
+        self.sleeping = False
+        self._settle_from = boottime()
+        for hook in self.on_wake:
+            await hook()
+        log.info("This box woke up and is rejoining the passel")
 
     # -- handing the role over by hand -----------------------------------------------------
     async def transfer(self, target_id: str) -> None:

@@ -25,6 +25,7 @@ from appliance.nodeodm.client import NodeClient, NodeError, NodeUnreachable
 log = logging.getLogger("passel.discovery")
 DEFAULT_SHARE = "http://127.0.0.1:3001"
 SYNC_SECONDS = 1.0
+SHARE_RECHECK_SECONDS = 60.0
 LISTEN_WAIT_SECONDS = 15.0
 TAKEOVER_POLL_TIMEOUT = aiohttp.ClientTimeout(total=1.5)
 
@@ -105,16 +106,34 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
                 spawn(app[RECONCILER].reconcile())
         passel.listeners.append(reconcile_on_win)
 
-        async def advertise() -> None:
-            await _wait_listening(config.host, config.port)
+        async def publish_shares() -> list[str]:
+            """Advertise this box's NodeODMs; the default one only once it answers (at boot the
+            NodeODM container often starts after Passel, so this is tried again every minute)."""
             shares = list(config.share) or ([DEFAULT_SHARE] if await _answers(session, DEFAULT_SHARE) else [])
             ports = [urlsplit(url).port or 3001 for url in shares]
+            await asyncio.gather(*(mdns.publish(f"node-{port}", NODEODM_TYPE, f"{identity.name} NodeODM {port}", port,
+                                                {"box": identity.id, "agent": str(config.port)}) for port in ports))
+            return shares
+
+        async def advertise() -> None:
+            await _wait_listening(config.host, config.port)
             # Each registration probes for about 1.2 s; doing them together keeps joining fast.
-            await asyncio.gather(publish_self(), *(
-                mdns.publish(f"node-{port}", NODEODM_TYPE, f"{identity.name} NodeODM {port}", port,
-                             {"box": identity.id, "agent": str(config.port)}) for port in ports))
+            shares, _ = await asyncio.gather(publish_shares(), publish_self())
             log.info("Box %s (id %s) is on the network; sharing %s", identity.name, identity.id,
-                     ", ".join(shares) or "no NodeODM")
+                     ", ".join(shares) or "no NodeODM yet")
+            while not shares and not config.share:
+                await asyncio.sleep(SHARE_RECHECK_SECONDS)
+                if not passel.sleeping and (shares := await publish_shares()):
+                    log.info("This box's NodeODM at %s answers now; sharing it", ", ".join(shares))
+
+        async def goodbye() -> None:
+            for key in list(mdns.registered_keys()):
+                await mdns.withdraw(key)
+
+        async def rejoin() -> None:
+            await asyncio.gather(publish_shares(), publish_self())
+        passel.on_sleep.append(goodbye)
+        passel.on_wake.append(rejoin)
 
         follower = app[REPLICA] = ReplicaFollower(coordinator, session)
 
