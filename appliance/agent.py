@@ -25,7 +25,7 @@ from appliance.cluster.lifecycle import StagingLifecycle
 from appliance.cluster.reconciler import Reconciler
 from appliance.cluster.tracker import TaskTracker
 from appliance.config import Config
-from appliance.discovery.agent_api import setup_agent_routes
+from appliance.discovery.agent_api import agent_auth_middleware, setup_agent_routes
 from appliance.discovery.relay import entry_point_middleware
 from appliance.discovery.service import discovery_ctx
 from appliance.discovery.identity import load_identity
@@ -105,11 +105,12 @@ def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx sign
 def create_app(config: Config) -> web.Application:
     """The whole box: NodeODM API, admin API and web UI on one port."""
     app = web.Application(client_max_size=MAX_REQUEST_BYTES,
-                          middlewares=[error_middleware, entry_point_middleware, token_middleware(config.token or None, exempt_prefixes=("/static/",),
+                          middlewares=[error_middleware, entry_point_middleware, token_middleware(config.token or None, exempt_prefixes=("/static/", "/-/agent/"),
                                                        exempt_paths=frozenset({"/"}))])
     app[CONFIG] = config
     app.cleanup_ctx.append(_coordinator_ctx(config))
     if config.discovery:
+        app.middlewares.append(agent_auth_middleware)
         app.cleanup_ctx.append(discovery_ctx(config))
         setup_agent_routes(app)
     app.cleanup_ctx.append(systemd_ctx(config))  # last in, first out: STOPPING=1 before anything closes

@@ -37,7 +37,7 @@ Settings come from, in rising order: built-in defaults, a TOML file (--config, $
 """
 
 RUN_SETTINGS = ("host", "port", "state_dir", "node", "token", "public_url", "discovery", "name", "priority",
-                "share", "alias", "poll_seconds", "grace_seconds", "stall_seconds", "staging_keep_hours",
+                "share", "key", "alias", "poll_seconds", "grace_seconds", "stall_seconds", "staging_keep_hours",
                 "task_poll_seconds", "dispatch_attempts", "min_free_disk_mb", "log_level")
 
 

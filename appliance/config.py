@@ -48,6 +48,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("priority", 0, "election priority: when no coordinator is alive, the highest claims the role", int),
     Setting("share", (), "a NodeODM on this box to advertise; repeat for more "
                          "(default: http://127.0.0.1:3001 when it answers)", str, True),
+    Setting("key", "", "the passel key shared by every box (default: made on first start and kept in "
+                       "<state-dir>/passel.key; see `passel key`)"),
     Setting("alias", "passel.local", "the friendly host name the coordinator answers for over mDNS"),
     Setting("poll_seconds", 3.0, "how often each node's health is checked", float),
     Setting("task_poll_seconds", 2.0, "how often running tasks are refreshed from their nodes", float),
@@ -83,6 +85,7 @@ class Config:
     name: str
     priority: int
     share: tuple[str, ...]
+    key: str
     alias: str
     poll_seconds: float
     task_poll_seconds: float

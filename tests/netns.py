@@ -66,8 +66,11 @@ class Box:
                    "--seconds-per-image", str(seconds_per_image), "--slots", str(slots),
                    "--name", f"node{self.index}")
 
+    key: str = "TEST-PASS-ELKE-YFOR-NETN-SONL"
+
     def start_agent(self, *extra: str) -> None:
         self.start("agent", sys.executable, "-m", "appliance", "run", "--host", "0.0.0.0", "--port", "3000",
+                   "--key", self.key,
                    "--state-dir", str(self.workdir / "state"), "--name", f"box{self.index}",
                    "--poll-seconds", "0.5", "--task-poll-seconds", "0.5", "--min-free-disk-mb", "0", *extra)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -9,9 +11,44 @@ from aiohttp import web
 from appliance.discovery.clock import boottime
 from appliance.discovery.handover import parse_task
 from appliance.discovery.passel import AGENT_API, Passel, TransferRefused
+from appliance.discovery.trust import H_BOX, H_SIG, UNSIGNED_BODY, Untrusted, body_digest
 from appliance.discovery.replica import export_since
 from appliance.keys import COORDINATOR, PASSEL, REPLICA
 from appliance.nodeodm.uploads import UploadError, receive_form
+
+log = logging.getLogger("passel.trust")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+LOOPBACK_ONLY = (f"{AGENT_API}/sleep", f"{AGENT_API}/wake")
+
+
+@web.middleware
+async def agent_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every call under /-/agent/v1/ must be signed with the passel key; replies are signed back.
+    sleep and wake come from this box's own systemd, so they are accepted from loopback only."""
+    if not request.path.startswith(AGENT_API + "/"):
+        return await handler(request)
+    if request.path in LOOPBACK_ONLY:
+        if request.remote not in ("127.0.0.1", "::1"):
+            return web.json_response({"error": "only this box itself may ask it to sleep or wake"}, status=403)
+        return await handler(request)
+    passel = request.app[PASSEL]
+    streamed = request.path == f"{AGENT_API}/adopt"
+    digest = UNSIGNED_BODY if streamed else body_digest(await request.read())
+    try:
+        box, _ = passel.trust.verify_request(request.method, request.path_qs, digest, request.headers)
+    except Untrusted as exc:
+        claimed = passel.membership.peers.get(request.headers.get(H_BOX, ""))
+        if claimed is not None:
+            passel.membership.mark_foreign(claimed, str(exc))
+        log.warning("Refused %s %s from %s: %s", request.method, request.path, request.remote, exc)
+        return web.json_response({"error": f"refused: {exc}"}, status=401)
+    request["peer"] = box
+    reply = await handler(request)
+    if isinstance(reply, web.Response) and reply.body is not None:
+        reply.headers[H_SIG] = passel.trust.sign_reply(reply.body, request.headers)  # type: ignore[arg-type]
+    return reply
 
 
 async def heartbeat(request: web.Request) -> web.Response:
@@ -21,6 +58,8 @@ async def heartbeat(request: web.Request) -> web.Response:
         return web.json_response({"error": "heartbeat must be JSON"}, status=400)
     if not isinstance(payload, dict) or payload.get("v") != 1:
         return web.json_response({"error": "unsupported heartbeat version"}, status=400)
+    if payload.get("id") != request["peer"]:
+        return web.json_response({"error": "a heartbeat must come from the box it describes"}, status=400)
     if request.app[PASSEL].sleeping:
         return web.json_response({"error": "this box is going to sleep"}, status=503)
     return web.json_response(request.app[PASSEL].receive(payload, request.remote or ""))
@@ -53,7 +92,10 @@ async def adopt(request: web.Request) -> web.Response:
     scratch = coordinator.staging.scratch()
     try:
         form = await receive_form(request, scratch, file_field="images")
-        values, node_url = parse_task(form.fields.get("task", ""))
+        raw = form.fields.get("task", "")
+        if body_digest(raw.encode()) != request.query.get("digest"):
+            raise ValueError("the task row does not match its signed digest")
+        values, node_url = parse_task(raw)
         adopted = await coordinator.adopt(values, node_url, scratch, request.query.get("from", "?"))
     except (UploadError, ValueError, TypeError) as exc:
         return web.json_response({"adopted": False, "error": f"bad hand-over: {exc}"})
@@ -70,7 +112,7 @@ async def tasks_since(request: web.Request) -> web.Response:
         since = int(request.query.get("since", "0"))
     except ValueError:
         since = 0
-    return web.json_response(export_since(request.app[COORDINATOR], since))
+    return web.json_response(export_since(request.app[COORDINATOR], since, request.app[PASSEL].trust))
 
 
 def passel_view(passel: Passel) -> dict[str, Any]:
@@ -82,10 +124,12 @@ def passel_view(passel: Passel) -> dict[str, Any]:
     for peer in sorted(passel.membership.peers.values(), key=lambda p: p.name):
         boxes.append({"id": peer.id, "name": peer.name, "role": peer.role, "address": peer.address,
                       "port": peer.port, "alive": peer.alive(now), "self": False, "priority": peer.priority,
-                      "term": peer.term, "last_heard_s": round(now - peer.last_heard, 1) if peer.last_heard else None})
+                      "term": peer.term, "last_heard_s": round(now - peer.last_heard, 1) if peer.last_heard else None,
+                      "foreign": bool(peer.foreign), "why_foreign": peer.foreign or None})
     coordinator_id = passel.identity.id if passel.is_coordinator else passel.state.coordinator_id
     coordinator = next((b for b in boxes if b["id"] == coordinator_id), None)
-    return {"self": boxes[0], "coordinator": coordinator, "term": passel.state.term, "boxes": boxes}
+    return {"self": boxes[0], "coordinator": coordinator, "term": passel.state.term, "boxes": boxes,
+            "key_fingerprint": passel.trust.fingerprint()}
 
 
 async def passel_json(request: web.Request) -> web.Response:

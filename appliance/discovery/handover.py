@@ -14,13 +14,14 @@ import aiohttp
 
 from appliance.cluster.coordinator import Coordinator
 from appliance.discovery.passel import AGENT_API, Passel
+from appliance.discovery.trust import UNSIGNED_BODY, Untrusted, body_digest
 from appliance.store.models import row_values
 
 log = logging.getLogger("passel.handover")
 HANDOVER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=120)
 
 
-async def hand_over_all(coordinator: Coordinator, passel: Passel, session: aiohttp.ClientSession) -> int:
+async def hand_over_all(coordinator: Coordinator, passel: Passel) -> int:
     """Send the tasks this box wrote as coordinator, with their staged files, to the coordinator."""
     target = passel.coordinator()
     if target is None or passel.is_coordinator:
@@ -31,8 +32,9 @@ async def hand_over_all(coordinator: Coordinator, passel: Passel, session: aioht
         await coordinator.settle(task.uuid)
         node = coordinator.registry.get(task.node_id)
         values: dict[str, Any] = row_values(task)
+        row = json.dumps(values | {"node_url": node.row.url if node else None})
         with aiohttp.MultipartWriter("form-data") as body:
-            part = body.append_json(values | {"node_url": node.row.url if node else None})
+            part = body.append(row, {"Content-Type": "application/json"})
             part.set_content_disposition("form-data", name="task")
             handles = []
             try:
@@ -40,17 +42,17 @@ async def hand_over_all(coordinator: Coordinator, passel: Passel, session: aioht
                     handle = open(path, "rb")
                     handles.append(handle)
                     body.append(handle).set_content_disposition("form-data", name="images", filename=path.name)
-                url = f"{target.url}{AGENT_API}/adopt?term={passel.state.term}&from={passel.identity.id}"
-                async with session.post(url, data=body, timeout=HANDOVER_TIMEOUT) as reply:
-                    answer = await reply.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                _, answer = await passel.peers.call(
+                    "POST", f"{target.url}{AGENT_API}/adopt", data=body, digest=UNSIGNED_BODY, timeout=HANDOVER_TIMEOUT,
+                    params={"term": passel.state.term, "from": passel.identity.id, "digest": body_digest(row.encode())})
+            except (aiohttp.ClientError, TimeoutError, ValueError, Untrusted) as exc:
                 log.info("Could not hand task %s to %s yet: %s", task.uuid, target.name, exc)
                 return taken
             finally:
                 for handle in handles:
                     handle.close()
-        if "error" in answer:
-            log.info("Coordinator %s refused task %s: %s", target.name, task.uuid, answer["error"])
+        if not isinstance(answer, dict) or "error" in answer:
+            log.info("Coordinator %s refused task %s: %s", target.name, task.uuid, answer)
             return taken
         await coordinator.handed_over(task, target.id)
         taken += 1

@@ -24,13 +24,14 @@ class Peer:
     coordinator_id: str | None = None
     version: str = ""
     last_heard: float | None = None  # boottime of the last heartbeat exchanged with it
+    foreign: str = ""  # why its calls are refused: it does not hold this passel's key
 
     @property
     def url(self) -> str:
         return f"http://{self.address}:{self.port}"
 
     def alive(self, now: float) -> bool:
-        return self.last_heard is not None and now - self.last_heard < LEASE_SECONDS
+        return not self.foreign and self.last_heard is not None and now - self.last_heard < LEASE_SECONDS
 
     def member(self) -> Member:
         return Member(id=self.id, priority=self.priority, term=self.term, role=self.role)
@@ -69,7 +70,12 @@ class Membership:
         peer.coordinator_id = payload.get("coordinator") or None
         peer.version = str(payload.get("version", ""))
         peer.last_heard = boottime()
+        peer.foreign = ""
         return peer
+
+    def mark_foreign(self, peer: Peer, reason: str) -> None:
+        """Seen on the network but not in the passel; shown as such, never elected, never given work."""
+        peer.foreign, peer.last_heard = reason, None
 
     def alive(self) -> list[Peer]:
         now = boottime()

@@ -15,7 +15,9 @@ from appliance.discovery.clock import JumpDetector, boottime
 from appliance.discovery.election import COORDINATOR, FOLLOWER, Decision, Member, elect
 from appliance.discovery.identity import BoxIdentity
 from appliance.discovery.membership import HEARTBEAT_SECONDS, LEASE_SECONDS, Membership, Peer
+from appliance.discovery.peer_client import PeerClient
 from appliance.discovery.state import RoleState, load_term, save_term
+from appliance.discovery.trust import Trust, Untrusted
 
 log = logging.getLogger("passel.election")
 AGENT_API = "/-/agent/v1"
@@ -33,12 +35,13 @@ class Passel:
     """This box's membership and role, driven by a one-second tick."""
 
     def __init__(self, identity: BoxIdentity, state_dir: Path, priority: int, api_port: int,
-                 session: aiohttp.ClientSession) -> None:
+                 session: aiohttp.ClientSession, trust: Trust) -> None:
         self.identity = identity
         self.state_dir = state_dir
         self.priority = priority
         self.api_port = api_port
-        self.session = session
+        self.trust = trust
+        self.peers = PeerClient(session, trust, lambda: self.state.term)
         self.membership = Membership(identity.id)
         self.state = RoleState(term=load_term(state_dir))
         self.listeners: list[RoleListener] = []
@@ -90,7 +93,7 @@ class Passel:
 
     # -- heartbeats ------------------------------------------------------------------------
     def receive(self, payload: dict[str, Any], address: str) -> dict[str, Any]:
-        """A heartbeat arrived; note the sender and any newer term, and answer with ours."""
+        """A (verified) heartbeat arrived; note the sender and any newer term, and answer with ours."""
         peer = self.membership.heard(payload, address)
         if peer is not None and peer.term > self.state.term and peer.role == COORDINATOR:
             self._wake()
@@ -102,12 +105,15 @@ class Passel:
 
     async def _beat(self, peer: Peer) -> None:
         try:
-            async with self.session.post(f"{peer.url}{AGENT_API}/heartbeat", json=self.payload(),
-                                         timeout=HEARTBEAT_TIMEOUT) as reply:
-                if reply.status == 200:
-                    self.membership.heard(await reply.json(), peer.address)
+            status, reply = await self.peers.call("POST", f"{peer.url}{AGENT_API}/heartbeat", json_body=self.payload(),
+                                                  timeout=HEARTBEAT_TIMEOUT)
+        except Untrusted as exc:
+            self.membership.mark_foreign(peer, str(exc))
+            return
         except (aiohttp.ClientError, TimeoutError, ValueError):
-            pass  # silence is the signal: the lease runs out
+            return  # silence is the signal: the lease runs out
+        if status == 200 and isinstance(reply, dict) and reply.get("id") == peer.id:
+            self.membership.heard(reply, peer.address)
 
     # -- the election ----------------------------------------------------------------------
     async def tick(self) -> None:
@@ -194,12 +200,12 @@ class Passel:
             raise TransferRefused(f"Box {target_id} is not alive in this passel")
         term = self.state.term + 1
         try:
-            async with self.session.post(f"{peer.url}{AGENT_API}/takeover", timeout=aiohttp.ClientTimeout(total=5),
-                                         json={"term": term, "from": self.identity.id}) as reply:
-                answer = await reply.json()
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            _, answer = await self.peers.call("POST", f"{peer.url}{AGENT_API}/takeover",
+                                              json_body={"term": term, "from": self.identity.id},
+                                              timeout=aiohttp.ClientTimeout(total=10))
+        except (aiohttp.ClientError, TimeoutError, ValueError, Untrusted) as exc:
             raise TransferRefused(f"Box {peer.name} did not answer: {exc}") from None
-        if not answer.get("accepted"):
+        if not isinstance(answer, dict) or not answer.get("accepted"):
             raise TransferRefused(str(answer.get("error", "refused")))
         peer.role, peer.term = COORDINATOR, term
         await self.apply(Decision(FOLLOWER, target_id, term))

@@ -3,8 +3,8 @@
 Versioned sync: the coordinator bumps a row's `rev` on every write; followers pull the rows newer
 than the last version they saw. A follower of a new coordinator starts over with a full copy
 (versions from different coordinators do not compare). Node rows travel with the tasks, tokens
-included, because the next coordinator must be able to talk to the nodes: this API is between
-agents only (issue 7 adds the passel key that authenticates it).
+included (sealed with the passel key), because the next coordinator must be able to talk to the
+nodes; the feed answers only calls signed with the passel key.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ import aiohttp
 from appliance.cluster.coordinator import Coordinator
 from appliance.cluster.tasks import forwarded, set_forwarded
 from appliance.discovery.passel import AGENT_API, Peer
+from appliance.discovery.peer_client import PeerClient
+from appliance.discovery.trust import Trust
 from appliance.store.models import Task, row_values
 
 log = logging.getLogger("passel.replica")
 SYNC_TIMEOUT = aiohttp.ClientTimeout(total=15)
 
 
-def export_since(coordinator: Coordinator, since: int) -> dict[str, Any]:
+def export_since(coordinator: Coordinator, since: int, trust: Trust) -> dict[str, Any]:
     """What a follower needs to catch up from version `since` (everything when `since` is 0)."""
     registry = coordinator.registry
     book = coordinator.book
@@ -36,7 +38,7 @@ def export_since(coordinator: Coordinator, since: int) -> dict[str, Any]:
         values["node_url"] = node.row.url if node else None
         values["forwarded_node_url"] = fwd_node.row.url if fwd_node else None
         rows.append(values)
-    nodes = [{"url": s.row.url, "token": s.row.token, "source": s.row.source, "locked": s.row.locked,
+    nodes = [{"url": s.row.url, "sealed_token": trust.seal(s.row.token), "source": s.row.source, "locked": s.row.locked,
               "label": s.row.label, "agent_url": s.row.agent_url} for s in registry.nodes.values()]
     return {"rev": book.rev, "full": full, "tasks": rows, "nodes": nodes}
 
@@ -44,18 +46,19 @@ def export_since(coordinator: Coordinator, since: int) -> dict[str, Any]:
 class ReplicaFollower:
     """Pulls the coordinator's changes into this box's own table."""
 
-    def __init__(self, coordinator: Coordinator, session: aiohttp.ClientSession) -> None:
+    def __init__(self, coordinator: Coordinator, peers: PeerClient) -> None:
         self.coordinator = coordinator
-        self.session = session
+        self.peers = peers
         self.synced_from: str | None = None
         self.synced_rev = 0
 
     async def pull(self, leader: Peer) -> int:
         """One round of catching up; returns how many rows changed here."""
         since = self.synced_rev if self.synced_from == leader.id else 0
-        async with self.session.get(f"{leader.url}{AGENT_API}/tasks", params={"since": since},
-                                    timeout=SYNC_TIMEOUT) as reply:
-            data = await reply.json()
+        status, data = await self.peers.call("GET", f"{leader.url}{AGENT_API}/tasks", params={"since": since},
+                                             timeout=SYNC_TIMEOUT)
+        if status != 200 or not isinstance(data, dict):
+            return 0
         await self._apply_nodes(data.get("nodes", []))
         changed = await self._apply_tasks(data.get("tasks", []), full=bool(data.get("full")))
         self.synced_from, self.synced_rev = leader.id, int(data.get("rev", 0))
@@ -64,7 +67,8 @@ class ReplicaFollower:
     async def _apply_nodes(self, nodes: list[dict[str, Any]]) -> None:
         registry = self.coordinator.registry
         for node in nodes:
-            url = node["url"] + (f"?token={node['token']}" if node.get("token") else "")
+            token = self.peers.trust.unseal(node.get("sealed_token", ""))
+            url = node["url"] + (f"?token={token}" if token else "")
             state = await registry.ensure(url, source=node.get("source", "manual"), agent_url=node.get("agent_url", ""))
             if state.row.locked != bool(node.get("locked")):
                 state.row.locked = bool(node.get("locked"))

@@ -18,6 +18,7 @@ from appliance.discovery.handover import hand_over_all
 from appliance.discovery.mdns import ALIAS_TYPE, NODEODM_TYPE, PASSEL_TYPE, PROTOCOL_VERSION, Mdns, Sighting
 from appliance.discovery.passel import Passel
 from appliance.discovery.replica import ReplicaFollower
+from appliance.discovery.trust import Trust, Untrusted, load_or_create_key
 from appliance.keys import COORDINATOR as COORDINATOR_KEY
 from appliance.keys import IDENTITY, PASSEL, RECONCILER, RELAY_SESSION, REPLICA
 from appliance.nodeodm.client import NodeClient, NodeError, NodeUnreachable
@@ -57,7 +58,8 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
         registry = coordinator.registry
         session = registry.session
         identity = app[IDENTITY]
-        passel = Passel(identity, config.state_dir, config.priority, config.port, session)
+        trust = Trust(load_or_create_key(config.key, config.state_dir), identity.id)
+        passel = Passel(identity, config.state_dir, config.priority, config.port, session, trust)
         app[PASSEL] = passel
         app[RELAY_SESSION] = relay_session = aiohttp.ClientSession(auto_decompress=False)
         coordinator.active = registry.active = lambda: passel.is_coordinator
@@ -70,6 +72,8 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
             pending.add(job)
             job.add_done_callback(pending.discard)
 
+        offered: dict[str, set[tuple[str, str]]] = {}  # box id -> NodeODMs it advertises (url, its agent)
+
         def sighted(s: Sighting) -> None:
             if s.kind == "passel":
                 peer = passel.membership.sighted(s.txt.get("id", ""), s.addresses[0], s.port, s.txt.get("name", ""))
@@ -77,7 +81,15 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
                     spawn(passel.greet(peer))  # a heartbeat now, not at the next tick: joining takes one round trip
             elif s.txt.get("box"):
                 agent = f"http://{s.addresses[0]}:{s.txt.get('agent', config.port)}"
-                spawn(registry.ensure(f"http://{s.addresses[0]}:{s.port}", source="mdns", agent_url=agent))
+                offered.setdefault(s.txt["box"], set()).add((f"http://{s.addresses[0]}:{s.port}", agent))
+                spawn(adopt_trusted_nodes())
+
+        async def adopt_trusted_nodes() -> None:
+            """Use a NodeODM only once the box sharing it has proved it holds the passel key."""
+            trusted = {p.id for p in passel.membership.alive()} | {identity.id}
+            for box in trusted & offered.keys():
+                for url, agent in offered.pop(box):
+                    await registry.ensure(url, source="mdns", agent_url=agent)
 
         mdns = Mdns(identity, config.host, sighted, lambda kind, name: None)
         await mdns.start()
@@ -135,19 +147,21 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
         passel.on_sleep.append(goodbye)
         passel.on_wake.append(rejoin)
 
-        follower = app[REPLICA] = ReplicaFollower(coordinator, session)
+        follower = app[REPLICA] = ReplicaFollower(coordinator, passel.peers)
 
         async def follow_forever() -> None:
             """As a follower: hand over what this box accepted as coordinator, then catch up."""
             while True:
                 await asyncio.sleep(SYNC_SECONDS)
+                if offered:
+                    await adopt_trusted_nodes()
                 leader = passel.coordinator()
                 if passel.is_coordinator or leader is None:
                     continue
                 try:
-                    await hand_over_all(coordinator, passel, session)
+                    await hand_over_all(coordinator, passel)
                     await follower.pull(leader)
-                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                except (aiohttp.ClientError, TimeoutError, ValueError, Untrusted) as exc:
                     log.debug("Replica sync with %s failed: %s", leader.name, exc)
 
         jobs = [asyncio.create_task(advertise(), name="mdns-advertise"),
