@@ -43,7 +43,8 @@ def default_config_text(environ: Mapping[str, str]) -> str:
     """Every setting, commented out with its help and default; notes the ones the environment overrides."""
     parts = [HEADER]
     for setting in SETTINGS:
-        lines = textwrap.wrap(setting.help[0].upper() + setting.help[1:] + ".", width=98)
+        lines = textwrap.wrap(setting.help[0].upper() + setting.help[1:] + ".", width=98, break_on_hyphens=False,
+                              break_long_words=False)
         if setting.env in environ:
             lines.append(f"(Set to {environ[setting.env]!r} by {setting.env} for this service; "
                          "that wins over this file.)")

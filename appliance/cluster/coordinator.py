@@ -575,4 +575,5 @@ def public_task(task: Task, registry: NodeRegistry) -> dict[str, Any]:
         "processing_time": task.processing_time_ms, "attempts": task.attempts,
         "last_error": task.last_error, "error_message": task.error_message,
         "options": json.loads(task.options or "[]"),
+        "job_key": task.job_key, "committed_at": task.committed_at, "finished_at": task.finished_at,
     }

@@ -1,22 +1,33 @@
-"""Choosing a node for a task: a pure function of the task and a snapshot of the nodes.
+"""Choosing a node for a task: a pure function of the task, the tasks queued ahead of it, and a
+snapshot of the nodes.
 
 The order of preference, and why:
-1. Hard filters: online, not locked, a free slot, `maxImages` allows the task, the engine matches.
-   A task never goes to a full node: it waits in the coordinator's queue as QUEUED instead, which is
-   the truth ODM needs (ClusterODM piles it onto the first full node).
-2. Fewest tasks of the same job already on the node: submodels of one split-merge job spread out.
-3. Shortest expected run: the node's learned ms per image, or a prior from its cores.
-4. Most free slots, then most memory, then shortest queue.
-5. The node id, so equal nodes always give the same answer.
+1. Hard filters: online, not locked, `maxImages` allows the task, the engine matches, the memory fits.
+2. The earliest expected finish (images × the node's ms per image for the task's kind, after the
+   node's current backlog and after the queued tasks ahead of this one). When that is on a node with
+   no free slot, the task waits in the coordinator's queue as QUEUED: it never piles onto a busy node
+   (ClusterODM does, and ODM then sees QUEUED from a node it thought had room), and a slow free node
+   does not get a task that a fast node would finish sooner even after its current work.
+3. Fewest tasks of the same job on the node: equal nodes share a job's submodels.
+4. Most free slots, then most memory, then shortest queue, then the node id, so equal nodes always
+   give the same answer.
+
+Queued tasks are taken job by job in arrival order and, within a job, the longest first: that is the
+longest-processing-time rule, which keeps a big submodel from being left to the end of a job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar
 
-PRIOR_MS_PER_IMAGE_PER_CORE = 8000.0  # roughly ODM's default pipeline on a laptop core; replaced by learned speed
+from appliance.cluster.speed import prior_ms_per_image
+
 MIN_MB_PER_IMAGE = 16.0  # below this the node would swap on a task of this size
+MIN_BUSY_MS = 1.0  # a busy slot is never free "now", even when its task is overdue
 
 
 @dataclass(frozen=True)
@@ -32,18 +43,20 @@ class NodeView:
     engine: str = "odm"
     cores: int = 1
     memory_mb: int = 0
-    ms_per_image: float | None = None  # learned from finished tasks
+    speeds: tuple[tuple[str, float], ...] = ()  # expected ms per image by task kind (learned or prior)
+    backlog_ms: tuple[float, ...] = ()  # expected remaining ms of each of our tasks active on it
     same_job: int = 0  # active tasks of the job being placed
 
     @property
     def free_slots(self) -> int:
         return max(0, self.slots - self.busy)
 
-    @property
-    def expected_ms_per_image(self) -> float:
-        if self.ms_per_image is not None:
-            return self.ms_per_image
-        return PRIOR_MS_PER_IMAGE_PER_CORE / max(1, self.cores)
+    def ms_per_image(self, kind: str) -> float:
+        """The expected time per image for a kind; the hardware prior when the snapshot has none."""
+        for known, ms in self.speeds:
+            if known == kind:
+                return ms
+        return prior_ms_per_image(self.cores, self.memory_mb, kind)
 
 
 @dataclass(frozen=True)
@@ -52,10 +65,25 @@ class Demand:
 
     images: int
     engine: str | None = None
+    kind: str = "full"
 
 
-def why_not(node: NodeView, demand: Demand) -> str | None:
-    """The reason `node` cannot take `demand` now, or None when it can."""
+@dataclass(frozen=True)
+class Placement:
+    """Where a task would run in the plan, and when it would start and finish (ms from now)."""
+
+    node_id: int | None  # None: no known node can take it
+    start_ms: float = 0.0
+    finish_ms: float = 0.0
+
+
+def run_ms(node: NodeView, demand: Demand) -> float:
+    """How long the node is expected to take for the task."""
+    return node.ms_per_image(demand.kind) * max(1, demand.images)
+
+
+def unfit(node: NodeView, demand: Demand) -> str | None:
+    """The reason `node` can never take `demand` as it is now, slots aside, or None."""
     if not node.online:
         return "offline"
     if node.locked:
@@ -66,30 +94,106 @@ def why_not(node: NodeView, demand: Demand) -> str | None:
         return f"runs {node.engine}, not {demand.engine}"
     if node.memory_mb and demand.images * MIN_MB_PER_IMAGE > node.memory_mb:
         return f"{node.memory_mb} MB of memory is too little for {demand.images} images"
-    if node.free_slots <= 0:
-        return "no free slot"
     return None
 
 
-def rank(nodes: Sequence[NodeView], demand: Demand) -> list[NodeView]:
-    """Eligible nodes, best first."""
+def why_not(node: NodeView, demand: Demand) -> str | None:
+    """The reason `node` cannot take `demand` now, or None when it can."""
+    reason = unfit(node, demand)
+    if reason is None and node.free_slots <= 0:
+        return "no free slot"
+    return reason
+
+
+def slot_free_times(node: NodeView, unknown_ms: float) -> list[float]:
+    """When each slot frees, in ms from now, as a heap: free slots at 0, busy ones after their task.
+
+    Tasks on the node that are not ours (or not yet running) count as `unknown_ms` each; beyond the
+    node's slots, tasks wait in its own queue, first in first out."""
+    heap = [0.0] * max(1, node.slots)
+    known = list(node.backlog_ms)
+    unknown = max(0, node.busy - len(known))
+    for ms in known + [unknown_ms] * unknown:
+        heapq.heapreplace(heap, heap[0] + max(ms, MIN_BUSY_MS))
+    return heap
+
+
+def plan(nodes: Sequence[NodeView], demands: Sequence[Demand]) -> list[Placement]:
+    """Earliest-finish-time list scheduling of `demands`, in order, over the nodes' slots."""
+    heaps: dict[int, list[float]] = {}
+    same_job = {n.id: n.same_job for n in nodes}
+    placements = []
+    for demand in demands:
+        best: tuple[tuple[float, float, int, int, int, int], NodeView] | None = None
+        for node in nodes:
+            if unfit(node, demand) is not None:
+                continue
+            run = run_ms(node, demand)
+            if node.id not in heaps:
+                heaps[node.id] = slot_free_times(node, statistics.median(node.backlog_ms) if node.backlog_ms else run)
+            start = heaps[node.id][0]
+            free_now = sum(1 for t in heaps[node.id] if t == 0.0)
+            key = (start + run, start, same_job[node.id], -free_now, -node.memory_mb, node.id)
+            if best is None or key < best[0]:
+                best = (key, node)
+        if best is None:
+            placements.append(Placement(None))
+            continue
+        (finish, start, *_), node = best
+        heapq.heapreplace(heaps[node.id], finish)
+        same_job[node.id] += 1
+        placements.append(Placement(node.id, start, finish))
+    return placements
+
+
+def rank(nodes: Sequence[NodeView], demand: Demand, speed_aware: bool = True) -> list[NodeView]:
+    """Nodes with a free slot that can take the task, best first (speed-blind when told so)."""
     eligible = [n for n in nodes if why_not(n, demand) is None]
-    return sorted(eligible, key=lambda n: (
-        n.same_job,
-        n.expected_ms_per_image * max(1, demand.images),
-        -n.free_slots,
-        -n.memory_mb,
-        n.busy,
-        n.id,
-    ))
+
+    def key(n: NodeView) -> tuple[float, ...]:
+        tail = (n.same_job, -n.free_slots, -n.memory_mb, n.busy, n.id)
+        return (run_ms(n, demand), *tail) if speed_aware else tail
+    return sorted(eligible, key=key)
 
 
-def choose_node(nodes: Sequence[NodeView], demand: Demand) -> NodeView | None:
-    """The best node for `demand`, or None when the task must wait in the coordinator's queue."""
-    ranked = rank(nodes, demand)
-    return ranked[0] if ranked else None
+def choose_node(nodes: Sequence[NodeView], demand: Demand, ahead: Sequence[Demand] = (),
+                speed_aware: bool = True) -> NodeView | None:
+    """The node to send `demand` to now, or None when it must wait in the coordinator's queue.
+
+    `ahead` are the queued tasks before it that are still waiting: they get their slots first.
+    Speed-blind, any free slot will do."""
+    if not speed_aware:
+        ranked = rank(nodes, demand, speed_aware=False)
+        return ranked[0] if ranked else None
+    placement = plan(nodes, [*ahead, demand])[-1]
+    if placement.node_id is None or placement.start_ms > 0:
+        return None
+    return next(n for n in nodes if n.id == placement.node_id)
 
 
 def could_ever_run(nodes: Sequence[NodeView], demand: Demand) -> bool:
     """True when some known node could take the task once it has a free slot."""
-    return any(why_not(replace(n, busy=0, online=True, locked=False), demand) is None for n in nodes)
+    return any(unfit(replace(n, online=True, locked=False), demand) is None for n in nodes)
+
+
+class Queued(Protocol):
+    """A task waiting in the coordinator's queue, as the dispatch order sees it."""
+
+    job_key: str
+    committed_at: float | None
+    images_count: int
+
+
+Q = TypeVar("Q", bound=Queued)
+
+
+def dispatch_order(tasks: Iterable[Q], speed_aware: bool = True) -> list[Q]:
+    """Jobs in the order they arrived and, within a job, the longest task first (oldest first when
+    speed-blind)."""
+    by_age = sorted(tasks, key=lambda t: t.committed_at or 0.0)
+    if not speed_aware:
+        return by_age
+    first: dict[str, float] = {}
+    for task in by_age:
+        first.setdefault(task.job_key, task.committed_at or 0.0)
+    return sorted(by_age, key=lambda t: (first[t.job_key], t.job_key, -t.images_count))

@@ -1,0 +1,240 @@
+"""What each page's template may use: one documented dataclass per page (tests/test_ui.py checks it).
+
+Builders turn the passel into these; the templates only lay them out, so a template can never reach
+into the coordinator, and every value it shows is named and explained here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+def doc(text: str, **kwargs: Any) -> Any:
+    """A dataclass field with its `help`, as datasette documents its template contexts."""
+    return field(metadata={"help": text}, **kwargs)
+
+
+# -- pieces shared by several pages ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Chrome:
+    """The frame around every page: who is speaking, the warning banner, and the form token."""
+
+    version: str = doc("Passel's version, in the footer")
+    box_name: str = doc("the name of the box that drew this page")
+    page: str = doc("which navigation entry is current: passel, tasks, timeline or admin")
+    title: str = doc("the page's title")
+    csrf: str = doc("the token every action form carries (matches the passel_csrf cookie)")
+    password_set: bool = doc("whether actions need the admin password")
+    signed_in: bool = doc("whether this browser is signed in with the admin password")
+    banner: str | None = doc("a warning shown on top, e.g. when the coordinator is unreachable", default=None)
+    notice: str | None = doc("the outcome of the last action, after a redirect", default=None)
+    live: bool = doc("whether the page refreshes its live regions by itself", default=True)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCard:
+    """One NodeODM node as the coordinator sees it."""
+
+    id: int
+    ref: str  # the node's URL, quoted for a path segment (ids differ between coordinator and replicas)
+    url: str
+    label: str
+    state: str
+    state_class: str
+    locked: bool
+    online: bool | None
+    active_tasks: int
+    slots: int
+    queue: int
+    cores: str
+    memory: str
+    max_images: str
+    last_seen: str
+    source: str
+    last_error: str
+
+
+@dataclass(frozen=True, slots=True)
+class BoxCard:
+    """One box of the passel: its role, its NodeODM nodes and its resources."""
+
+    id: str
+    name: str
+    role: str
+    address: str
+    state: str
+    state_class: str
+    is_self: bool
+    is_coordinator: bool
+    alive: bool
+    last_seen: str
+    priority: int
+    health: str
+    health_class: str
+    slots_used: int
+    slots_total: int
+    queue: int
+    cores: str
+    memory: str
+    disk_free: str
+    nodes: list[NodeCard]
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    at: str
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """One task in a list: enough to spot a stuck or failed one at a glance."""
+
+    uuid: str
+    short: str
+    name: str
+    status: str
+    status_class: str
+    progress: float
+    node_label: str
+    node_url: str
+    images: int
+    elapsed: str
+    created: str
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskGroup:
+    """The submodels of one split-merge job (tasks sharing a job key), or a single task."""
+
+    key: str
+    title: str
+    is_job: bool
+    done: int
+    rows: list[TaskRow]
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One task on the timeline: a waiting part (queued) and a running part (on its node)."""
+
+    uuid: str
+    title: str
+    status_class: str
+    wait_left: float
+    wait_width: float
+    run_left: float
+    run_width: float
+    row: int
+    straggler: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    label: str
+    detail: str
+    rows: int
+    bars: list[Bar]
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    left: float
+    label: str
+
+
+# -- pages ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PasselPage:
+    """`/`: every box as a card, the nodes, and what the passel is doing."""
+
+    template: ClassVar[str] = "passel.html"
+    chrome: Chrome = doc("the page frame")
+    public_url: str = doc("the address to give ODM, WebODM or PyODM")
+    discovery: bool = doc("whether boxes find each other (off: this box alone fronts its --node list)")
+    term: int = doc("the election term this box has seen")
+    boxes: list[BoxCard] = doc("the boxes of the passel, this box first")
+    other_nodes: list[NodeCard] = doc("nodes that belong to no box of the passel (added by hand)")
+    nodes: list[NodeCard] = doc("every node, for the nodes table")
+    counts: dict[str, int] = doc("tasks per status name: RUNNING, QUEUED, COMPLETED, FAILED, CANCELED")
+    events: list[EventRow] = doc("the latest events: arrivals, departures, moves and failures")
+
+
+@dataclass(frozen=True, slots=True)
+class TasksPage:
+    """`/ui/tasks`: filtered tasks, split-merge submodels grouped by job."""
+
+    template: ClassVar[str] = "tasks.html"
+    chrome: Chrome = doc("the page frame")
+    groups: list[TaskGroup] = doc("the tasks on this page, grouped by job")
+    status: str = doc("the status filter: all, active, or a status name")
+    node: str = doc("the node filter: a node URL, or empty for every node")
+    text: str = doc("the text filter, matched against names and uuids")
+    status_choices: list[tuple[str, str]] = doc("(value, label) for the status filter")
+    node_choices: list[tuple[str, str]] = doc("(value, label) for the node filter")
+    matching: int = doc("how many tasks match the filters")
+    total: int = doc("how many tasks there are")
+    page: int = doc("which page of results this is, from 1")
+    pages: int = doc("how many pages of results there are")
+    prev_url: str | None = doc("the previous page, if any")
+    next_url: str | None = doc("the next page, if any")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    """`/ui/tasks/{uuid}`: one task, its log, its history and what can be done with it."""
+
+    template: ClassVar[str] = "task.html"
+    chrome: Chrome = doc("the page frame")
+    task: TaskRow = doc("the task's summary")
+    error: str = doc("why it failed, or the last send error")
+    facts: list[tuple[str, str]] = doc("(label, value) lines: created, finished, attempts, node time")
+    options: list[tuple[str, str]] = doc("the processing options, as (name, value)")
+    log: list[str] = doc("the last lines of its output, Passel's own notes first")
+    events: list[EventRow] = doc("its history: accepted, sent, moved, failed, restarted")
+    move_targets: list[tuple[str, str]] = doc("(node URL, label) of nodes it may be moved to")
+    can_move: bool = doc("whether it is queued or running, so it can be moved or canceled")
+    can_restart: bool = doc("whether it has finished, so it can be restarted")
+    download_url: str | None = doc("where to download all.zip, once it completed")
+    token_needed: bool = doc("whether the download needs the API token added as ?token=")
+
+
+@dataclass(frozen=True, slots=True)
+class TimelinePage:
+    """`/ui/timeline`: a Gantt chart of tasks across nodes, so idle nodes and stragglers stand out."""
+
+    template: ClassVar[str] = "timeline.html"
+    chrome: Chrome = doc("the page frame")
+    lanes: list[Lane] = doc("one lane per node (and one for the queue), with its bars")
+    ticks: list[Tick] = doc("time labels along the axis")
+    span: str = doc("the window shown: auto, 1h, 6h or 24h")
+    span_choices: list[tuple[str, str]] = doc("(value, label) for the window picker")
+    window: str = doc("the window in words, e.g. '14:02 to 14:38 (36 min)'")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminPage:
+    """`/ui/admin`: nodes, the coordinator role, this box's priority and the admin password."""
+
+    template: ClassVar[str] = "admin.html"
+    chrome: Chrome = doc("the page frame")
+    nodes: list[NodeCard] = doc("the coordinator's nodes, to lock, unlock or remove")
+    boxes: list[BoxCard] = doc("the boxes, to hand the coordinator role to")
+    discovery: bool = doc("whether this box takes part in a passel (else no role or priority)")
+    priority: int = doc("this box's election priority now")
+    facts: list[tuple[str, str]] = doc("(label, value) about this box: id, address, state dir")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorPage:
+    """Any error, in the UI's own style, with a way back."""
+
+    template: ClassVar[str] = "error.html"
+    chrome: Chrome = doc("the page frame")
+    status: int = doc("the HTTP status")
+    heading: str = doc("what went wrong, in a few words")
+    message: str = doc("what happened and what to do about it")
+    back_url: str = doc("where the 'back' link goes")
