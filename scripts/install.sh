@@ -7,7 +7,8 @@
 #
 # Options: --binary FILE (default dist/passel), --prefix DIR (default /usr/local),
 #          --destdir DIR or DESTDIR=DIR (install into a staging root: nothing is enabled or started),
-#          --no-start (enable only; for a disk image that will be cloned onto many boxes).
+#          --no-start (enable only; for a disk image that will be cloned onto many boxes),
+#          --key CODE (the passel key every box of this passel shares; see `passel key`).
 # Nothing box-specific is made here: the box id and /etc/passel/passel.toml are created by
 # Passel's first start, so boxes cloned from one image do not share an id.
 set -euo pipefail
@@ -19,6 +20,7 @@ destdir="${DESTDIR:-}"
 action=install
 purge=no
 start=yes
+key=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --binary) binary="$2"; shift 2 ;;
@@ -27,6 +29,7 @@ while [ $# -gt 0 ]; do
     --uninstall) action=uninstall; shift ;;
     --purge) purge=yes; shift ;;
     --no-start) start=no; shift ;;
+    --key) key="$2"; shift 2 ;;
     -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -82,6 +85,11 @@ install_passel() {
     if printf '[Service]\nEnvironment=CONTAINER_ENGINE=podman\n' | put "$dropin" 0644; then changed=yes; fi
   else
     rm -rf "$(dirname "$dropin")"
+  fi
+  if [ -n "${key:-}" ]; then
+    if printf '%s\n' "$key" | put "$destdir/var/lib/passel/passel.key" 0600; then
+      changed=yes; say "set the passel key (the same on every box of this passel)"
+    fi
   fi
   [ "$changed" = yes ] || say "already installed and up to date"
 

@@ -115,3 +115,18 @@ def test_a_foreign_box_is_shown_never_elected_never_used_and_forgeries_fail(tmp_
         assert replay.status_code == 401 and "replayed" in replay.json()["error"]
     finally:
         bridge.close()
+
+
+def test_key_cli_show_new_and_set(tmp_path, monkeypatch, capsys):
+    from appliance import cli
+    monkeypatch.setenv("PASSEL_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("PASSEL_PORT", "9")  # no agent there: the CLI says the key is used at next start
+    assert cli.main(["key", "show"]) == 0
+    first = capsys.readouterr().out
+    assert "Passel key: " in first and (tmp_path / "passel.key").exists()
+    code = new_key_code()
+    assert cli.main(["key", "set", code]) == 0
+    assert "used when Passel starts" in capsys.readouterr().out
+    assert normalize_code((tmp_path / "passel.key").read_text()) == normalize_code(code)
+    with pytest.raises(SystemExit, match="at least 16"):
+        cli.main(["key", "set", "nope"])

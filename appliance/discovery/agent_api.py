@@ -20,7 +20,7 @@ log = logging.getLogger("passel.trust")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-LOOPBACK_ONLY = (f"{AGENT_API}/sleep", f"{AGENT_API}/wake")
+LOOPBACK_ONLY = (f"{AGENT_API}/sleep", f"{AGENT_API}/wake", f"{AGENT_API}/key")
 
 
 @web.middleware
@@ -162,6 +162,16 @@ async def wake(request: web.Request) -> web.Response:
     return web.json_response({"success": True})
 
 
+async def set_key(request: web.Request) -> web.Response:
+    """`passel key set` on this box: use the new key at once (loopback only)."""
+    try:
+        request.app[PASSEL].trust.set_key(str((await request.json())["key"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    log.info("This box now uses a new passel key (fingerprint %s)", request.app[PASSEL].trust.fingerprint())
+    return web.json_response({"success": True})
+
+
 def setup_agent_routes(app: web.Application) -> None:
     app.router.add_post(f"{AGENT_API}/heartbeat", heartbeat)
     app.router.add_post(f"{AGENT_API}/takeover", takeover)
@@ -169,6 +179,7 @@ def setup_agent_routes(app: web.Application) -> None:
     app.router.add_get(f"{AGENT_API}/tasks", tasks_since)
     app.router.add_post(f"{AGENT_API}/sleep", sleep)
     app.router.add_post(f"{AGENT_API}/wake", wake)
+    app.router.add_post(f"{AGENT_API}/key", set_key)
     app.router.add_get("/-/passel.json", passel_json)
     app.router.add_post("/-/transfer", transfer)
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import StreamReader, hdrs, web
 
 from appliance.nodeodm import replies
 from appliance.nodeodm.replies import error_middleware
@@ -85,6 +86,9 @@ async def task_new_upload(request: web.Request) -> web.Response:
     if engine.drop_this_upload():
         log.info("%s: dropping an upload to task %s (fault injection)", engine.settings.name, pending.uuid[:8])
         return web.Response(status=500, text="Internal Server Error")
+    if engine.settings.fragile and await _nul_in_file_name(request):
+        log.critical("%s: a file name with a NUL byte; crashing the way NodeODM 2.2.x does", engine.settings.name)
+        os._exit(70)
     try:
         form = await receive_form(request, pending.directory)
     except UploadError as exc:
@@ -92,6 +96,19 @@ async def task_new_upload(request: web.Request) -> web.Response:
     if not form.files:
         return replies.error(replies.NEED_ONE_FILE, noRetry=True)
     return replies.success()
+
+
+async def _nul_in_file_name(request: web.Request) -> bool:
+    """Look at the raw part headers; the fragile mode reads the body into memory first (it is a
+    test mode), then hands it back to the normal parser."""
+    raw = await request.read()
+    if any(b"\x00" in line for line in raw.split(b"\r\n") if line.lower().startswith(b"content-disposition")):
+        return True
+    replay = StreamReader(request.protocol, 2 ** 16, loop=asyncio.get_running_loop())
+    replay.feed_data(raw)
+    replay.feed_eof()
+    request._payload = replay  # noqa: SLF001 - the body was consumed above
+    return False
 
 
 async def _commit(engine: Engine, uuid: str) -> web.Response:

@@ -34,6 +34,9 @@ class SimnodeSettings:
     # NodeODM shows a committed task as RUNNING with processingTime -1 while it moves the files, then
     # QUEUED if no slot is free; set this (e.g. 0.05) to reproduce that window, 0 skips it
     init_seconds: float = 0.0
+    # Behave like NodeODM 2.2.x where it is fragile: a NUL byte in an upload's file name brings the
+    # whole server down. For testing that Passel shields the nodes behind it.
+    fragile: bool = False
 
     def __post_init__(self) -> None:
         if self.slots < 1:
