@@ -19,7 +19,7 @@ import requests
 from tests.nodeodm_helpers import JPEG, init_task, jcall, raw_multipart, upload
 from tests.test_persistence import free_port
 
-HOSTILE_NAMES = ["a\x00b.jpg", "../../etc/x.jpg", "/abs.jpg", "..", "a\u202egpj.exe", "x" * 300 + ".jpg",
+HOSTILE_NAMES = ["a\x00b.jpg", "../../etc/x.jpg", "/etc/abs.jpg", "..", "a\u202egpj.exe", "x" * 300 + ".jpg",
                  "nul\x00/../../etc/passwd"]
 BAD_OPTIONS = ["[{not json", '[{"name": "pc-quality", "value": "X"}]', '[{"name": "max-concurrency", "value": "NaN"}]',
                '[{"name": "split", "value": {"nested": true}}]', json.dumps([{"name": "dsm", "value": "maybe"}]),
@@ -88,3 +88,26 @@ def test_passel_keeps_hostile_input_away_from_the_node(passel_factory):
             time.sleep(0.1)
     finally:
         process.kill()
+
+
+def test_a_slow_client_that_trickles_bytes_is_cut_off_and_cleaned_up(passel_factory, simnode_factory, monkeypatch,
+                                                                      tmp_path):
+    import socket
+
+    from appliance.nodeodm import uploads
+    monkeypatch.setattr(uploads, "IDLE_UPLOAD_SECONDS", 1.0)
+    node = simnode_factory()
+    api = passel_factory([node.url], state_dir=str(tmp_path / "state"))
+    api.token = ""
+    uuid = init_task(api)
+    head = (f"POST /task/new/upload/{uuid} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            "Content-Length: 100000\r\n\r\n").encode()
+    part = b'--b\r\nContent-Disposition: form-data; name="images"; filename="slow.jpg"\r\n\r\n' + b"x" * 1000
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+        sock.sendall(head + part)
+        time.sleep(2.5)  # then nothing more: the server must give up on its own
+        reply = sock.recv(65536).decode(errors="replace")
+    assert "The upload stalled" in reply, reply
+    staged = tmp_path / "state" / "staging" / uuid
+    assert not any(staged.iterdir()), "the partial file is gone"
+    upload(api, uuid, "IMG_ok.JPG")  # the task and the server are fine

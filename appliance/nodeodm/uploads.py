@@ -12,6 +12,7 @@ large a field, disk full) leaves nothing behind: the client is told to send it a
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -27,6 +28,7 @@ from appliance.nodeodm.multipart_scan import Event, MultipartError, MultipartSca
 
 MAX_FIELD_BYTES = 1024 * 1024  # options JSON for ODM is a few kB; 1 MiB leaves room and caps abuse
 MAX_FILENAME_BYTES = 255  # the usual file-system limit
+IDLE_UPLOAD_SECONDS = 60.0  # a client that trickles bytes (or vanished) is cut off and its partial file dropped
 MIN_FREE_DISK_BYTES = 512 * 1024 * 1024  # refuse new uploads below this, so accepted ones can finish
 PARTIAL_SUFFIX = ".part"
 
@@ -173,7 +175,15 @@ async def receive_form(request: web.Request, directory: Path | None, file_field:
     writer = _FormWriter(directory, file_field, form)
     try:
         scanner = MultipartScanner(boundary_of(content_type))
-        async for chunk, _ in request.content.iter_chunks():
+        while True:
+            try:
+                async with asyncio.timeout(IDLE_UPLOAD_SECONDS):
+                    chunk, _ = await request.content.readchunk()
+            except TimeoutError:
+                raise UploadError(f"The upload stalled: no data for {IDLE_UPLOAD_SECONDS:.0f} s; "
+                                  "check the connection and send it again", no_retry=False) from None
+            if not chunk:
+                break
             for event in scanner.feed(chunk):
                 writer.handle(event)
         scanner.close()
