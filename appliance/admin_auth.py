@@ -33,7 +33,8 @@ PASSWORD_FILE = "admin-password.json"
 MIN_LENGTH = 8
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1  # ~16 MB and ~50 ms per check: slow for a guesser, fine for a person
 FAILURE_DELAY_SECONDS = 0.5  # after a wrong password, so guessing over the field Wi-Fi stays slow
-OPEN_PATHS = ("/-/agent/", "/-/password")  # box-to-box calls are signed with the passel key; /-/password checks the old password
+# box-to-box calls are signed with the passel key; /-/password checks the current password itself
+OPEN_PATHS = ("/-/agent/", "/-/password")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 FAN_OUT_TIMEOUT = aiohttp.ClientTimeout(total=5)
 NEEDS_PASSWORD = ("An admin password is set on this passel: pass it with --password or PASSEL_ADMIN_PASSWORD "
@@ -77,7 +78,6 @@ class AdminPassword:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / PASSWORD_FILE
         self.record: PasswordRecord | None = None
-        self.listeners: list[Callable[[PasswordRecord | None], None]] = []
 
     @property
     def is_set(self) -> bool:
@@ -85,9 +85,9 @@ class AdminPassword:
 
     def load(self) -> None:
         try:
-            self._install(PasswordRecord(**json.loads(self.path.read_text())))
+            self.record = PasswordRecord(**json.loads(self.path.read_text()))
         except FileNotFoundError:
-            self._install(None)
+            self.record = None
 
     async def check(self, password: str | None) -> bool:
         """True when no password is set, or this is it (hashed off the event loop)."""
@@ -107,7 +107,7 @@ class AdminPassword:
             raise PasswordRefused("The current password is wrong")
         record = await asyncio.to_thread(PasswordRecord.make, new, salt)
         await asyncio.to_thread(self._save, record)
-        self._install(record)
+        self.record = record
 
     def _save(self, record: PasswordRecord) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,11 +115,6 @@ class AdminPassword:
         temporary.write_text(json.dumps(asdict(record)))
         os.chmod(temporary, 0o600)
         os.replace(temporary, self.path)
-
-    def _install(self, record: PasswordRecord | None) -> None:
-        self.record = record
-        for listener in self.listeners:
-            listener(record)
 
 
 def given_password(request: web.Request) -> str | None:
@@ -173,7 +168,7 @@ async def change_password(app: web.Application, old: str | None, new: str, salt:
             f"not changed: {answer.get('error', 'refused') if isinstance(answer, dict) else 'refused'}"
 
     peers = passel.membership.alive()
-    for peer, outcome in zip(peers, await asyncio.gather(*(one(p.url) for p in peers))):
+    for peer, outcome in zip(peers, await asyncio.gather(*(one(p.url) for p in peers)), strict=True):
         results[peer.name or peer.id] = outcome
     return results
 

@@ -16,6 +16,8 @@ import aiohttp
 from aiohttp import web
 
 from appliance import __version__
+from appliance.admin_auth import setup_admin_auth
+from appliance.box_api import setup_box_routes
 from appliance.cluster.admin import setup_admin_routes
 from appliance.cluster.coordinator import Coordinator
 from appliance.cluster.registry import NodeRegistry
@@ -31,6 +33,7 @@ from appliance.discovery.service import discovery_ctx
 from appliance.discovery.identity import load_identity
 from appliance.keys import CONFIG, COORDINATOR, IDENTITY, RECONCILER
 from appliance.netaddr import default_public_url
+from appliance.openapi import setup_openapi_route
 from appliance.nodeodm.auth import setup_auth_routes, token_middleware
 from appliance.nodeodm.replies import error_middleware
 from appliance.sdnotify import systemd_ctx
@@ -72,7 +75,7 @@ def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx sign
         identity = load_identity(config.state_dir, config.name or None)
         app[IDENTITY] = identity
         coordinator = Coordinator(store, registry, Staging(config.staging_dir, config.min_free_disk_mb * 1024 * 1024),
-                                  public_url, config.dispatch_attempts, identity.id)
+                                  public_url, config.dispatch_attempts, identity.id, config.speed_aware)
         await coordinator.recover()
         app[COORDINATOR] = coordinator
         for url in config.node:
@@ -105,7 +108,7 @@ def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx sign
 def create_app(config: Config) -> web.Application:
     """The whole box: NodeODM API, admin API and web UI on one port."""
     app = web.Application(client_max_size=MAX_REQUEST_BYTES,
-                          middlewares=[error_middleware, entry_point_middleware, token_middleware(config.token or None, exempt_prefixes=("/static/", "/-/agent/"),
+                          middlewares=[error_middleware, entry_point_middleware, token_middleware(config.token or None, exempt_prefixes=("/static/", "/-/agent/", "/ui/"),
                                                        exempt_paths=frozenset({"/"}))])
     app[CONFIG] = config
     app.cleanup_ctx.append(_coordinator_ctx(config))
@@ -117,5 +120,8 @@ def create_app(config: Config) -> web.Application:
     setup_auth_routes(app)
     setup_routes(app)
     setup_admin_routes(app)
-    setup_ui_routes(app)
+    setup_openapi_route(app)
+    setup_admin_auth(app)
+    setup_box_routes(app)
+    setup_ui_routes(app)  # after setup_admin_auth: UI sessions are keyed from the admin password
     return app

@@ -15,6 +15,10 @@ import urllib.request
 from typing import Any
 
 from appliance import __version__
+from appliance.cli_admin import add_admin_parsers, add_password_flag, password_command, priority_command
+from appliance.cli_submit import add_submit_parser, submit_command
+from appliance.doctor import add_doctor_parser, doctor_command
+from appliance.cli_key import add_key_parser, key_command
 from appliance.config import ConfigError, add_setting_flags, load_config
 from appliance.logs import setup_logging
 
@@ -38,7 +42,7 @@ Settings come from, in rising order: built-in defaults, a TOML file (--config, $
 
 RUN_SETTINGS = ("host", "port", "state_dir", "node", "token", "public_url", "discovery", "name", "priority",
                 "share", "key", "alias", "poll_seconds", "grace_seconds", "stall_seconds", "staging_keep_hours",
-                "task_poll_seconds", "dispatch_attempts", "min_free_disk_mb", "log_level")
+                "task_poll_seconds", "dispatch_attempts", "speed_aware", "min_free_disk_mb", "log_level")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--init-seconds", type=float, default=0.0,
                      help="time spent laying out files after commit, as a real NodeODM does (RUNNING, then QUEUED if busy)")
     sim.add_argument("--seed", type=int, default=None, help="seed the fault dice, for reproducible runs")
+    sim.add_argument("--fragile", action="store_true",
+                     help="crash on a NUL byte in an upload's file name, as NodeODM 2.2.x does (for testing)")
 
     demo = sub.add_parser("demo", help="start 3 simulated nodes and a coordinator, and process a sample job",
                           description="Everything on this machine: three simulated NodeODM nodes of different "
@@ -99,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     transfer.add_argument("--api", default=os.environ.get("PASSEL_API", DEFAULT_API), help=f"any box's API (default {DEFAULT_API})")
     transfer.add_argument("--token", default=os.environ.get("PASSEL_TOKEN") or None, help="the API token, if one is set")
 
+    add_key_parser(sub)
+
     tasks = sub.add_parser("tasks", help="list, show, move, cancel, restart or remove tasks")
     tasks.add_argument("action", choices=["list", "show", "move", "cancel", "restart", "remove"])
     tasks.add_argument("uuid", nargs="?", help="the task (a unique prefix is enough)")
@@ -119,14 +127,22 @@ def _parser() -> argparse.ArgumentParser:
                        ("wake", "tell this box's agent to rejoin the passel; systemd runs it after resume")):
         power = sub.add_parser(name, help=text, description=text)
         power.add_argument("--config", metavar="FILE", help="TOML file of settings, for the port and token")
+    for remote in (status, transfer, tasks, nodes):
+        add_password_flag(remote)
+    add_submit_parser(sub)
+    add_doctor_parser(sub)
+    add_admin_parsers(sub)
     return parser
 
 
-def _api(api: str, token: str | None, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def _api(api: str, token: str | None, method: str, path: str, body: dict[str, Any] | None = None,
+         password: str | None = None) -> Any:
     query = "?" + urllib.parse.urlencode({"token": token}) if token else ""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(api.rstrip("/") + path + query, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+    headers = {"Content-Type": "application/json"} if data else {}
+    if password:
+        headers["Authorization"] = f"Bearer {password}"
+    request = urllib.request.Request(api.rstrip("/") + path + query, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=15) as reply:
             result = json.loads(reply.read() or b"null")
@@ -149,7 +165,7 @@ def _print_nodes(nodes: list[dict[str, Any]]) -> None:
 
 
 def _nodes_command(args: argparse.Namespace) -> int:
-    call = lambda method, path, body=None: _api(args.api, args.token, method, path, body)  # noqa: E731
+    call = lambda method, path, body=None: _api(args.api, args.token, method, path, body, args.password)  # noqa: E731
     if args.action != "list" and not args.target:
         raise SystemExit(f"passel nodes {args.action} needs a target")
     if args.action == "list":
@@ -194,7 +210,7 @@ def _transfer_command(args: argparse.Namespace) -> int:
     match = [b for b in passel["boxes"] if args.box in (b["id"], b["name"])]
     if len(match) != 1:
         raise SystemExit(f"No single box named {args.box!r}; boxes: {', '.join(b['name'] for b in passel['boxes'])}")
-    result = _api(args.api, args.token, "POST", "/-/transfer", {"to": match[0]["id"]})
+    result = _api(args.api, args.token, "POST", "/-/transfer", {"to": match[0]["id"]}, args.password)
     print(f"{match[0]['name']} is now the coordinator (term {result['term']})")
     return 0
 
@@ -205,7 +221,7 @@ def _power_command(args: argparse.Namespace) -> int:
 
 
 def _tasks_command(args: argparse.Namespace) -> int:
-    call = lambda method, path, body=None: _api(args.api, args.token, method, path, body)  # noqa: E731
+    call = lambda method, path, body=None: _api(args.api, args.token, method, path, body, args.password)  # noqa: E731
     listing = call("GET", "/-/tasks")
     if args.action == "list":
         if args.json:
@@ -268,7 +284,8 @@ def _simnode_command(args: argparse.Namespace) -> int:
                                token=args.token, fail_rate=args.fail_rate, drop_upload_rate=args.drop_upload_rate,
                                stall_at=args.stall_at, data_dir=Path(args.data_dir) if args.data_dir else None,
                                name=args.name, engine=args.engine, engine_version=args.engine_version,
-                               asset_kb=args.asset_kb, init_seconds=args.init_seconds, seed=args.seed)
+                               asset_kb=args.asset_kb, init_seconds=args.init_seconds, seed=args.seed,
+                               fragile=args.fragile)
     _run_until_signal(serve_simnode(settings))
     return 0
 
@@ -302,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     handlers = {"run": _run_command, "simnode": _simnode_command, "demo": _demo_command, "nodes": _nodes_command,
-                "status": _status_command, "transfer": _transfer_command, "tasks": _tasks_command,
-                "sleep": _power_command, "wake": _power_command}
+                "status": _status_command, "transfer": _transfer_command, "tasks": _tasks_command, "key": key_command,
+                "sleep": _power_command, "wake": _power_command, "submit": submit_command, "doctor": doctor_command,
+                "password": password_command, "priority": priority_command}
     if args.command not in handlers:
         parser.print_help()
         return 2

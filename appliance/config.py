@@ -60,6 +60,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("staging_keep_hours", 72.0, "how long the uploaded images of a finished task are kept for a restart",
             float),
     Setting("dispatch_attempts", 5, "how many times a task is sent to a node before it is failed", int),
+    Setting("speed_aware", True, "place tasks by each node's learned speed, wait for a faster node when that "
+                                 "finishes sooner, and copy stragglers to idle fast nodes (off: any free slot)", bool),
     Setting("min_free_disk_mb", 512, "refuse new uploads when staging has less free space than this", int),
     Setting("log_level", "info", "debug, info, warning or error"),
 )
@@ -93,6 +95,7 @@ class Config:
     stall_seconds: float
     staging_keep_hours: float
     dispatch_attempts: int
+    speed_aware: bool
     min_free_disk_mb: int
     log_level: str
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)

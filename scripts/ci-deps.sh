@@ -7,6 +7,7 @@ missing=()
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v objdump >/dev/null 2>&1 || missing+=(binutils)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)  # network namespaces for the multi-host tests
+[ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)  # browser tests: Playwright drives Debian's chromium
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 echo "ci-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive

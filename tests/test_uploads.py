@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 from collections.abc import AsyncIterator, Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,7 @@ def body(*parts: bytes) -> bytes:
 def scan(raw: bytes, cuts: list[int] | None = None, boundary: str = B) -> list[tuple[PartStart, bytes]]:
     """Feed `raw` cut at `cuts` (or in one piece) and return each part with its data joined."""
     scanner, parts = MultipartScanner(boundary.encode()), []
-    edges = [0, *(cuts or []), len(raw)]
-    for start, end in zip(edges, edges[1:]):
+    for start, end in pairwise([0, *(cuts or []), len(raw)]):
         for event in scanner.feed(raw[start:end]):
             if isinstance(event, PartStart):
                 parts.append((event, bytearray()))
@@ -106,7 +106,7 @@ def test_part_content_type_and_charset():
 
 
 @pytest.mark.parametrize("raw, message", [
-    (b"--" + B.encode() + b'\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n\r\nabc', "truncated"),
+    (body(part("images", b"abc", "a.jpg"))[:-len(DELIM) - 4], "truncated"),
     (body(part("images", b"abc", "a.jpg"))[:-3], "truncated"),
     (b"--" + B.encode() + b"\r\nContent-Disposition: form-data; name=\"x\"\r\n", "truncated"),
     (b"this is not multipart at all", "no boundary"),
@@ -114,7 +114,7 @@ def test_part_content_type_and_charset():
     (b"--" + B.encode() + b"junk\r\n\r\nx\r\n--" + B.encode() + b"--", "unexpected bytes"),
     (body(part("a", b"x")).replace(b"x\r\n--" + B.encode() + b"--", b"x\r\n--" + B.encode() + b"zz\r\n"), "unexpected"),
     (b"--" + B.encode() + b"\r\nno colon here\r\n\r\nx\r\n--" + B.encode() + b"--", "bad part header"),
-    (b"--" + B.encode() + b"\r\nContent-Disposition: form-data; name=\"\xff\"\r\n\r\nx\r\n--" + B.encode() + b"--", "UTF-8"),
+    (body(part("a", b"x")).replace(b'name="a"', b'name="\xff"'), "UTF-8"),
     (b"--" + B.encode() + b"\r\nX: " + b"y" * MAX_HEADER_BYTES, "headers longer"),
     (b"z" * (MAX_HEADER_BYTES + 10), "no boundary in the first"),
 ])
@@ -189,8 +189,9 @@ async def test_chunked_request_body(server):
         for i in range(0, len(raw), 7000):
             yield raw[i:i + 7000]
 
-    async with client.post("/up/images", data=pieces(), headers={"Content-Type": f"multipart/form-data; boundary={B}"}) as r:
-        assert (await r.json())["files"] == ["a.jpg"]
+    headers = {"Content-Type": f"multipart/form-data; boundary={B}"}
+    async with client.post("/up/images", data=pieces(), headers=headers) as reply:
+        assert (await reply.json())["files"] == ["a.jpg"]
     assert (staged / "a.jpg").read_bytes() == raw[raw.index(b"\r\n\r\n") + 4:-len(DELIM) - 4]
 
 
@@ -218,7 +219,7 @@ async def test_a_failed_body_leaves_nothing(server, raw, error):
 
 
 async def test_not_multipart_and_no_boundary(server):
-    client, staged, _ = server
+    client, _, _ = server
     async with client.post("/up/images", data=b"{}", headers={"Content-Type": "application/json"}) as reply:
         assert (await reply.json())["error"] == "Expected a multipart/form-data body"
     async with client.post("/up/images", data=b"x", headers={"Content-Type": "multipart/form-data"}) as reply:
@@ -244,7 +245,7 @@ async def test_client_gone_mid_upload_leaves_nothing(server):
     head = body(part("images", b"done", "a.jpg")).removesuffix(b"--" + B.encode() + b"--\r\n")
     head += b"--" + B.encode() + b'\r\nContent-Disposition: form-data; name="images"; filename="b.jpg"\r\n\r\n'
     head += b"y" * 200_000
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    _, writer = await asyncio.open_connection(client.server.host, client.server.port)
     writer.write(f"POST /up/images HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={B}\r\n"
                  f"Content-Length: {len(head) + 10_000_000}\r\n\r\n".encode() + head)
     await writer.drain()

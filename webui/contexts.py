@@ -102,6 +102,7 @@ class TaskRow:
     node_url: str
     images: int
     elapsed: str
+    eta: str  # "about 3 min left", from the coordinator's forecast; empty when it cannot tell
     created: str
     note: str
 

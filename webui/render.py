@@ -45,12 +45,12 @@ def is_ui(path: str) -> bool:
     return path == "/" or path.startswith(UI_PREFIX)
 
 
-async def chrome(request: web.Request, page: str, title: str, banner: str | None = None, live: bool = True) -> Chrome:
+def chrome(request: web.Request, page: str, title: str, banner: str | None = None, live: bool = True) -> Chrome:
     """The frame of a page, for this request (its form token, sign-in state and last outcome)."""
     identity = request.app.get(IDENTITY)
     return Chrome(version=__version__, box_name=identity.name if identity else "passel", page=page, title=title,
                   csrf=security.csrf_token(request), password_set=request.app[ADMIN_PASSWORD].is_set,
-                  signed_in=await security.signed_in(request), banner=banner,
+                  signed_in=security.signed_in(request), banner=banner,
                   notice=DONE.get(request.query.get("done", "")), live=live)
 
 
@@ -59,13 +59,13 @@ def respond(request: web.Request, page: Any, status: int = 200) -> web.Response:
     html = environment.get_template(page.template).render(context_of(page))
     response = web.Response(text=html, status=status, content_type="text/html",
                             headers={"Cache-Control": "no-store"})
-    security.remember_csrf(request, response)
+    security.remember_csrf(request, response, page.chrome.csrf)
     return response
 
 
-async def error_page(request: web.Request, status: int, heading: str, message: str,
-                     back_url: str = "/") -> web.Response:
-    frame = await chrome(request, "", heading, live=False)
+def error_page(request: web.Request, status: int, heading: str, message: str, back_url: str = "/") -> web.Response:
+    """Any refusal or failure as a page in the UI's style, with the right status and a way back."""
+    frame = chrome(request, "", heading, live=False)
     return respond(request, ErrorPage(chrome=frame, status=status, heading=heading, message=message,
                                       back_url=back_url), status)
 
@@ -83,15 +83,15 @@ async def ui_error_middleware(request: web.Request, handler: Handler) -> web.Str
     try:
         return await handler(request)
     except web.HTTPNotFound:
-        return await error_page(request, 404, "Not found",
-                                f"There is no page at {request.path}. It may have been removed, "
-                                "or the address is mistyped.")
+        return error_page(request, 404, "Not found",
+                          f"There is no page at {request.path}. It may have been removed, "
+                          "or the address is mistyped.")
     except web.HTTPMethodNotAllowed:
-        return await error_page(request, 405, "Not allowed", "This address does not take that kind of request.")
+        return error_page(request, 405, "Not allowed", "This address does not take that kind of request.")
     except web.HTTPException:
         raise
     except Exception:  # noqa: BLE001 - the page must still say something useful
         log.exception("%s %s failed", request.method, request.path)
-        return await error_page(request, 500, "Something went wrong",
-                                "Passel hit an error drawing this page; it is in this box's log "
-                                "(journalctl -u passel). Reload to try again.")
+        return error_page(request, 500, "Something went wrong",
+                          "Passel hit an error drawing this page; it is in this box's log "
+                          "(journalctl -u passel). Reload to try again.")

@@ -1,34 +1,132 @@
-"""The UI's routes: one overview page now; it reads the same admin API as the CLI."""
+"""The UI's route table, and the page handlers: each gathers a snapshot and fills its page's dataclass.
+
+Every UI path is answered by the box the browser talks to (they are in the relay's local paths), so
+a page renders even when the coordinator is gone; actions go to the coordinator (webui/actions.py).
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
-import jinja2
 from aiohttp import web
 
-from appliance import __version__
-from appliance.cluster.coordinator import public_task
-from appliance.keys import COORDINATOR
+from appliance.keys import BOX_FACTS, CONFIG, COORDINATOR, IDENTITY, PASSEL
+from appliance.nodeodm.status import TaskStatus
+from webui import actions, snapshot
+from webui import format as fmt
+from webui.boxes import BoxFactsCache, box_cards, node_card
+from webui.contexts import AdminPage, EventRow, PasselPage, TaskPage, TasksPage, TimelinePage
+from webui.render import chrome, error_page, respond, ui_error_middleware
+from webui.task_views import (STATUS_CHOICES, can_move, counts, facts_of, labels_of, list_tasks, log_of, move_targets,
+                              options_of, page_url, task_row)
+from webui.timeline import SPAN_CHOICES, SPANS, build
 
 STATIC_DIR = Path(__file__).parent / "static"
-_templates = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=jinja2.select_autoescape(["html"]),
-)
+EVENTS_SHOWN = 10
 
 
-async def overview(request: web.Request) -> web.Response:
-    """The passel at a glance; rendered server-side so it works without JavaScript."""
-    c = request.app[COORDINATOR]
-    busy = c.book.busy_by_node()
-    nodes = [s.public(busy.get(s.id, 0)) for s in sorted(c.registry.nodes.values(), key=lambda s: s.id)]
-    tasks = [public_task(t, c.registry) for t in reversed(c.book.all_visible())]
-    html = _templates.get_template("overview.html").render(
-        version=__version__, nodes=nodes, tasks=tasks, public_url=c.public_url)
-    return web.Response(text=html, content_type="text/html")
+def _events(rows: list[dict[str, Any]]) -> list[EventRow]:
+    return [EventRow(at=fmt.clock(e.get("at")), kind=str(e.get("kind", "")), message=str(e.get("message", "")))
+            for e in rows]
+
+
+async def passel_page(request: web.Request) -> web.Response:
+    """The passel at a glance: every box, its nodes, and what is running."""
+    snap = await snapshot.take(request)
+    cards, others = box_cards(request, snap, request.app[BOX_FACTS])
+    page = PasselPage(chrome=chrome(request, "passel", "The passel", snap.banner),
+                      public_url=request.app[COORDINATOR].public_url, discovery=snap.view is not None,
+                      term=int((snap.view or {}).get("term", 0)), boxes=cards, other_nodes=others,
+                      nodes=[node_card(n) for n in snap.nodes], counts=counts(snap.tasks),
+                      events=_events(await snapshot.events(request, snap, limit=EVENTS_SHOWN)))
+    return respond(request, page)
+
+
+async def tasks_page(request: web.Request) -> web.Response:
+    snap = await snapshot.take(request)
+    status = request.query.get("status", "all")
+    status = status if status in dict(STATUS_CHOICES) else "all"
+    node, text = request.query.get("node", ""), request.query.get("q", "")
+    try:
+        number = int(request.query.get("page", "1"))
+    except ValueError:
+        number = 1
+    labels = labels_of(snap.nodes)
+    listing = list_tasks(snap, labels, snapshot.etas(snap), status, node, text, number)
+    page = TasksPage(
+        chrome=chrome(request, "tasks", "Tasks", snap.banner), groups=listing.groups, status=status,
+        node=node, text=text, status_choices=STATUS_CHOICES, node_choices=[("", "Any node"), *labels.items()],
+        matching=listing.matching, total=len(snap.tasks), page=listing.page, pages=listing.pages,
+        prev_url=page_url(status, node, text, listing.page - 1) if listing.page > 1 else None,
+        next_url=page_url(status, node, text, listing.page + 1) if listing.page < listing.pages else None)
+    return respond(request, page)
+
+
+async def task_page(request: web.Request) -> web.Response:
+    uuid = request.match_info["uuid"].lower()
+    snap = await snapshot.take(request)
+    task = snap.coordinator.book.visible(uuid)
+    if task is None:
+        return error_page(request, 404, "No such task",
+                          f"There is no task {uuid} in this passel; it may have been removed.", "/ui/tasks")
+    status = TaskStatus(task.status)
+    events, eta = await snapshot.task_detail(request, snap, uuid)
+    page = TaskPage(
+        chrome=chrome(request, "tasks", task.name or uuid, snap.banner),
+        task=task_row(task, snap.node_url(task), labels_of(snap.nodes), time.time(), eta),
+        error=task.error_message or task.last_error, facts=facts_of(task, time.time()), options=options_of(task),
+        log=log_of(task), events=_events(events),
+        move_targets=move_targets(task, snap), can_move=can_move(task), can_restart=status.finished,
+        download_url=f"/task/{uuid}/download/all.zip" if status == TaskStatus.COMPLETED else None,
+        token_needed=bool(request.app[CONFIG].token))
+    return respond(request, page)
+
+
+async def timeline_page(request: web.Request) -> web.Response:
+    snap = await snapshot.take(request)
+    span = request.query.get("span", "auto")
+    span = span if span in SPANS else "auto"
+    lanes, ticks, window = build(snap, labels_of(snap.nodes), span)
+    page = TimelinePage(chrome=chrome(request, "timeline", "Timeline", snap.banner), lanes=lanes, ticks=ticks,
+                        span=span, span_choices=SPAN_CHOICES, window=window)
+    return respond(request, page)
+
+
+async def admin_page(request: web.Request) -> web.Response:
+    snap = await snapshot.take(request)
+    cards, _ = box_cards(request, snap, request.app[BOX_FACTS])
+    config, identity, passel = request.app[CONFIG], request.app[IDENTITY], request.app.get(PASSEL)
+    facts = [("Box", f"{identity.name} ({identity.id})"), ("Entry address", request.app[COORDINATOR].public_url),
+             ("State directory", str(config.state_dir)), ("Discovery", "on" if passel else "off (--no-discovery)"),
+             ("API token", "required (?token=)" if config.token else "none")]
+    page = AdminPage(chrome=chrome(request, "admin", "Settings", snap.banner, live=False),
+                     nodes=[node_card(n) for n in snap.nodes], boxes=cards, discovery=passel is not None,
+                     priority=passel.priority if passel else config.priority, facts=facts)
+    return respond(request, page)
+
+
+async def _close_facts(app: web.Application) -> None:
+    await app[BOX_FACTS].close()
 
 
 def setup_ui_routes(app: web.Application) -> None:
-    app.router.add_get("/", overview)
+    """The whole UI; call after setup_admin_auth, whose password guards the UI's actions."""
+    app[BOX_FACTS] = BoxFactsCache()
+    app.on_cleanup.append(_close_facts)
+    app.middlewares.append(ui_error_middleware)
+    app.router.add_get("/", passel_page)
+    app.router.add_get("/ui/tasks", tasks_page)
+    app.router.add_get("/ui/tasks/{uuid}", task_page)
+    app.router.add_get("/ui/timeline", timeline_page)
+    app.router.add_get("/ui/admin", admin_page)
+    app.router.add_post("/ui/tasks/{uuid}/{action}", actions.task_action)
+    app.router.add_post("/ui/nodes", actions.node_add)
+    app.router.add_post("/ui/nodes/{ref}/{action}", actions.node_action)
+    app.router.add_post("/ui/transfer", actions.transfer)
+    app.router.add_post("/ui/priority", actions.priority)
+    app.router.add_post("/ui/password", actions.password)
+    app.router.add_post("/ui/login", actions.sign_in)
+    app.router.add_post("/ui/logout", actions.sign_out)
     app.router.add_static("/static", STATIC_DIR)

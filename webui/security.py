@@ -1,22 +1,28 @@
 """Who may act from the UI: a form token against cross-site posts, and a session once a password is set.
 
 The form token is a random cookie (`passel_csrf`) that every action form repeats; another site can
-neither read it nor send it (SameSite=Lax). With an admin password, the signed-in session (an
-encrypted aiohttp-session cookie, keyed from the password hash) also holds that token, so a token
-planted some other way does not match. Sessions are keyed from the hash, which every box of the
-passel shares (admin_auth.py), so a form drawn by one box is accepted by the coordinator.
+neither read it nor send it along (SameSite=Lax). With an admin password, signing in sets a session
+cookie signed with HMAC-SHA256 under a key derived from the password hash, binding the form token and
+the time of sign-in. Every box of the passel holds the same hash (admin_auth.py), so a form drawn by
+one box is accepted by the coordinator, and a new password signs everyone out.
+
+aiohttp-session was the first choice, but it stores state under plain string request keys, which
+aiohttp 3.14 warns about on every request; a signed cookie needs no server state at all.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import hmac
+import json
 import secrets
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
-from aiohttp_session import AbstractStorage, Session, get_session, new_session, session_middleware
-from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
 from appliance.admin_auth import PasswordRecord
 from appliance.keys import ADMIN_PASSWORD
@@ -24,53 +30,19 @@ from appliance.keys import ADMIN_PASSWORD
 CSRF_COOKIE = "passel_csrf"
 SESSION_COOKIE = "passel_session"
 SESSION_SECONDS = 12 * 3600  # a field shift; then sign in again
-_NEW_CSRF = "passel_new_csrf"
+CLOCK_SLACK_SECONDS = 300  # boxes' clocks differ a little; a session "from the future" within this is fine
 EXPIRED = "This form has expired (or came from another site). Reload the page and try again."
 SIGN_IN = "An admin password is set: sign in on the Settings page first."
 
 
-class PasswordBoundStorage(AbstractStorage):
-    """Encrypted cookie sessions whose key follows the admin password; none while no password is set."""
-
-    def __init__(self) -> None:
-        super().__init__(cookie_name=SESSION_COOKIE, max_age=SESSION_SECONDS, httponly=True, samesite="Lax")
-        self._inner: EncryptedCookieStorage | None = None
-
-    def rekey(self, record: PasswordRecord | None) -> None:
-        self._inner = None if record is None else EncryptedCookieStorage(
-            record.session_key(), cookie_name=SESSION_COOKIE, max_age=SESSION_SECONDS, httponly=True, samesite="Lax")
-
-    async def load_session(self, request: web.Request) -> Session:
-        if self._inner is None:
-            return Session(None, data=None, new=True, max_age=self.max_age)
-        return await self._inner.load_session(request)
-
-    async def save_session(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
-        if self._inner is None:
-            self.save_cookie(response, "")
-            return
-        await self._inner.save_session(request, response, session)
-
-
 def csrf_token(request: web.Request) -> str:
-    """This browser's form token; a new one is made (and set by `remember_csrf`) when it has none."""
-    token = request.cookies.get(CSRF_COOKIE) or request.get(_NEW_CSRF)
-    if not token:
-        token = request[_NEW_CSRF] = secrets.token_urlsafe(24)
-    return token
+    """This browser's form token, or a new one that `remember_csrf` then sets."""
+    return request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
 
 
-def remember_csrf(request: web.Request, response: web.StreamResponse) -> None:
-    if request.get(_NEW_CSRF):
-        response.set_cookie(CSRF_COOKIE, request[_NEW_CSRF], httponly=True, samesite="Lax", path="/")
-
-
-async def signed_in(request: web.Request) -> bool:
-    if not request.app[ADMIN_PASSWORD].is_set:
-        return False
-    session = await get_session(request)
-    cookie = request.cookies.get(CSRF_COOKIE, "")
-    return bool(session.get("admin")) and bool(cookie) and hmac.compare_digest(str(session.get("csrf", "")), cookie)
+def remember_csrf(request: web.Request, response: web.StreamResponse, token: str) -> None:
+    if request.cookies.get(CSRF_COOKIE) != token:
+        response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="Lax", path="/")
 
 
 def token_matches(request: web.Request, form: Mapping[str, Any]) -> bool:
@@ -78,28 +50,48 @@ def token_matches(request: web.Request, form: Mapping[str, Any]) -> bool:
     return bool(cookie) and hmac.compare_digest(str(form.get("csrf", "")), cookie)
 
 
-async def refusal(request: web.Request, form: Mapping[str, Any]) -> str | None:
+def _mac(record: PasswordRecord, payload: bytes) -> str:
+    return hmac.new(record.session_key(), payload, hashlib.sha256).hexdigest()
+
+
+def _session_value(record: PasswordRecord, csrf: str) -> str:
+    payload = json.dumps({"csrf": csrf, "at": int(time.time())}).encode()
+    return base64.urlsafe_b64encode(payload).decode() + "." + _mac(record, payload)
+
+
+def signed_in(request: web.Request) -> bool:
+    """A session signed under the current password, recent, and bound to this browser's form token."""
+    record = request.app[ADMIN_PASSWORD].record
+    encoded, _, mac = request.cookies.get(SESSION_COOKIE, "").partition(".")
+    csrf = request.cookies.get(CSRF_COOKIE, "")
+    if record is None or not mac or not csrf:
+        return False
+    try:
+        payload = base64.urlsafe_b64decode(encoded.encode())
+        session = json.loads(payload)
+        age = time.time() - float(session["at"])
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        return False
+    return (hmac.compare_digest(_mac(record, payload), mac) and -CLOCK_SLACK_SECONDS < age < SESSION_SECONDS
+            and hmac.compare_digest(str(session.get("csrf", "")), csrf))
+
+
+def refusal(request: web.Request, form: Mapping[str, Any]) -> str | None:
     """Why this form may not act, or None when it may."""
     if not token_matches(request, form):
         return EXPIRED
-    if request.app[ADMIN_PASSWORD].is_set and not await signed_in(request):
+    if request.app[ADMIN_PASSWORD].is_set and not signed_in(request):
         return SIGN_IN
     return None
 
 
-async def sign_in(request: web.Request) -> None:
-    """Start an admin session bound to this browser's form token."""
-    session = await new_session(request)
-    session["admin"], session["csrf"] = True, request.cookies.get(CSRF_COOKIE, "")
+def start_session(request: web.Request, response: web.StreamResponse) -> None:
+    """Sign this browser in (its form token must already be set)."""
+    record = request.app[ADMIN_PASSWORD].record
+    if record is not None:
+        response.set_cookie(SESSION_COOKIE, _session_value(record, request.cookies.get(CSRF_COOKIE, "")),
+                            max_age=SESSION_SECONDS, httponly=True, samesite="Lax", path="/")
 
 
-async def sign_out(request: web.Request) -> None:
-    (await get_session(request)).invalidate()
-
-
-def setup_sessions(app: web.Application) -> None:
-    """Sessions follow the password: a new password re-keys them (and so signs everyone out)."""
-    storage = PasswordBoundStorage()
-    app[ADMIN_PASSWORD].listeners.append(storage.rekey)
-    app.middlewares.append(session_middleware(storage))
-
+def end_session(response: web.StreamResponse) -> None:
+    response.del_cookie(SESSION_COOKIE, path="/")

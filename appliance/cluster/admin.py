@@ -9,6 +9,7 @@ from aiohttp import web
 
 from appliance import __version__
 from appliance.cluster.coordinator import Coordinator, TaskRefused, public_task
+from appliance.cluster.eta import coordinator_forecast
 from appliance.cluster.registry import NodeNotFound
 from appliance.cluster.scheduler import Demand, rank, why_not
 from appliance.keys import CONFIG, COORDINATOR
@@ -26,11 +27,13 @@ def _nodes(c: Coordinator) -> list[dict[str, Any]]:
 async def status(request: web.Request) -> web.Response:
     """Everything a dashboard or `passel status` needs in one reply."""
     c = _c(request)
-    tasks = [public_task(t, c.registry) for t in c.book.all_visible()]
+    forecast = coordinator_forecast(c)
+    tasks = [public_task(t, c.registry, forecast.tasks.get(t.uuid)) for t in c.book.all_visible()]
     return web.json_response({
         "version": __version__, "time": time.time(), "public_url": c.public_url,
         "role": "coordinator", "nodes": _nodes(c), "tasks": tasks,
         "queue": sum(1 for t in tasks if t["status"] == 10 and t["phase"] == "waiting"),
+        "jobs": forecast.jobs,
     })
 
 
@@ -100,7 +103,8 @@ async def best_node(request: web.Request) -> web.Response:
 
 async def list_tasks(request: web.Request) -> web.Response:
     c = _c(request)
-    return web.json_response([public_task(t, c.registry) for t in c.book.all_visible()])
+    forecast = coordinator_forecast(c)
+    return web.json_response([public_task(t, c.registry, forecast.tasks.get(t.uuid)) for t in c.book.all_visible()])
 
 
 async def show_task(request: web.Request) -> web.Response:
@@ -109,7 +113,7 @@ async def show_task(request: web.Request) -> web.Response:
     if task is None:
         return web.json_response({"error": f"{request.match_info['uuid']} not found"}, status=404)
     events = await c.store.events(task.uuid)
-    return web.json_response(public_task(task, c.registry) | {
+    return web.json_response(public_task(task, c.registry, coordinator_forecast(c).tasks.get(task.uuid)) | {
         "events": [{"at": e.at, "kind": e.kind, "message": e.message} for e in events]})
 
 
@@ -139,7 +143,11 @@ async def task_action(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.Response:
-    rows = await _c(request).store.events(limit=int(request.query.get("limit", "200")))
+    try:
+        limit = min(1000, max(1, int(request.query.get("limit", "200"))))
+    except ValueError:
+        return web.json_response({"error": "limit must be a whole number"}, status=400)
+    rows = await _c(request).store.events(limit=limit)
     return web.json_response([{"at": e.at, "kind": e.kind, "message": e.message,
                                "task": e.task_uuid, "node": e.node_id} for e in rows])
 

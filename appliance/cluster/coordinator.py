@@ -20,11 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from appliance.cluster.eta import demand_of, with_backlog
 from appliance.cluster.forwarding import EarlyForward, Forwarder
 from appliance.cluster.info_cache import InfoCache
 from appliance.cluster.registry import NodeRegistry, NodeState
-from appliance.cluster.scheduler import Demand, NodeView, choose_node, why_not
+from appliance.cluster.scheduler import (Demand, NodeView, choose_node, could_ever_run, could_start_now,
+                                         dispatch_order, why_not)
 from appliance.cluster.staging import Staging, is_image
+from appliance.cluster.stragglers import Stragglers
 from appliance.cluster.tasks import (GONE_PHASES, TaskBook, apply_node_info, forwarded, progress_rank,
                                      set_forwarded)
 from appliance.nodeodm.client import NodeError, NodeUnreachable
@@ -76,8 +79,9 @@ class Coordinator:
     """Owns the task table, the staging area and the flow of tasks to nodes."""
 
     def __init__(self, store: Store, registry: NodeRegistry, staging: Staging, public_url: str,
-                 dispatch_attempts: int, self_id: str = "") -> None:
+                 dispatch_attempts: int, self_id: str = "", speed_aware: bool = True) -> None:
         self.store, self.registry, self.staging = store, registry, staging
+        self.speed_aware = speed_aware  # off: any free slot, oldest first, no straggler copies
         self.public_url = public_url
         self.dispatch_attempts = dispatch_attempts
         self.active: Callable[[], bool] = lambda: True  # False while this box is not the coordinator
@@ -91,6 +95,7 @@ class Coordinator:
         self._avoid: dict[str, set[int]] = {}
         self._pinned: dict[str, int] = {}  # moved by hand: this node, free slot or not
         self._abandoned: OrderedDict[str, float] = OrderedDict()
+        self.stragglers = Stragglers(self)
         registry.on_change.append(self.wake)
 
     # -- start-up ---------------------------------------------------------------------------
@@ -168,6 +173,12 @@ class Coordinator:
             await self._discard(task)
             raise TaskRefused("Need at least 1 file.")
         task.images_count = sum(1 for f in files if is_image(f.name))
+        views = self._views(task)
+        if views and not could_ever_run(views, Demand(images=task.images_count)):
+            largest = max((v.max_images or 0) for v in views)
+            await self._discard(task)
+            raise TaskRefused(f"{task.images_count} images uploaded, but the largest node in this passel "
+                              f"can only process up to {largest}.")
         task.committed_at = time.time()
         early = self._early.pop(task.uuid, None)
         reserved = task.node_id if early is not None and early.error is None else None
@@ -256,7 +267,8 @@ class Coordinator:
         if TaskStatus(task.status).finished and not was_finished:
             task.phase, task.finished_at = Phase.FINISHED, time.time()
             if task.status == TaskStatus.COMPLETED and task.images_count and task.processing_time_ms > 0:
-                await self.registry.learn_speed(node.id, task.processing_time_ms / task.images_count)
+                await self.registry.learn_speed(node.id, task.processing_time_ms / task.images_count,
+                                                demand_of(task).kind)
             log.info("Task %s is %s on %s", task.uuid, TaskStatus(task.status).name, node.row.url)
             self.wake()
         await self.book.save(task)
@@ -406,27 +418,40 @@ class Coordinator:
 
     async def drop_duplicate(self, node: NodeState, task: Task) -> None:
         """A node that came back still runs a copy of a task that moved on (or was removed)."""
+        if self.stragglers.holds(node.id, task.uuid):
+            return  # a live straggler copy, not a stale one
         await self._best_effort(node, "cancel", task)
         await self._best_effort(node, "remove", task)
         await self.store.record("duplicate-removed", f"Removed a stale copy of task {task.uuid} from {node.row.url}",
                                 task_uuid=task.uuid, node_id=node.id)
 
     # -- placement and sending --------------------------------------------------------------
-    def _views(self, task: Task) -> list[NodeView]:
+    def _views(self, task: Task | None = None) -> list[NodeView]:
+        """Snapshots of the nodes with our backlog on each; seen by `task`, whose own slot is not a rival."""
         busy = self.book.busy_by_node()
-        if task.node_id is not None and task.uuid in self.book.tasks:
+        if task is not None and task.node_id is not None and task.uuid in self.book.tasks:
             busy[task.node_id] = busy.get(task.node_id, 1) - 1  # its own reservation is not a rival
-        return self.registry.views(busy, self.book.same_job_by_node(task.job_key))
+        same_job = self.book.same_job_by_node(task.job_key) if task is not None else {}
+        views = self.registry.views(busy, same_job, self.stragglers.by_node())
+        return with_backlog(views, self.book.tasks.values(), exclude=task.uuid if task is not None else "")
 
-    def _pick(self, task: Task, images: int) -> NodeState | None:
-        """The best node for the task, preferring nodes it has not just failed on."""
+    def _ahead_of(self, task: Task) -> list[Demand]:
+        """The queued tasks that the dispatch order puts before this one: they get their slots first."""
+        queue = [t for t in self.book.in_phase(Phase.WAITING) if t.uuid != task.uuid and t.uuid not in self._sending]
+        order = dispatch_order([*queue, task], self.speed_aware)
+        return [demand_of(t) for t in order[:next(i for i, t in enumerate(order) if t is task)]]
+
+    def _pick(self, task: Task, images: int, ahead: list[Demand] | None = None) -> NodeState | None:
+        """The best node for the task now, preferring nodes it has not just failed on; None to wait."""
         views = self._views(task)
         avoid = self._avoid.get(task.uuid, set())
-        demand = Demand(images=images)
-        choice = choose_node([v for v in views if v.id not in avoid], demand) or choose_node(views, demand)
+        demand = replace(demand_of(task), images=images)
+        ahead = self._ahead_of(task) if ahead is None else ahead
+        choice = choose_node([v for v in views if v.id not in avoid], demand, ahead, self.speed_aware) \
+            or choose_node(views, demand, ahead, self.speed_aware)
         return self.registry.get(choice.id) if choice else None
 
-    def _place(self, task: Task, keep_reserved: bool) -> None:
+    def _place(self, task: Task, keep_reserved: bool, ahead: list[Demand] | None = None) -> None:
         """Choose the task's node now, or leave it QUEUED in the coordinator's queue."""
         pinned = self.registry.get(self._pinned.get(task.uuid))
         if pinned is not None and pinned.online and not pinned.row.locked:
@@ -439,7 +464,7 @@ class Coordinator:
             if view is not None and why_not(view, Demand(images=task.images_count)) is None:
                 node = reserved
         if node is None:
-            node = self._pick(task, task.images_count)
+            node = self._pick(task, task.images_count, ahead)
         if node is None:
             task.phase, task.status, task.node_id = Phase.WAITING, TaskStatus.QUEUED, None
             return
@@ -478,6 +503,7 @@ class Coordinator:
             self._requeue(task)
             await self.book.save(task)
             return
+        await self.stragglers.yield_slot(node, task.uuid)
         task.attempts += 1
         await self.book.save(task)
         try:
@@ -516,7 +542,7 @@ class Coordinator:
         task.phase, task.node_id = Phase.WAITING, None
 
     async def run_dispatch_loop(self) -> None:
-        """Place waiting tasks, oldest first, whenever a slot may have freed."""
+        """Place waiting tasks, job by job and longest first within a job, whenever a slot may have freed."""
         while True:
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races its timeout,
@@ -528,16 +554,20 @@ class Coordinator:
             self._wake.clear()
             if not self.active():
                 continue
-            for task in self.book.in_phase(Phase.WAITING):
-                if task.uuid in self._sending:
-                    continue
-                if TaskStatus(task.status).finished and task.status != TaskStatus.QUEUED:
-                    continue
-                self._place(task, keep_reserved=False)
+            queue = [t for t in dispatch_order(self.book.in_phase(Phase.WAITING), self.speed_aware)
+                     if t.uuid not in self._sending
+                     and (t.status == TaskStatus.QUEUED or not TaskStatus(t.status).finished)]
+            startable = could_start_now(self._views(), [demand_of(t) for t in queue], self.speed_aware)
+            ahead: list[Demand] = []  # tasks this round left waiting, which keep their claim on the nodes
+            for task, now in zip(queue, startable):
+                if now or task.uuid in self._pinned:
+                    self._place(task, keep_reserved=False, ahead=ahead)
                 if task.phase == Phase.FORWARDING:
                     await self.book.save(task)
                     self._start_sending(task)
-                elif task.status != TaskStatus.QUEUED:
+                    continue
+                ahead.append(demand_of(task))
+                if task.status != TaskStatus.QUEUED:
                     task.status = TaskStatus.QUEUED
                     await self.book.save(task)
 
@@ -564,8 +594,8 @@ def _describe(task: Task, registry: NodeRegistry) -> str:
     return "waiting for a free node (QUEUED)"
 
 
-def public_task(task: Task, registry: NodeRegistry) -> dict[str, Any]:
-    """A task as the admin API shows it."""
+def public_task(task: Task, registry: NodeRegistry, eta_seconds: float | None = None) -> dict[str, Any]:
+    """A task as the admin API shows it; `eta_seconds` until it is expected to finish (eta.py)."""
     node = registry.get(task.node_id)
     return {
         "uuid": task.uuid, "name": task.name, "phase": task.phase, "status": task.status,
@@ -576,4 +606,5 @@ def public_task(task: Task, registry: NodeRegistry) -> dict[str, Any]:
         "last_error": task.last_error, "error_message": task.error_message,
         "options": json.loads(task.options or "[]"),
         "job_key": task.job_key, "committed_at": task.committed_at, "finished_at": task.finished_at,
+        "eta_seconds": eta_seconds,
     }

@@ -4,6 +4,7 @@ figures, so what the API promises is what placement assumed."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -20,10 +21,15 @@ if TYPE_CHECKING:
 OVERRUN_SHARE = 0.1  # a task past its estimate is given another tenth of its time so far
 
 
-def remaining_ms(expected_ms: float, elapsed_ms: float) -> float:
-    """What is left of a run: the estimate less the time spent, never zero while it still runs."""
+def remaining_ms(expected_ms: float, elapsed_ms: float, progress: float = 0.0) -> float:
+    """What is left of a run: the estimate less the time spent, never zero while it still runs; as the
+    node reports progress, its pace so far weighs more, so a box that slowed down shows."""
     elapsed = max(0.0, elapsed_ms)
-    return max(expected_ms - elapsed, OVERRUN_SHARE * elapsed)
+    by_estimate = max(expected_ms - elapsed, OVERRUN_SHARE * elapsed)
+    if not 0.0 < progress < 100.0 or elapsed == 0.0:
+        return by_estimate
+    weight = math.sqrt(progress / 100.0)  # a third of the way, the pace already counts for more than half
+    return (1.0 - weight) * by_estimate + weight * elapsed * (100.0 - progress) / progress
 
 
 def demand_of(task: Task) -> Demand:
@@ -37,7 +43,7 @@ def running(tasks: Iterable[Task]) -> list[Task]:
 
 
 def task_remaining_ms(task: Task, node: NodeView) -> float:
-    return remaining_ms(run_ms(node, demand_of(task)), task.processing_time_ms)
+    return remaining_ms(run_ms(node, demand_of(task)), task.processing_time_ms, task.progress)
 
 
 def with_backlog(views: Sequence[NodeView], tasks: Iterable[Task], exclude: str = "") -> list[NodeView]:
@@ -85,4 +91,4 @@ def forecast(views: Sequence[NodeView], tasks: Sequence[Task], speed_aware: bool
 
 def coordinator_forecast(c: Coordinator) -> Forecast:
     """The forecast for everything the coordinator's clients can see."""
-    return forecast(c.snapshot(), c.book.all_visible(), c.speed_aware)
+    return forecast(c._views(), c.book.all_visible(), c.speed_aware)

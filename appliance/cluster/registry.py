@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 
 from appliance.cluster.scheduler import NodeView
+from appliance.cluster.speed import Estimate, Hardware, Sample, blend, calibrations, dump_samples, estimates, \
+    parse_samples, speed_key
 from appliance.discovery.clock import boottime
 from appliance.nodeodm.client import NodeClient, NodeError, NodeUnreachable, split_node_url
 from appliance.nodeodm.options import OptionSpec
@@ -42,6 +44,7 @@ class NodeState:
     info: dict[str, Any] = field(default_factory=dict)
     last_error: str = ""
     last_answer: float = field(default_factory=boottime)  # boottime of the last answered poll
+    calibration: float = 1.0  # the fleet's learned/prior ratio for its engine, kept by the registry
 
     def silent_for(self) -> float:
         """Seconds since the node last answered, while it is not answering (0 when it answers)."""
@@ -51,9 +54,25 @@ class NodeState:
     def id(self) -> int:
         return self.row.id
 
-    def public(self, active_tasks: int) -> dict[str, Any]:
-        """What the admin API shows: never the token."""
+    def hardware(self) -> Hardware:
+        """The node as the speed model sees it; a figure from before speeds were kept per kind counts
+        as one whole run."""
         info = self.info or json.loads(self.row.last_info or "{}")
+        engine = str(info.get("engine") or "odm")
+        samples = parse_samples(self.row.speeds)
+        if not samples and self.row.ms_per_image:
+            samples = {speed_key(engine, "full"): Sample(self.row.ms_per_image, 1)}
+        return Hardware(samples, engine, int(info.get("cpuCores") or 1),
+                        int(info.get("totalMemory") or 0) // (1024 * 1024))
+
+    def speeds(self) -> dict[str, Estimate]:
+        return estimates(self.hardware(), self.calibration)
+
+    def public(self, active_tasks: int) -> dict[str, Any]:
+        """What the admin API shows: never the token. `ms_per_image` is for a whole ODM run; `speeds`
+        has each task kind and where its figure comes from (learned, other kinds, prior)."""
+        info = self.info or json.loads(self.row.last_info or "{}")
+        speeds = self.speeds()
         return {
             "id": self.id, "url": self.row.url, "label": self.row.label or self.row.url,
             "source": self.row.source, "locked": self.row.locked, "online": self.online,
@@ -63,7 +82,9 @@ class NodeState:
             "max_images": info.get("maxImages"), "engine": info.get("engine", ""),
             "version": info.get("version", ""), "cores": info.get("cpuCores"),
             "total_memory": info.get("totalMemory"), "available_memory": info.get("availableMemory"),
-            "ms_per_image": self.row.ms_per_image, "box_agent": self.row.agent_url or None,
+            "ms_per_image": round(speeds["full"].ms_per_image, 1), "box_agent": self.row.agent_url or None,
+            "speeds": {kind: {"ms_per_image": round(e.ms_per_image, 1), "source": e.source, "samples": e.samples}
+                       for kind, e in speeds.items()},
         }
 
 
@@ -81,6 +102,7 @@ class NodeRegistry:
     async def load(self) -> None:
         for row in await self.store.load(Node):
             self.nodes[row.id] = self._state(row)
+        self._recalibrate()
 
     def _state(self, row: Node) -> NodeState:
         return NodeState(row=row, client=NodeClient(self.session, row.url, row.token or None))
@@ -134,16 +156,25 @@ class NodeRegistry:
         self._changed()
         return state
 
-    async def learn_speed(self, node_id: int, ms_per_image: float) -> None:
-        """Blend a finished task's speed into the node's estimate (recent tasks weigh more)."""
+    async def learn_speed(self, node_id: int, ms_per_image: float, kind: str = "full") -> None:
+        """Blend a finished task's speed into the node's estimate for its engine and the task's kind."""
         state = self.nodes.get(node_id)
         if state is None or ms_per_image <= 0:
             return
-        old = state.row.ms_per_image
-        state.row.ms_per_image = ms_per_image if old is None else 0.7 * old + 0.3 * ms_per_image
+        hardware = state.hardware()
+        key = speed_key(hardware.engine, kind)
+        state.row.speeds = dump_samples({**hardware.samples, key: blend(hardware.samples.get(key), ms_per_image)})
+        self._recalibrate()
         await self.store.save(state.row)
 
+    def _recalibrate(self) -> None:
+        states = list(self.nodes.values())
+        factors = calibrations(s.hardware() for s in states)
+        for state in states:
+            state.calibration = factors.get(state.hardware().engine, 1.0)
+
     def _changed(self) -> None:
+        self._recalibrate()
         for callback in self.on_change:
             callback()
 
@@ -189,18 +220,21 @@ class NodeRegistry:
             await self.store.save(state.row)
         return state
 
-    def views(self, busy: dict[int, int], same_job: dict[int, int] | None = None) -> list[NodeView]:
-        """Snapshots for the scheduler; `busy` is the coordinator's own count of active tasks per node."""
+    def views(self, busy: dict[int, int], same_job: dict[int, int] | None = None,
+              hidden: dict[int, int] | None = None) -> list[NodeView]:
+        """Snapshots for the scheduler; `busy` is the coordinator's own count of active tasks per node,
+        `hidden` the tasks a node counts that placement may ignore (straggler copies, which give way)."""
         views = []
         for s in self.nodes.values():
             info = s.info or json.loads(s.row.last_info or "{}")
             views.append(NodeView(
                 id=s.id, online=s.online, locked=s.row.locked,
                 slots=int(info.get("maxParallelTasks") or 1),
-                busy=max(busy.get(s.id, 0), int(info.get("taskQueueCount") or 0)),
+                busy=max(busy.get(s.id, 0), int(info.get("taskQueueCount") or 0) - (hidden or {}).get(s.id, 0)),
                 max_images=info.get("maxImages"), engine=str(info.get("engine") or "odm"),
                 cores=int(info.get("cpuCores") or 1), memory_mb=int(info.get("totalMemory") or 0) // (1024 * 1024),
-                ms_per_image=s.row.ms_per_image, same_job=(same_job or {}).get(s.id, 0)))
+                speeds=tuple((kind, e.ms_per_image) for kind, e in s.speeds().items()),
+                same_job=(same_job or {}).get(s.id, 0)))
         return views
 
     def option_specs(self) -> list[OptionSpec]:

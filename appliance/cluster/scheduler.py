@@ -19,6 +19,7 @@ longest-processing-time rule, which keeps a big submodel from being left to the 
 from __future__ import annotations
 
 import heapq
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -171,6 +172,14 @@ def choose_node(nodes: Sequence[NodeView], demand: Demand, ahead: Sequence[Deman
     return next(n for n in nodes if n.id == placement.node_id)
 
 
+def could_start_now(nodes: Sequence[NodeView], queue: Sequence[Demand], speed_aware: bool = True) -> list[bool]:
+    """Which tasks of a queue, in dispatch order, may start now: one plan of the whole queue, so a long
+    queue costs one pass, and `choose_node` is asked only about these."""
+    if not speed_aware:
+        return [any(why_not(n, d) is None for n in nodes) for d in queue]
+    return [p.node_id is not None and p.start_ms == 0 for p in plan(nodes, queue)]
+
+
 def could_ever_run(nodes: Sequence[NodeView], demand: Demand) -> bool:
     """True when some known node could take the task once it has a free slot."""
     return any(unfit(replace(n, online=True, locked=False), demand) is None for n in nodes)
@@ -187,13 +196,18 @@ class Queued(Protocol):
 Q = TypeVar("Q", bound=Queued)
 
 
+def _age(task: Queued) -> float:
+    """When it was committed; a task still uploading comes after every committed one."""
+    return task.committed_at if task.committed_at is not None else math.inf
+
+
 def dispatch_order(tasks: Iterable[Q], speed_aware: bool = True) -> list[Q]:
     """Jobs in the order they arrived and, within a job, the longest task first (oldest first when
     speed-blind)."""
-    by_age = sorted(tasks, key=lambda t: t.committed_at or 0.0)
+    by_age = sorted(tasks, key=_age)
     if not speed_aware:
         return by_age
     first: dict[str, float] = {}
     for task in by_age:
-        first.setdefault(task.job_key, task.committed_at or 0.0)
+        first.setdefault(task.job_key, _age(task))
     return sorted(by_age, key=lambda t: (first[t.job_key], t.job_key, -t.images_count))

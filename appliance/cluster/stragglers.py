@@ -48,6 +48,7 @@ class Straggler:
     demand: Demand
     remaining_ms: float  # expected, on its node
     transfer_ms: float = 0.0  # sending its files again
+    avoid: frozenset[int] = frozenset()  # nodes where a copy of it already failed
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ def plan_copies(candidates: Sequence[Straggler], nodes: Sequence[NodeView], queu
     plans = []
     for task in sorted(candidates, key=lambda s: (-s.remaining_ms, s.uuid)):
         options = [(task.transfer_ms + run_ms(n, task.demand), n.id) for n in nodes
-                   if n.id != task.node_id and free[n.id] > 0 and unfit(n, task.demand) is None]
+                   if n.id != task.node_id and n.id not in task.avoid and free[n.id] > 0
+                   and unfit(n, task.demand) is None]
         if not options:
             continue
         expected, node_id = min(options)
@@ -104,6 +106,7 @@ class Stragglers:
         self.c = coordinator
         self.copies: dict[str, Copy] = {}
         self._bytes: dict[str, int] = {}
+        self._failed: set[tuple[str, int]] = set()  # (task, node) pairs where a copy failed
 
     def by_node(self) -> dict[int, int]:
         """Slots the copies hold per node: placement counts them as free, since they give way."""
@@ -144,20 +147,20 @@ class Stragglers:
             return
         node = self.c.registry.get(copy.node_id)
         if node is None or not copy.committed:
-            await self._drop(uuid, "it could not be sent")
+            await self._drop(uuid, "it could not be sent", failed=True)
             return
         try:
             info = await node.client.task_info(uuid, with_output=-OUTPUT_TAIL_LINES)
         except NodeUnreachable:
             return  # the original still runs; try again next round
         except NodeError as exc:
-            await self._drop(uuid, f"its node answered {exc}")
+            await self._drop(uuid, f"its node answered {exc}", failed=True)
             return
         code = (info.get("status") or {}).get("code")
         if code == TaskStatus.COMPLETED and self._original_runs(uuid, copy):
             await self._promote(uuid, copy, node, info)
         elif code in (TaskStatus.FAILED, TaskStatus.CANCELED):
-            await self._drop(uuid, "the copy did not complete")
+            await self._drop(uuid, "the copy did not complete", failed=True)
 
     def _original_runs(self, uuid: str, copy: Copy) -> bool:
         task = self.c.book.get(uuid)
@@ -173,8 +176,8 @@ class Stragglers:
         task.node_id = node.id
         set_forwarded(task, node.id, [p.name for p in c.staging.files(uuid)])
         where = original.row.url if original else "its first node"
-        task.notes = json.dumps([*json.loads(task.notes or "[]"),
-                                 f"Passel: a copy on {node.row.url} finished before the run on {where}, which was canceled"])
+        note = f"Passel: a copy on {node.row.url} finished before the run on {where}, which was canceled"
+        task.notes = json.dumps([*json.loads(task.notes or "[]"), note])
         c.info_cache.forget(uuid)
         await c.observe(task, node, info, tail=True)
         await c.store.record("copy-won", f"Task {uuid}: the copy on {node.row.url} finished first; "
@@ -182,10 +185,12 @@ class Stragglers:
         if original is not None:
             await _cancel_and_remove(original, uuid)
 
-    async def _drop(self, uuid: str, reason: str) -> None:
+    async def _drop(self, uuid: str, reason: str, failed: bool = False) -> None:
         copy = self.copies.get(uuid)
         if copy is None:
             return
+        if failed:
+            self._failed.add((uuid, copy.node_id))
         if copy.closing is None:
             copy.closing = asyncio.create_task(self._close(uuid, copy, reason))
         await copy.closing
@@ -221,8 +226,10 @@ class Stragglers:
                     or not self._copyable(task):
                 continue
             candidates.append(Straggler(task.uuid, node.id, demand_of(task), task_remaining_ms(task, node),
-                                        self._bytes_of(task) / ASSUMED_BYTES_PER_MS))
+                                        self._bytes_of(task) / ASSUMED_BYTES_PER_MS,
+                                        frozenset(n for u, n in self._failed if u == task.uuid)))
         self._bytes = {u: b for u, b in self._bytes.items() if u in live}
+        self._failed = {(u, n) for u, n in self._failed if u in live}
         for plan in plan_copies(candidates, views, queued):
             self._start(c.book.tasks[plan.uuid], plan)
 

@@ -60,4 +60,5 @@ class TaskTracker:
                 active = [t for t in self.coordinator.book.in_phase(Phase.ON_NODE)
                           if not TaskStatus(t.status).finished]
                 await asyncio.gather(*(self.refresh(t) for t in active))
+                await self.coordinator.stragglers.tick()  # with fresh progress: copy, promote or drop
             await asyncio.sleep(self.interval)

@@ -17,7 +17,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "host"}
-LOCAL_PREFIXES = ("/-/agent/", "/-/passel.json", "/static/", "/auth/")
+# The web UI (its pages render from this box's own view; its actions go to the coordinator by
+# themselves), and what only this box can answer: its facts, its priority and its admin password.
+LOCAL_PREFIXES = ("/-/agent/", "/-/passel.json", "/static/", "/auth/", "/ui/", "/-/box.json", "/-/priority",
+                  "/-/password")
+LOCAL_PATHS = frozenset({"/"})
 CHUNK_BYTES = 256 * 1024
 RELAY_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=120)
 NO_COORDINATOR = "This passel is choosing its coordinator; try again in a few seconds."
@@ -25,7 +29,7 @@ NO_COORDINATOR = "This passel is choosing its coordinator; try again in a few se
 
 def is_local(path: str) -> bool:
     """Requests every box answers itself: the agent API and its own view of the passel."""
-    return path.startswith(LOCAL_PREFIXES)
+    return path in LOCAL_PATHS or path.startswith(LOCAL_PREFIXES)
 
 
 async def relay(request: web.Request, base_url: str, session: aiohttp.ClientSession) -> web.StreamResponse:

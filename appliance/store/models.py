@@ -69,7 +69,8 @@ class Node(Base):
     last_info: Mapped[str] = mapped_column(Text, default="{}")
     last_options: Mapped[str] = mapped_column(Text, default="[]")
     last_seen: Mapped[float | None] = mapped_column(Float, default=None)
-    ms_per_image: Mapped[float | None] = mapped_column(Float, default=None)
+    ms_per_image: Mapped[float | None] = mapped_column(Float, default=None)  # before 0004: one figure, all kinds
+    speeds: Mapped[str] = mapped_column(Text, default="{}")  # learned ms per image by "engine/kind", JSON
     agent_url: Mapped[str] = mapped_column(Text, default="")  # the Passel agent on the node's own box
 
 

@@ -1,0 +1,148 @@
+"""`passel doctor`: check what a box needs (its port, mDNS, its NodeODM, disk space and the clock) and
+say, for each problem, how to fix it. Exits 1 when something is wrong, so scripts can use it too."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.box_api import box_facts, own_addresses
+
+DEFAULT_NODEODM = "http://127.0.0.1:3001"
+HTTP_TIMEOUT = 3.0
+DISK_WARN_BYTES = 5 * 1000 ** 3  # an ODM job of a few hundred images stages gigabytes
+CLOCK_WARN_SECONDS = 30.0  # tasks' times and the timeline compare clocks of different boxes
+SANE_YEARS = range(2024, 2100)  # a box with a flat RTC battery boots in 1970 or 2000
+
+
+@dataclass(frozen=True)
+class Finding:
+    ok: bool
+    what: str
+    detail: str
+    fix: str = ""
+
+
+def add_doctor_parser(sub: Any) -> None:
+    doctor = sub.add_parser("doctor", help="check this box: port, mDNS, the local NodeODM, disk space and the clock",
+                            description="Check what Passel needs on this box and say how to fix what is wrong.")
+    doctor.add_argument("--config", metavar="FILE", help="TOML file of settings (for the port and state dir)")
+    doctor.add_argument("--port", type=int, default=None, help="the port Passel uses (default: from the settings)")
+    doctor.add_argument("--state-dir", default=None, help="the state directory (default: from the settings)")
+    doctor.add_argument("--nodeodm", default=DEFAULT_NODEODM, help=f"this box's NodeODM (default {DEFAULT_NODEODM})")
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as reply:
+        return json.loads(reply.read())
+
+
+def check_port(port: int) -> Finding:
+    try:
+        facts = _get_json(f"http://127.0.0.1:{port}/-/box.json")
+        return Finding(True, f"port {port}", f"Passel answers here (box {facts.get('name')}, {facts.get('role')})")
+    except (urllib.error.URLError, OSError, ValueError):
+        pass
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            return Finding(False, f"port {port}", f"something other than Passel holds it ({exc.strerror})",
+                           f"find it with `ss -ltnp 'sport = :{port}'` and stop it, or run Passel with --port")
+    return Finding(False, f"port {port}", "free: Passel is not running",
+                   "start it: `systemctl start passel` (or `passel run`)")
+
+
+def check_mdns() -> Finding:
+    addresses = [a for a in own_addresses() if not a.startswith("127.")]
+    if not addresses:
+        return Finding(False, "mDNS", "no network address: other boxes cannot find this one",
+                       "plug in the network cable or join the field Wi-Fi; Passel picks it up within seconds")
+    try:
+        from zeroconf import IPVersion, Zeroconf
+        Zeroconf(interfaces=addresses, ip_version=IPVersion.V4Only).close()
+    except OSError as exc:
+        return Finding(False, "mDNS", f"cannot open the multicast socket on {', '.join(addresses)}: {exc}",
+                       "allow UDP port 5353 in the firewall (e.g. `ufw allow 5353/udp`)")
+    return Finding(True, "mDNS", f"can advertise and browse on {', '.join(addresses)}")
+
+
+def check_nodeodm(url: str) -> Finding:
+    try:
+        info = _get_json(url.rstrip("/") + "/info")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return Finding(False, "NodeODM", f"{url} does not answer ({getattr(exc, 'reason', exc)})",
+                       "start it: `systemctl start nodeodm` (or `docker run -p 3001:3000 opendronemap/nodeodm`); "
+                       "a box without one can still coordinate")
+    if "error" in info:
+        return Finding(False, "NodeODM", f"{url} refused: {info['error']}", "pass its token: --share URL?token=T")
+    return Finding(True, "NodeODM", f"{url} answers: {info.get('engine', 'odm')} {info.get('engineVersion', '')}, "
+                                   f"{info.get('maxParallelTasks', 1)} slot(s), {info.get('taskQueueCount', 0)} queued")
+
+
+def check_disk(state_dir: Path, min_free_mb: int) -> Finding:
+    free = box_facts(state_dir)["disk_free"]
+    detail = f"{free / 1000 ** 3:.1f} GB free for {state_dir}"
+    if free < min_free_mb * 1024 * 1024:
+        return Finding(False, "disk", f"{detail}: below --min-free-disk-mb, so uploads are refused",
+                       "free space (remove finished tasks in the UI) or move --state-dir to a bigger disk")
+    if free < DISK_WARN_BYTES:
+        return Finding(False, "disk", f"{detail}: enough for a small job only",
+                       "free space, or move --state-dir to a bigger disk")
+    return Finding(True, "disk", detail)
+
+
+def check_clock(port: int, fetch: Callable[[str], Any] = _get_json) -> Finding:
+    now = time.time()
+    year = time.gmtime(now).tm_year
+    if year not in SANE_YEARS:
+        return Finding(False, "clock", f"this box thinks it is {year}",
+                       "set it: `timedatectl set-time 'YYYY-MM-DD HH:MM'` (its RTC battery may be flat)")
+    try:
+        boxes = fetch(f"http://127.0.0.1:{port}/-/passel.json")["boxes"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+        return Finding(True, "clock", f"{time.strftime('%Y-%m-%d %H:%M:%S')} (no passel to compare with)")
+    offsets = {}
+    for box in boxes:
+        if box.get("self") or not box.get("alive") or not box.get("address"):
+            continue
+        try:
+            sent = time.time()
+            facts = fetch(f"http://{box['address']}:{box['port']}/-/box.json")
+            offsets[box.get("name") or box["id"]] = facts["time"] - (sent + time.time()) / 2
+        except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+            continue
+    off = {name: o for name, o in offsets.items() if abs(o) > CLOCK_WARN_SECONDS}
+    if off:
+        listing = ", ".join(f"{name} {o:+.0f} s" for name, o in off.items())
+        return Finding(False, "clock", f"other boxes disagree with this one: {listing}",
+                       "set the clocks by hand on one box and copy (`timedatectl set-time`), or run chrony "
+                       "with one box as the field's time server")
+    return Finding(True, "clock", f"agrees with {len(offsets)} other box(es) within {CLOCK_WARN_SECONDS:.0f} s"
+                   if offsets else f"{time.strftime('%Y-%m-%d %H:%M:%S')} (no other box answered)")
+
+
+def doctor_command(args: argparse.Namespace) -> int:
+    from appliance.config import ConfigError, load_config
+    try:
+        config = load_config(args.config, flags={"port": args.port, "state_dir": args.state_dir})
+    except ConfigError as exc:
+        raise SystemExit(f"passel doctor: {exc}") from None
+    findings = [check_port(config.port), check_mdns(), check_nodeodm(args.nodeodm),
+                check_disk(config.state_dir, config.min_free_disk_mb), check_clock(config.port)]
+    for f in findings:
+        print(f"{'ok  ' if f.ok else 'FAIL'}  {f.what:<9} {f.detail}")
+        if f.fix:
+            print(f"{'':6}{'':<9} fix: {f.fix}")
+    bad = sum(1 for f in findings if not f.ok)
+    print(f"\n{'All checks passed.' if not bad else f'{bad} problem(s) found.'}")
+    return 1 if bad else 0

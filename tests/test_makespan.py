@@ -1,0 +1,159 @@
+"""Finishing jobs sooner: the makespan simulation's models, and, live on loopback, learned speeds in
+the API, ETAs, and a straggler copy that wins (or gives its slot back) while the client sees one task."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.nodeodm_helpers import init_task, jcall, upload
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import makespan  # noqa: E402
+
+RECONSTRUCTION = json.dumps(makespan.RECONSTRUCTION_OUTPUTS)
+
+
+# -- the simulation ----------------------------------------------------------------------------------
+def _box(id: int, slots: int, ms: float, cores: int = 8) -> makespan.Box:
+    return makespan.Box(id, slots, cores, 16384, ms, ms)
+
+
+def test_clusterodm_model_piles_onto_full_nodes_and_ignores_speed():
+    boxes = [_box(1, 1, 1000.0), _box(2, 1, 8000.0)]
+    tasks = [makespan.SimTask(f"t{i}", 10, 10.0) for i in range(3)]
+    # t0 -> 1 (both free, round robin), t1 -> 2 (the only free one), t2 -> both full, equal queues: round
+    # robin's turn is on 2, so it waits in the slow node's queue behind t1 although node 1 is 8x faster
+    assert makespan.clusterodm_ms(boxes, tasks) == 160_000.0
+    assert makespan.lower_bound_ms(boxes, tasks) == 30 / (1 / 1000 + 1 / 8000)  # all work over all speed
+
+
+def test_passel_simulation_uses_speed_and_learns():
+    boxes = (_box(1, 1, 1000.0), _box(2, 1, 8000.0))
+    tasks = [makespan.SimTask(f"t{i}", n, float(n)) for i, n in enumerate((40, 30, 20, 10))]
+    sim = makespan.PasselSim(boxes, samples={1: {"odm/reconstruction": makespan.Sample(1000.0, 3)},
+                                             2: {"odm/reconstruction": makespan.Sample(8000.0, 3)}})
+    assert sim.run(tasks) == 90_000.0  # the optimum: 40, 30, 20 on the fast box, only 10 on the slow one
+    assert makespan.PasselSim(boxes, speed_aware=False).run(tasks) == 240_000.0  # 30 lands on the slow box
+    assert sim.samples[1]["odm/reconstruction"].n == 6 and sim.samples[2]["odm/reconstruction"].n == 4
+
+
+def test_small_scenarios_meet_the_targets():
+    results = [makespan.simulate(makespan.make_scenario(i, *makespan.SHAPES[i])) for i in (0, 2, 4, 6)]
+    for r in results:
+        assert r["lower_bound_s"] <= r["passel_s"] < r["clusterodm_s"], r
+        assert r["lower_bound_s"] <= r["passel_cold_s"], r
+
+
+# -- live ----------------------------------------------------------------------------------------------
+class Api:
+    def __init__(self, server) -> None:
+        self.url, self.token = server.url, ""
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def submit(api: Api, images: int) -> str:
+    uuid = init_task(api, name="", outputs=RECONSTRUCTION, skipPostProcessing="true")
+    for i in range(images):
+        upload(api, uuid, f"IMG_{i:03d}.JPG")
+    assert jcall(api, "POST", f"/task/new/commit/{uuid}") == {"uuid": uuid}
+    return uuid
+
+
+def status_of(api: Api, uuid: str) -> int:
+    return jcall(api, "GET", f"/task/{uuid}/info")["status"]["code"]
+
+
+def node_ids(api: Api) -> dict[str, int]:
+    return {n["url"]: n["id"] for n in jcall(api, "GET", "/-/nodes")}
+
+
+def on_node(node, uuid: str) -> bool:
+    return {"uuid": uuid} in requests.get(f"{node.url}/task/list", timeout=5).json()
+
+
+def test_speed_is_learned_per_kind_and_shown_with_etas(simnode_factory, passel_factory):
+    node = simnode_factory(seconds_per_image=0.05, cores=8)
+    api = Api(passel_factory([node.url]))
+    wait_for(lambda: jcall(api, "GET", "/info")["maxParallelTasks"] == 1, what="node online")
+    [before] = jcall(api, "GET", "/-/nodes")
+    assert {k: v["source"] for k, v in before["speeds"].items()} == {
+        "reconstruction": "prior", "toolchain": "prior", "full": "prior", "split": "prior"}
+    uuid = submit(api, 20)
+    running = wait_for(lambda: [t for t in jcall(api, "GET", "/-/tasks") if t["status"] == 20 and t["uuid"] == uuid],
+                       what="task running")
+    assert running[0]["eta_seconds"] is not None and running[0]["eta_seconds"] > 0
+    status = jcall(api, "GET", "/-/status.json")
+    assert [j["unfinished"] for j in status["jobs"]] == [1]
+    wait_for(lambda: status_of(api, uuid) == 40, what="completion")
+    [after] = wait_for(lambda: (n := jcall(api, "GET", "/-/nodes"))[0]["speeds"]["reconstruction"]["samples"] and n,
+                       what="speed learned")
+    learned = after["speeds"]["reconstruction"]
+    assert learned["source"] == "learned" and 40 <= learned["ms_per_image"] <= 80, learned
+    assert after["speeds"]["full"]["source"] == "other kinds"
+    assert after["ms_per_image"] == after["speeds"]["full"]["ms_per_image"]
+    done = jcall(api, "GET", f"/-/tasks/{uuid}")
+    assert done["eta_seconds"] is None
+    assert jcall(api, "GET", "/-/status.json")["jobs"][0]["eta_seconds"] == 0.0
+
+
+def test_straggler_copy_on_an_idle_fast_node_wins_and_the_client_sees_one_task(simnode_factory, passel_factory):
+    slow = simnode_factory(seconds_per_image=0.5, cores=1)
+    fast = simnode_factory(seconds_per_image=0.02, cores=64)
+    api = Api(passel_factory([slow.url, fast.url]))
+    wait_for(lambda: jcall(api, "GET", "/info")["maxParallelTasks"] == 2, what="both nodes online")
+    ids = node_ids(api)
+    jcall(api, "POST", f"/-/nodes/{ids[fast.url]}/lock")
+    uuid = submit(api, 30)  # 15 s on the slow node
+    wait_for(lambda: status_of(api, uuid) == 20 and on_node(slow, uuid), what="running on the slow node")
+    seen = set()
+    jcall(api, "POST", f"/-/nodes/{ids[fast.url]}/unlock")
+
+    def completed() -> bool:
+        seen.add(status_of(api, uuid))
+        return 40 in seen
+    wait_for(completed, timeout=12, what="the copy to finish first")
+    assert seen <= {20, 40}, f"the client must never see the copy: {seen}"
+    task = jcall(api, "GET", f"/-/tasks/{uuid}")
+    assert task["node_id"] == ids[fast.url]
+    assert {"copy-started", "copy-won"} <= {e["kind"] for e in task["events"]}
+    wait_for(lambda: not on_node(slow, uuid), what="the original canceled and removed")
+    info = jcall(api, "GET", f"/task/{uuid}/info")
+    assert info["imagesCount"] == 30 and info["processingTime"] < 5000
+    reply = requests.get(f"{api.url}/task/{uuid}/download/all.zip", timeout=10)
+    assert reply.status_code == 200 and reply.headers["Content-Type"] == "application/zip"
+    assert jcall(api, "POST", "/task/remove", data={"uuid": uuid}) == {"success": True}
+    wait_for(lambda: not on_node(fast, uuid), what="removed from the winner")
+
+
+def test_a_copy_gives_its_slot_to_real_work(simnode_factory, passel_factory):
+    slow = simnode_factory(seconds_per_image=1.0, cores=1)
+    fast = simnode_factory(seconds_per_image=0.25, cores=64)
+    api = Api(passel_factory([slow.url, fast.url]))
+    wait_for(lambda: jcall(api, "GET", "/info")["maxParallelTasks"] == 2, what="both nodes online")
+    ids = node_ids(api)
+    jcall(api, "POST", f"/-/nodes/{ids[fast.url]}/lock")
+    first = submit(api, 30)
+    wait_for(lambda: on_node(slow, first), what="first task on the slow node")
+    jcall(api, "POST", f"/-/nodes/{ids[fast.url]}/unlock")
+    wait_for(lambda: on_node(fast, first), what="a copy on the fast node")
+    second = submit(api, 4)
+    assert status_of(api, second) == 20, "the copy's slot is free for real work"
+    wait_for(lambda: on_node(fast, second) and not on_node(fast, first), what="the copy to give way")
+    wait_for(lambda: status_of(api, second) == 40, what="the second task to complete")
+    tasks = {t["uuid"]: t for t in jcall(api, "GET", "/-/tasks")}
+    assert tasks[second]["node_id"] == ids[fast.url]
+    assert tasks[first]["node_id"] == ids[slow.url] and tasks[first]["status"] == 20

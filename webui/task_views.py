@@ -1,0 +1,163 @@
+"""Tasks as a person reads them: rows with elapsed time (and the coordinator's estimate of the time
+left, where it has one), filters, split-merge jobs grouped, and one task's detail."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from appliance.nodeodm.status import TaskStatus
+from appliance.store.models import Phase, Task
+from webui import format as fmt
+from webui.contexts import TaskGroup, TaskRow
+from webui.snapshot import Snapshot
+
+PAGE_ROWS = 100
+STATUS_CHOICES = [("all", "All"), ("active", "Queued or running"), ("queued", "Queued"), ("running", "Running"),
+                  ("completed", "Completed"), ("failed", "Failed"), ("canceled", "Canceled")]
+NOTES = {Phase.WAITING: "waiting for a free node", Phase.FORWARDING: "being sent to its node"}
+
+
+def status_name(task: Task) -> str:
+    return TaskStatus(task.status).name
+
+
+def elapsed_seconds(task: Task, now: float) -> float:
+    start = task.committed_at or task.date_created_ms / 1000
+    end = task.finished_at if TaskStatus(task.status).finished and task.finished_at else now
+    return max(0.0, end - start)
+
+
+def eta_text(seconds: float | None) -> str:
+    return "" if seconds is None else f"about {fmt.duration(seconds)} left"
+
+
+def task_row(task: Task, node_url: str | None, labels: dict[str, str], now: float,
+             eta: float | None = None) -> TaskRow:
+    status = status_name(task)
+    return TaskRow(uuid=task.uuid, short=task.uuid[:8], name=task.name or task.uuid[:8], status=status,
+                   status_class=status.lower(), progress=round(task.progress, 1),
+                   node_label=labels.get(node_url or "", node_url or "—"), node_url=node_url or "",
+                   images=task.images_count, elapsed=fmt.duration(elapsed_seconds(task, now)),
+                   eta="" if TaskStatus(task.status).finished else eta_text(eta),
+                   created=fmt.clock(task.date_created_ms / 1000),
+                   note=NOTES.get(task.phase, "") if not TaskStatus(task.status).finished else "")
+
+
+def _matches(task: Task, status: str, node_url: str | None, node: str, text: str) -> bool:
+    if status == "active" and TaskStatus(task.status).finished:
+        return False
+    if status not in ("all", "active") and status_name(task).lower() != status:
+        return False
+    if node and node_url != node:
+        return False
+    return not text or text in task.name.lower() or task.uuid.startswith(text)
+
+
+def job_of(task: Task) -> str:
+    """Split-merge submodels share options and ask for partial outputs; other tasks stand alone."""
+    return task.job_key if task.job_key and (task.outputs or task.skip_post_processing) else task.uuid
+
+
+@dataclass(frozen=True)
+class TaskListing:
+    groups: list[TaskGroup]
+    matching: int
+    page: int
+    pages: int
+
+
+def list_tasks(snap: Snapshot, labels: dict[str, str], etas: dict[str, float | None], status: str, node: str,
+               text: str, page: int) -> TaskListing:
+    """The filtered tasks, newest job first, grouped by job, one page of about PAGE_ROWS rows."""
+    now = time.time()
+    text = text.strip().lower()
+    jobs: dict[str, list[Task]] = {}
+    urls: dict[str, str | None] = {}
+    for task in snap.tasks:
+        urls[task.uuid] = url = snap.node_url(task)
+        if _matches(task, status, url, node, text):
+            jobs.setdefault(job_of(task), []).append(task)
+    ordered = sorted(jobs.items(), key=lambda kv: max(t.date_created_ms for t in kv[1]), reverse=True)
+    pages: list[list[tuple[str, list[Task]]]] = [[]]
+    rows_on_page = 0
+    for key, members in ordered:
+        if rows_on_page and rows_on_page + len(members) > PAGE_ROWS:
+            pages.append([])
+            rows_on_page = 0
+        pages[-1].append((key, members))
+        rows_on_page += len(members)
+    page = min(max(page, 1), len(pages))
+    groups = [_group(key, sorted(members, key=lambda t: (t.name, t.date_created_ms)), urls, labels, etas, now)
+              for key, members in pages[page - 1]]
+    return TaskListing(groups, sum(len(m) for m in jobs.values()), page, len(pages))
+
+
+def _group(key: str, members: list[Task], urls: dict[str, str | None], labels: dict[str, str],
+           etas: dict[str, float | None], now: float) -> TaskGroup:
+    rows = [task_row(t, urls[t.uuid], labels, now, etas.get(t.uuid)) for t in members]
+    done = sum(1 for t in members if t.status == TaskStatus.COMPLETED)
+    if len(members) == 1:
+        return TaskGroup(key=key, title=rows[0].name, is_job=False, done=done, rows=rows)
+    prefix = os.path.commonprefix([t.name for t in members]).rstrip("_- .")
+    return TaskGroup(key=key, title=f"{prefix or 'Split-merge job'}: {len(members)} submodels", is_job=True,
+                     done=done, rows=rows)
+
+
+def page_url(status: str, node: str, text: str, page: int) -> str:
+    query = {k: v for k, v in (("status", status if status != "all" else ""), ("node", node), ("q", text),
+                                ("page", str(page) if page > 1 else "")) if v}
+    return "/ui/tasks" + (f"?{urlencode(query)}" if query else "")
+
+
+def options_of(task: Task) -> list[tuple[str, str]]:
+    try:
+        options = json.loads(task.options or "[]")
+    except ValueError:
+        return []
+    return [(str(o.get("name")), json.dumps(o.get("value")) if not isinstance(o.get("value"), str) else o["value"])
+            for o in options if isinstance(o, dict)]
+
+
+def log_of(task: Task) -> list[str]:
+    """Passel's own notes (moves and why), then the last lines the node printed."""
+    lines: list[str] = []
+    for raw in (task.notes, task.output_tail):
+        try:
+            lines.extend(str(line) for line in json.loads(raw or "[]"))
+        except ValueError:
+            continue
+    return lines
+
+
+def facts_of(task: Task, now: float) -> list[tuple[str, str]]:
+    node_time = fmt.duration(task.processing_time_ms / 1000) if task.processing_time_ms > 0 else "—"
+    return [("Task id", task.uuid), ("Created", fmt.clock(task.date_created_ms / 1000)),
+            ("Accepted", fmt.clock(task.committed_at)), ("Finished", fmt.clock(task.finished_at)),
+            ("Elapsed", fmt.duration(elapsed_seconds(task, now))), ("Time on its node", node_time),
+            ("Attempts to send", str(task.attempts)), ("Images", str(task.images_count))]
+
+
+def move_targets(task: Task, snap: Snapshot) -> list[tuple[str, str]]:
+    current = snap.node_url(task)
+    return [(n["url"], n.get("label") or n["url"]) for n in snap.nodes
+            if n.get("online") is not False and not n.get("locked") and n["url"] != current]
+
+
+def can_move(task: Task) -> bool:
+    return task.phase in (Phase.WAITING, Phase.FORWARDING, Phase.ON_NODE) and not TaskStatus(task.status).finished
+
+
+def counts(tasks: list[Task]) -> dict[str, int]:
+    result = {s.name: 0 for s in TaskStatus}
+    for task in tasks:
+        result[status_name(task)] += 1
+    return result
+
+
+def labels_of(nodes: list[dict[str, Any]]) -> dict[str, str]:
+    return {n["url"]: n.get("label") or n["url"] for n in nodes}
