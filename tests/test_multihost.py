@@ -74,12 +74,33 @@ print(task.uuid)
     return done.stdout.decode().strip().splitlines()[-1]
 
 
+def resolve_alias(box, name: str = "passel.local.") -> list[str]:
+    """Ask mDNS, from inside `box`'s namespace, which address answers for the friendly name."""
+    code = f"""
+import asyncio
+from zeroconf import AddressResolverIPv4, IPVersion
+from zeroconf.asyncio import AsyncZeroconf
+async def main():
+    aiozc = AsyncZeroconf(ip_version=IPVersion.V4Only)
+    resolver = AddressResolverIPv4({name!r})
+    await resolver.async_request(aiozc.zeroconf, 3000)
+    print(" ".join(resolver.parsed_addresses()))
+    await aiozc.async_close()
+asyncio.run(main())
+"""
+    done = subprocess.run(["ip", "netns", "exec", box.ns, sys.executable, "-c", code], capture_output=True,
+                          timeout=30)
+    return done.stdout.decode().split()
+
+
 def test_discovery_election_entry_points_and_transfer(passel3, tmp_path):
     boxes = passel3.boxes
     wait_until(lambda: all(sum(b["alive"] for b in view(box)["boxes"]) == 3 for box in boxes), 30,
                "every box to see every box")
     leader = wait_until(lambda: settled_on_one(boxes), 30, "one coordinator")
     assert coordinators(boxes) == {leader}
+    leader_box = next(box for box in boxes if view(box)["self"]["id"] == leader)
+    wait_until(lambda: resolve_alias(boxes[0]) == [leader_box.address], 20, "passel.local to name the coordinator")
     assert view(boxes[2])["self"]["priority"] == 3
 
     # Any box is an entry point: PyODM against a follower, end to end.
@@ -116,6 +137,8 @@ def test_discovery_election_entry_points_and_transfer(passel3, tmp_path):
     reply = requests.post(follower.api + "/-/transfer", json={"to": target_id}, timeout=10).json()
     assert reply["success"] is True
     wait_until(lambda: settled_on_one(boxes) == target_id, 15, "every box to follow the new coordinator")
+    # The friendly name moved with the role.
+    wait_until(lambda: resolve_alias(follower) == [target.address], 20, "passel.local to name the new coordinator")
     assert requests.get(f"{follower.api}/task/{task.uuid}/info", timeout=10).json()["status"]["code"] == 40, \
         "the finished task moved with the role"
 
