@@ -9,7 +9,7 @@ import pytest
 
 from appliance.cluster.eta import forecast, remaining_ms
 from appliance.cluster.scheduler import (Demand, NodeView, choose_node, could_ever_run, could_start_now,
-                                         dispatch_order, plan, rank, why_not)
+                                         dispatch_order, keeps_reservation, plan, rank, why_not)
 from appliance.cluster.speed import (Hardware, Sample, blend, calibrations, dump_samples, estimate, parse_samples,
                                      prior_ms_per_image, task_kind)
 from appliance.cluster.stragglers import MIN_GAIN_MS, Straggler, plan_copies
@@ -131,6 +131,19 @@ def test_tasks_ahead_in_the_queue_keep_their_claim():
     assert could_start_now(nodes, [big, Demand(images=10)]) == [False, True]
 
 
+def test_a_reservation_made_before_the_size_was_known_is_kept_only_when_it_is_nearly_as_good():
+    """At init the task reserves the best node for a task of unknown size; at commit it may be too slow."""
+    nodes = [node(1, slots=1, busy=1, speeds=fast(50.0), backlog_ms=(2500.0,)), node(2, speeds=fast(400.0)),
+             node(3, speeds=fast(60.0))]
+    big = Demand(images=40)
+    assert not keeps_reservation(nodes, big, reserved=2)  # 16 s here, 2.4 s on node 3
+    assert keeps_reservation(nodes, big, reserved=3)
+    assert keeps_reservation(nodes[:2], Demand(images=4), reserved=2)  # 1.6 s beats waiting for node 1
+    assert not keeps_reservation(nodes[:2], big, reserved=2)  # waiting 2.5 s for node 1 beats 16 s
+    assert keeps_reservation(nodes[:2], big, reserved=2, speed_aware=False)
+    assert not keeps_reservation(nodes, big, reserved=1), "no free slot"
+
+
 def test_unknown_tasks_on_a_node_count_as_busy_slots():
     """A node running someone else's task: its slot frees after a guess, never now."""
     shared = node(1, slots=1, busy=1, speeds=fast(100.0))
@@ -224,6 +237,8 @@ def test_calibration_puts_priors_on_the_fleets_scale():
     assert factors == {"odm": pytest.approx(3.0)}
     assert estimate(new, "full", factors["odm"]).ms_per_image == pytest.approx(estimate(measured, "full").ms_per_image)
     assert calibrations([Hardware({"odm/split": Sample(99.0, 1)}, "odm", 8, 0)]) == {}  # a split says nothing
+    slower = Hardware({"odm/full": Sample(5 * prior_ms_per_image(8, 0, "full"), 1)}, "odm", 8, 0)
+    assert calibrations([measured, slower, new]) == {"odm": pytest.approx(5.0)}, "unmeasured boxes: the slow end"
 
 
 # -- ETA ------------------------------------------------------------------------------------------------

@@ -130,3 +130,15 @@ def test_key_cli_show_new_and_set(tmp_path, monkeypatch, capsys):
     assert normalize_code((tmp_path / "passel.key").read_text()) == normalize_code(code)
     with pytest.raises(SystemExit, match="at least 16"):
         cli.main(["key", "set", "nope"])
+
+
+def test_out_of_order_counters_are_fine_but_old_ones_are_not():
+    alice, bob = Trust(KEY, "aaaaaaaaaaaa"), Trust(KEY, "bbbbbbbbbbbb")
+    signed = [alice.sign_request("POST", "/h", body_digest(b""), 1) for _ in range(100)]
+    for headers in (signed[5], signed[3], signed[4]):  # concurrent calls arrive shuffled
+        bob.verify_request("POST", "/h", body_digest(b""), headers)
+    bob.verify_request("POST", "/h", body_digest(b""), signed[99])
+    with pytest.raises(Untrusted, match="replayed"):
+        bob.verify_request("POST", "/h", body_digest(b""), signed[3])  # seen
+    with pytest.raises(Untrusted, match="replayed"):
+        bob.verify_request("POST", "/h", body_digest(b""), signed[10])  # too old to tell apart from a replay

@@ -195,6 +195,26 @@ async def test_chunked_request_body(server):
     assert (staged / "a.jpg").read_bytes() == raw[raw.index(b"\r\n\r\n") + 4:-len(DELIM) - 4]
 
 
+async def test_chunk_end_arriving_after_its_data_is_not_the_end_of_the_body(server):
+    """aiohttp reports the end of an HTTP chunk that arrives after its data as an empty read."""
+    client, staged, outcomes = server
+    raw = body(part("images", b"first half|", "a.jpg"))
+    cut = raw.index(b"|") + 1
+    _, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(f"POST /up/images HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={B}\r\n"
+                 f"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{cut:x}\r\n".encode() + raw[:cut])
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the server has read the chunk's data; its CRLF comes later
+    writer.write(f"\r\n{len(raw) - cut:x}\r\n".encode() + raw[cut:] + b"\r\n0\r\n\r\n")
+    await writer.drain()
+    for _ in range(200):
+        if outcomes:
+            break
+        await asyncio.sleep(0.01)
+    writer.close()
+    assert outcomes == [{"fields": {}, "files": ["a.jpg"], "bytes": 11}]
+
+
 async def test_without_directory_files_are_skipped(server):
     client, staged, _ = server
     reply = await post(client, body(part("images", b"x", "a.jpg"), part("name", b"n")), "/up/images?nodir=1")

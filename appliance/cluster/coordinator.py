@@ -25,7 +25,7 @@ from appliance.cluster.forwarding import EarlyForward, Forwarder
 from appliance.cluster.info_cache import InfoCache
 from appliance.cluster.registry import NodeRegistry, NodeState
 from appliance.cluster.scheduler import (Demand, NodeView, choose_node, could_ever_run, could_start_now,
-                                         dispatch_order, why_not)
+                                         dispatch_order, keeps_reservation, why_not)
 from appliance.cluster.staging import Staging, is_image
 from appliance.cluster.stragglers import Stragglers
 from appliance.cluster.tasks import (GONE_PHASES, TaskBook, apply_node_info, forwarded, progress_rank,
@@ -458,11 +458,10 @@ class Coordinator:
             task.phase, task.status, task.node_id = Phase.FORWARDING, TaskStatus.RUNNING, pinned.id
             return
         node = None
-        if keep_reserved:
-            reserved = self.registry.get(task.node_id)
-            view = next((v for v in self._views(task) if reserved and v.id == reserved.id), None)
-            if view is not None and why_not(view, Demand(images=task.images_count)) is None:
-                node = reserved
+        reserved = self.registry.get(task.node_id) if keep_reserved else None
+        if reserved is not None and keeps_reservation(self._views(task), demand_of(task), reserved.id,
+                                                      self._ahead_of(task), self.speed_aware):
+            node = reserved
         if node is None:
             node = self._pick(task, task.images_count, ahead)
         if node is None:

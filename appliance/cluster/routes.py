@@ -197,6 +197,8 @@ async def task_info(request: web.Request) -> web.Response:
                 reply = None
             else:
                 await c.observe(task, node, reply)
+                if task.node_id != node.id or task.phase not in (Phase.ON_NODE, Phase.FINISHED):
+                    reply = None  # the task moved while we asked: the old node's copy is not the truth
         if reply is not None:
             reply.update(uuid=task.uuid, name=task.name, dateCreated=task.date_created_ms)
             return replies.ok(reply)

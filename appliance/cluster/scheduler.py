@@ -29,6 +29,7 @@ from appliance.cluster.speed import prior_ms_per_image
 
 MIN_MB_PER_IMAGE = 16.0  # below this the node would swap on a task of this size
 MIN_BUSY_MS = 1.0  # a busy slot is never free "now", even when its task is overdue
+RESERVATION_SLACK = 0.2  # the files already sent to a reserved node are worth this much of the run
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,20 @@ def choose_node(nodes: Sequence[NodeView], demand: Demand, ahead: Sequence[Deman
     if placement.node_id is None or placement.start_ms > 0:
         return None
     return next(n for n in nodes if n.id == placement.node_id)
+
+
+def keeps_reservation(nodes: Sequence[NodeView], demand: Demand, reserved: int, ahead: Sequence[Demand] = (),
+                      speed_aware: bool = True) -> bool:
+    """Whether a task stays on the node it reserved while its size was unknown (its files are partly
+    there already): when that node can take it now and, speed-aware, is expected to finish it not much
+    later than the best choice."""
+    node = next((n for n in nodes if n.id == reserved), None)
+    if node is None or why_not(node, demand) is not None:
+        return False
+    if not speed_aware:
+        return True
+    best = plan(nodes, [*ahead, demand])[-1]
+    return best.node_id == reserved or run_ms(node, demand) <= best.finish_ms * (1 + RESERVATION_SLACK)
 
 
 def could_start_now(nodes: Sequence[NodeView], queue: Sequence[Demand], speed_aware: bool = True) -> list[bool]:

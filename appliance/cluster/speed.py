@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -111,8 +110,9 @@ class Hardware:
 
 
 def calibrations(nodes: Iterable[Hardware]) -> dict[str, float]:
-    """Per engine, the median ratio of learned to prior time: puts the priors of new nodes on the
-    fleet's real scale, so an unmeasured box is neither ignored nor swamped."""
+    """Per engine, the largest ratio of learned to prior time: puts the priors of unmeasured nodes on
+    the fleet's real scale, at its slow end. A box thought slower than it is gets small tasks and is
+    soon measured; a box thought faster than it is would get a big task and hold up the whole job."""
     ratios: dict[str, list[float]] = {}
     for node in nodes:
         for kind in CALIBRATING_KINDS:
@@ -120,7 +120,7 @@ def calibrations(nodes: Iterable[Hardware]) -> dict[str, float]:
             if sample is not None:
                 ratios.setdefault(node.engine, []).append(
                     sample.ms / prior_ms_per_image(node.cores, node.memory_mb, kind))
-    return {engine: statistics.median(r) for engine, r in ratios.items()}
+    return {engine: max(r) for engine, r in ratios.items()}
 
 
 def estimate(node: Hardware, kind: str, calibration: float = 1.0) -> Estimate:

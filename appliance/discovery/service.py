@@ -88,7 +88,7 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
             """Use a NodeODM only once the box sharing it has proved it holds the passel key."""
             trusted = {p.id for p in passel.membership.alive()} | {identity.id}
             for box in trusted & offered.keys():
-                for url, agent in offered.pop(box):
+                for url, agent in offered.pop(box, set()):
                     await registry.ensure(url, source="mdns", agent_url=agent)
 
         mdns = Mdns(identity, config.host, sighted, lambda kind, name: None)

@@ -3,7 +3,7 @@
 Every agent-to-agent request is signed with HMAC-SHA256 over the method, path and query, the
 sender's box id and term, a per-process boot id with a counter, and a digest of the body; the
 reply is signed over its body and the request's counter. A receiver accepts each (box, boot,
-counter) once and only in increasing order, so a recorded heartbeat or claim cannot be replayed.
+counter) once, within a window of recent counters, so a recorded heartbeat or claim cannot be replayed.
 Counters rather than timestamps, because field boxes often have no time source and clocks drift.
 
 Node tokens travel between agents in the replica feed, sealed with a key derived from the passel
@@ -30,6 +30,7 @@ from cryptography.fernet import Fernet, InvalidToken
 KEY_FILE = "passel.key"
 UNSIGNED_BODY = "streamed"  # large streamed bodies (hand-overs) carry a digest of their metadata instead
 MAX_BOXES_REMEMBERED = 256
+REPLAY_WINDOW = 64  # how far out of order a counter may arrive (concurrent heartbeats, syncs, hand-overs)
 H_BOX, H_BOOT, H_SEQ, H_TERM, H_SIG = "X-Passel-Box", "X-Passel-Boot", "X-Passel-Seq", "X-Passel-Term", "X-Passel-Sig"
 
 
@@ -88,7 +89,7 @@ class Trust:
         self.boot = secrets.token_hex(6)
         self._counter = itertools.count(1)
         self.set_key(key)
-        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, str], tuple[int, frozenset[int]]] = OrderedDict()
 
     def set_key(self, key: str) -> None:
         self._secret = hashlib.sha256(b"passel-hmac:" + normalize_code(key).encode()).digest()
@@ -117,10 +118,12 @@ class Trust:
         expected = self._mac("req", method.upper(), path_qs, box, boot, seq, term, digest)
         if not hmac.compare_digest(expected, sig):
             raise Untrusted(f"box {box[:12]} does not hold this passel's key")
-        last = self._seen.get((box, boot), 0)
-        if seq_n <= last:
+        top, recent = self._seen.get((box, boot), (0, frozenset()))
+        if seq_n in recent or seq_n <= top - REPLAY_WINDOW:
             raise Untrusted(f"replayed request from box {box[:12]}")
-        self._seen[(box, boot)] = seq_n
+        top = max(top, seq_n)
+        # Concurrent calls may arrive out of order: accept any unseen counter within the window.
+        self._seen[(box, boot)] = (top, frozenset(n for n in recent | {seq_n} if n > top - REPLAY_WINDOW))
         self._seen.move_to_end((box, boot))
         while len(self._seen) > MAX_BOXES_REMEMBERED:
             self._seen.popitem(last=False)

@@ -173,19 +173,22 @@ async def receive_form(request: web.Request, directory: Path | None, file_field:
     if not content_type.startswith("multipart/"):
         raise UploadError("Expected a multipart/form-data body")
     writer = _FormWriter(directory, file_field, form)
+    loop = asyncio.get_running_loop()
     try:
         scanner = MultipartScanner(boundary_of(content_type))
-        while True:
-            try:
-                async with asyncio.timeout(IDLE_UPLOAD_SECONDS):
-                    chunk, _ = await request.content.readchunk()
-            except TimeoutError:
-                raise UploadError(f"The upload stalled: no data for {IDLE_UPLOAD_SECONDS:.0f} s; "
-                                  "check the connection and send it again", no_retry=False) from None
-            if not chunk:
-                break
-            for event in scanner.feed(chunk):
-                writer.handle(event)
+        try:
+            async with asyncio.timeout(IDLE_UPLOAD_SECONDS) as idle:
+                # iter_chunks, not readchunk until b"": an HTTP chunk's end can arrive as an empty read.
+                async for chunk, _ in request.content.iter_chunks():
+                    # A new timer per read would cost more than the scan: push the deadline back only
+                    # once a tenth of it is used: a stall is cut off after 90 to 100 % of IDLE_UPLOAD_SECONDS.
+                    if (idle.when() or 0.0) - loop.time() < 0.9 * IDLE_UPLOAD_SECONDS:
+                        idle.reschedule(loop.time() + IDLE_UPLOAD_SECONDS)
+                    for event in scanner.feed(chunk):
+                        writer.handle(event)
+        except TimeoutError:
+            raise UploadError(f"The upload stalled: no data for {IDLE_UPLOAD_SECONDS:.0f} s; "
+                              "check the connection and send it again", no_retry=False) from None
         scanner.close()
         writer.finish()
     except BaseException as exc:
