@@ -559,11 +559,14 @@ class Coordinator:
             startable = could_start_now(self._views(), [demand_of(t) for t in queue], self.speed_aware)
             ahead: list[Demand] = []  # tasks this round left waiting, which keep their claim on the nodes
             for task, now in zip(queue, startable):
+                if task.phase != Phase.WAITING or self.book.tasks.get(task.uuid) is not task:
+                    continue  # canceled, removed or replaced while this loop awaited a save
                 if now or task.uuid in self._pinned:
                     self._place(task, keep_reserved=False, ahead=ahead)
                 if task.phase == Phase.FORWARDING:
                     await self.book.save(task)
-                    self._start_sending(task)
+                    if task.phase == Phase.FORWARDING:  # not canceled or removed while it was saved
+                        self._start_sending(task)
                     continue
                 ahead.append(demand_of(task))
                 if task.status != TaskStatus.QUEUED:
