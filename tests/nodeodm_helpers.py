@@ -70,3 +70,32 @@ def seed_zip(folder: Path) -> str:
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("opensfm/split_merge_stop_at_reconstruction.txt", "")
     return str(path)
+
+
+class Api:
+    """A client of a running passel (a ServerThread), with its URL and token."""
+
+    def __init__(self, server: Any, token: str = "") -> None:
+        self.server, self.url, self.token, self.port = server, server.url, token, server.port
+
+
+def committed(api: Any, images: int = 3, **fields: str) -> str:
+    """A task made, filled with `images` small images and committed, as a client would."""
+    uuid = init_task(api, **fields)
+    for i in range(images):
+        upload(api, uuid, f"IMG_{i}.JPG")
+    assert jcall(api, "POST", f"/task/new/commit/{uuid}") == {"uuid": uuid}
+    return uuid
+
+
+def wait_for(predicate: Any, timeout: float = 30, what: str = "condition") -> Any:
+    """Poll until `predicate()` is truthy (bounded); its value is returned."""
+    import time
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; last {value!r}")

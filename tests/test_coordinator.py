@@ -4,39 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import requests
 
 from appliance import cli
-from tests.nodeodm_helpers import init_task, jcall, upload
+from tests.nodeodm_helpers import Api, committed, jcall, wait_for
 
 TOKEN = "node-secret"
-
-
-class Api:
-    """A client of a running passel, with its URL."""
-
-    def __init__(self, server, token: str = "") -> None:
-        self.server, self.url, self.token, self.port = server, server.url, token, server.port
-
-
-def committed(api, images: int = 3, **fields: str) -> str:
-    uuid = init_task(api, **fields)
-    for i in range(images):
-        upload(api, uuid, f"IMG_{i}.JPG")
-    assert jcall(api, "POST", f"/task/new/commit/{uuid}") == {"uuid": uuid}
-    return uuid
-
-
-def wait_for(predicate, timeout: float = 20, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def status_of(api, uuid: str) -> int:

@@ -12,33 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.nodeodm_helpers import init_task, jcall, upload
+from tests.nodeodm_helpers import Api, committed, init_task, jcall, upload, wait_for
 
 TOKEN = "node-secret"
-
-
-class Api:
-    def __init__(self, server, token: str = "") -> None:
-        self.server, self.url, self.token, self.port = server, server.url, token, server.port
-
-
-def committed(api, images: int = 4, **fields: str) -> str:
-    uuid = init_task(api, **fields)
-    for i in range(images):
-        upload(api, uuid, f"IMG_{i}.JPG")
-    assert jcall(api, "POST", f"/task/new/commit/{uuid}") == {"uuid": uuid}
-    return uuid
-
-
-def wait_for(predicate, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last {value!r}")
 
 
 def info(api, uuid: str) -> dict:
