@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from tests.netns import Bridge, wait_until
-from tests.odm_executor import OUTPUTS, SplitMergeClient, make_submodels
+from tests.odm_executor import SplitMergeClient, make_submodels
 
 pytestmark = pytest.mark.netns
 GRACE = 6
