@@ -262,7 +262,9 @@ def simulate(scenario: Scenario) -> dict[str, Any]:
     slowed = tuple(replace(b, ms_now=b.ms_now * SURPRISE_SLOWDOWN) if b is trusted else b for b in scenario.boxes)
     surprised, surprise = warm(copies=True, boxes=slowed)
     _, surprise_no_copies = warm(copies=False, boxes=slowed)
-    cold = PasselSim(scenario.boxes).run(scenario.job)
+    fresh = PasselSim(scenario.boxes)
+    cold = fresh.run(scenario.job)
+    cold_no_copies = PasselSim(scenario.boxes, copies=False).run(scenario.job)
     blind = PasselSim(scenario.boxes, speed_aware=False).run(scenario.job)
     clusterodm = clusterodm_ms(scenario.boxes, scenario.job)
     bound = lower_bound_ms(scenario.boxes, scenario.job)
@@ -272,6 +274,7 @@ def simulate(scenario: Scenario) -> dict[str, Any]:
         "oracle_lpt_s": round(oracle_ms(scenario.boxes, scenario.job) / 1000, 1),
         "passel_over_bound": round(passel / bound, 3), "clusterodm_over_bound": round(clusterodm / bound, 3),
         "passel_cold_s": round(cold / 1000, 1), "passel_no_copies_s": round(no_copies / 1000, 1),
+        "passel_cold_no_copies_s": round(cold_no_copies / 1000, 1), "cold_copies_won": fresh.copies_won,
         "passel_speed_blind_s": round(blind / 1000, 1),
         "copies_started": sim.copies_started, "copies_won": sim.copies_won,
         "surprise_passel_s": round(surprise / 1000, 1), "surprise_no_copies_s": round(surprise_no_copies / 1000, 1),
@@ -300,6 +303,8 @@ def run_simulation() -> dict[str, Any]:
         "passel_beats_clusterodm_everywhere": all(s["passel_s"] < s["clusterodm_s"] for s in scenarios),
         "median_surprise_gain_from_copies": round(statistics.median(
             s["surprise_no_copies_s"] / s["surprise_passel_s"] for s in scenarios), 3),
+        "cold_gain_from_copies": {s["name"]: round(s["passel_cold_no_copies_s"] / s["passel_cold_s"], 3)
+                                  for s in scenarios if s["cold_copies_won"]},
         "target_median_over_bound": TARGET_RATIO,
     }
 
@@ -338,15 +343,17 @@ def _run_job(session: Any, url: str, sizes: Sequence[int], label: str, timeout: 
                     finished[uuid] = time.monotonic() - start
         time.sleep(0.1)
     tasks = {t["uuid"]: t for t in session.get(f"{url}/-/tasks", timeout=30).json()}
-    placed = [{"images": n, "node": tasks[u]["node_id"], "done_s": round(finished[u], 2)} for u, n in zip(uuids, sizes)]
+    placed = [{"uuid": u, "images": n, "node": tasks[u]["node_id"], "done_s": round(finished[u], 2)}
+              for u, n in zip(uuids, sizes)]
     for uuid in uuids:
         session.post(f"{url}/task/remove", data={"uuid": uuid}, timeout=30)
     return {"makespan_s": round(max(finished.values()), 2), "tasks": placed}
 
 
-def _live_once(scratch: common.Scratch, speed_aware: bool, warm: bool) -> dict[str, Any]:
+def _live_once(scratch: common.Scratch, speed_aware: bool, warm: bool, run: int) -> dict[str, Any]:
+    """Fresh nodes and a fresh passel (its own state directory), an earlier job when `warm`, then the job."""
     import requests
-    label = f"{'aware' if speed_aware else 'blind'}-{'warm' if warm else 'cold'}"
+    label = f"{'aware' if speed_aware else 'blind'}-{'warm' if warm else 'cold'}-{run}"
     nodes = []
     for i, seconds in enumerate(LIVE_SECONDS_PER_IMAGE):
         port = common.free_port()
@@ -375,9 +382,10 @@ def _live_once(scratch: common.Scratch, speed_aware: bool, warm: bool) -> dict[s
     speed_of = {node_ids[n.url]: s for n, s in zip(nodes, LIVE_SECONDS_PER_IMAGE)}
     for task in result["tasks"]:
         task["node_seconds_per_image"] = speed_of.get(task["node"])
+    ours = {t["uuid"] for t in result["tasks"]}
     result.update(speed_aware=speed_aware, warm=warm,
-                  copies_won=sum(1 for e in events if e["kind"] == "copy-won"),
-                  copies_started=sum(1 for e in events if e["kind"] == "copy-started"))
+                  copies_won=sum(1 for e in events if e["kind"] == "copy-won" and e["task"] in ours),
+                  copies_started=sum(1 for e in events if e["kind"] == "copy-started" and e["task"] in ours))
     return result
 
 
@@ -389,9 +397,9 @@ def run_live(repeat: int) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key in settings}
     scratch = common.Scratch("passel-makespan-")
     try:
-        for _ in range(repeat):
+        for run in range(repeat):
             for key, (speed_aware, warm) in settings.items():
-                runs[key].append(_live_once(scratch, speed_aware, warm))
+                runs[key].append(_live_once(scratch, speed_aware, warm, run))
                 say(f"live {key}: {runs[key][-1]['makespan_s']} s")
     finally:
         scratch.close()

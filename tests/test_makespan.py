@@ -157,3 +157,4 @@ def test_a_copy_gives_its_slot_to_real_work(simnode_factory, passel_factory):
     tasks = {t["uuid"]: t for t in jcall(api, "GET", "/-/tasks")}
     assert tasks[second]["node_id"] == ids[fast.url]
     assert tasks[first]["node_id"] == ids[slow.url] and tasks[first]["status"] == 20
+    assert "copy-dropped" in {e["kind"] for e in jcall(api, "GET", f"/-/tasks/{first}")["events"]}

@@ -203,7 +203,11 @@ class Stragglers:
             node = self.c.registry.get(copy.node_id)
             if node is not None:
                 await _cancel_and_remove(node, uuid)
-            log.info("Task %s: copy on %s dropped: %s", uuid[:8], node.row.url if node else copy.node_id, reason)
+            where = node.row.url if node else f"node {copy.node_id}"
+            log.info("Task %s: copy on %s dropped: %s", uuid[:8], where, reason)
+            if copy.committed:
+                await self.c.store.record("copy-dropped", f"Task {uuid}: the copy on {where} was canceled: {reason}",
+                                          task_uuid=uuid, node_id=copy.node_id)
         finally:
             self.copies.pop(uuid, None)
 
