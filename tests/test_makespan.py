@@ -127,9 +127,11 @@ def test_straggler_copy_on_an_idle_fast_node_wins_and_the_client_sees_one_task(s
         return 40 in seen
     wait_for(completed, timeout=12, what="the copy to finish first")
     assert seen <= {20, 40}, f"the client must never see the copy: {seen}"
-    task = jcall(api, "GET", f"/-/tasks/{uuid}")
+    def with_copy_events() -> dict | None:
+        task = jcall(api, "GET", f"/-/tasks/{uuid}")
+        return task if {"copy-started", "copy-won"} <= {e["kind"] for e in task["events"]} else None
+    task = wait_for(with_copy_events, timeout=5, what="the events of the copy")
     assert task["node_id"] == ids[fast.url]
-    assert {"copy-started", "copy-won"} <= {e["kind"] for e in task["events"]}
     wait_for(lambda: not on_node(slow, uuid), what="the original canceled and removed")
     info = jcall(api, "GET", f"/task/{uuid}/info")
     assert info["imagesCount"] == 30 and info["processingTime"] < 5000
@@ -157,4 +159,5 @@ def test_a_copy_gives_its_slot_to_real_work(simnode_factory, passel_factory):
     tasks = {t["uuid"]: t for t in jcall(api, "GET", "/-/tasks")}
     assert tasks[second]["node_id"] == ids[fast.url]
     assert tasks[first]["node_id"] == ids[slow.url] and tasks[first]["status"] == 20
-    assert "copy-dropped" in {e["kind"] for e in jcall(api, "GET", f"/-/tasks/{first}")["events"]}
+    wait_for(lambda: "copy-dropped" in {e["kind"] for e in jcall(api, "GET", f"/-/tasks/{first}")["events"]},
+             timeout=5, what="the copy's event")

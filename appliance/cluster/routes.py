@@ -199,6 +199,7 @@ async def task_info(request: web.Request) -> web.Response:
                 await c.observe(task, node, reply)
                 if task.node_id != node.id or task.phase not in (Phase.ON_NODE, Phase.FINISHED):
                     reply = None  # the task moved while we asked: the old node's copy is not the truth
+                    c.info_cache.forget(task.uuid)  # nor its final reply (a loser's CANCELED), if cached
         if reply is not None:
             reply.update(uuid=task.uuid, name=task.name, dateCreated=task.date_created_ms)
             return replies.ok(reply)

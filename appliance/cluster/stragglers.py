@@ -183,7 +183,7 @@ class Stragglers:
         await c.store.record("copy-won", f"Task {uuid}: the copy on {node.row.url} finished first; "
                              f"the run on {where} is canceled", task_uuid=uuid, node_id=node.id)
         if original is not None:
-            await _cancel_and_remove(original, uuid)
+            await _remove(original, uuid)
 
     async def _drop(self, uuid: str, reason: str, failed: bool = False) -> None:
         copy = self.copies.get(uuid)
@@ -202,7 +202,7 @@ class Stragglers:
                 await asyncio.gather(copy.sending, return_exceptions=True)
             node = self.c.registry.get(copy.node_id)
             if node is not None:
-                await _cancel_and_remove(node, uuid)
+                await _remove(node, uuid)
             where = node.row.url if node else f"node {copy.node_id}"
             log.info("Task %s: copy on %s dropped: %s", uuid[:8], where, reason)
             if copy.committed:
@@ -272,9 +272,10 @@ class Stragglers:
                                   node_id=forwarder.node.id)
 
 
-async def _cancel_and_remove(node: NodeState, uuid: str) -> None:
-    for action in (node.client.task_cancel, node.client.task_remove):
-        try:
-            await action(uuid)
-        except (NodeError, NodeUnreachable) as exc:
-            log.info("Task %s: %s on %s: %s", uuid[:8], action.__name__, node.row.url, exc)
+async def _remove(node: NodeState, uuid: str) -> None:
+    """Remove alone, which cancels a running task first: a separate cancel would let a client's info,
+    in flight to the loser, see CANCELED (ODM aborts the whole job on that)."""
+    try:
+        await node.client.task_remove(uuid)
+    except (NodeError, NodeUnreachable) as exc:
+        log.info("Task %s: could not remove it on %s: %s", uuid[:8], node.row.url, exc)
