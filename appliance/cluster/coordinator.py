@@ -379,7 +379,7 @@ class Coordinator:
         await self.settle(task.uuid)
         await self._leave_node(task, old)
         self._pinned[task.uuid] = target.id
-        where = old.row.url if old and task.phase == Phase.ON_NODE else "the queue"
+        where = old.row.url if old else "the queue"  # placed means on its node or on its way there
         await self._requeue_with_note(task, f"Passel: moved by hand from {where} to {target.row.url}", "moved")
         return target
 

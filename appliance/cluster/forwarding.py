@@ -73,16 +73,20 @@ class Forwarder:
         async with self._slots:
             await self.node.client.task_upload(self.task.uuid, [path])
         self._confirmed.add(path.name)
-        if self._flusher is None or self._flusher.done():
+        if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_soon())
 
     async def _flush_soon(self) -> None:
         await asyncio.sleep(FLUSH_SECONDS)
+        self._flusher = None  # from here on nothing cancels it: a write is never cut off
         await self.flush()
 
     async def flush(self) -> None:
         """Record which files the node has. Batched: a write (and fsync) per file would slow the
         forward by several seconds per gigabyte, and a crash in between only makes files uncertain."""
+        if self._flusher is not None:  # still asleep: this write covers it
+            self._flusher.cancel()
+            self._flusher = None
         node_id, files = forwarded(self.task)
         if node_id == self.node.id and not self._confirmed <= files:
             set_forwarded(self.task, node_id, files | self._confirmed)
