@@ -161,3 +161,29 @@ def test_a_copy_gives_its_slot_to_real_work(simnode_factory, passel_factory):
     assert tasks[first]["node_id"] == ids[slow.url] and tasks[first]["status"] == 20
     wait_for(lambda: "copy-dropped" in {e["kind"] for e in jcall(api, "GET", f"/-/tasks/{first}")["events"]},
              timeout=5, what="the copy's event")
+
+
+def test_an_odm_submodel_held_for_a_faster_node_is_shown_running_and_never_sent_back(
+        simnode_factory, passel_factory, tmp_path):
+    """ODM takes QUEUED right after commit as "task limit reached": it takes the task back and caps its
+    remote tasks at those running. A submodel that waits for the busy fast node, while the slow one is
+    free, must therefore show RUNNING, and then run on the fast node."""
+    from tests.odm_executor import SplitMergeClient, make_submodels
+    slow = simnode_factory(seconds_per_image=0.5, cores=1)
+    fast = simnode_factory(seconds_per_image=0.05, cores=64)
+    api = Api(passel_factory([slow.url, fast.url]))
+    wait_for(lambda: jcall(api, "GET", "/info")["maxParallelTasks"] == 2, what="both nodes online")
+    ids = node_ids(api)
+    busy = init_task(api, name="photos from PyODM")
+    for i in range(100):
+        upload(api, busy, f"IMG_{i:03d}.JPG")
+    jcall(api, "POST", f"/task/new/commit/{busy}")
+    wait_for(lambda: on_node(fast, busy), what="the first task on the fast node")
+    [sub] = make_submodels(tmp_path / "job", 1, 10)
+    statuses: list[str] = []
+    client = SplitMergeClient(api.url, poll=0.2, on_stage=lambda s, stage: statuses.append(stage))
+    client.run_one(sub, tmp_path / "out")
+    assert sub.status == "completed" and sub.attempts == 1, sub.history
+    assert not on_node(slow, sub.uuid), "the slow free node was not given it"
+    assert jcall(api, "GET", f"/-/tasks/{sub.uuid}")["node_id"] == ids[fast.url]
+    assert status_of(api, busy) == 40

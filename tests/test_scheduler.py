@@ -3,13 +3,13 @@ cases ClusterODM gets wrong."""
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
 from appliance.cluster.eta import forecast, remaining_ms
 from appliance.cluster.scheduler import (Demand, NodeView, choose_node, could_ever_run, could_start_now,
-                                         dispatch_order, keeps_reservation, plan, rank, why_not)
+                                         dispatch_order, keeps_reservation, plan, rank, shows_running, why_not)
 from appliance.cluster.speed import (Hardware, Sample, blend, calibrations, dump_samples, estimate, parse_samples,
                                      prior_ms_per_image, task_kind)
 from appliance.cluster.stragglers import MIN_GAIN_MS, Straggler, plan_copies
@@ -114,6 +114,22 @@ def test_waits_for_a_busy_fast_node_when_it_finishes_sooner():
     long_backlog = node(1, slots=1, busy=1, speeds=fast(100.0), backlog_ms=(20_000.0,))
     assert choose_node([long_backlog, slow_free], Demand(images=20)).id == 2  # 22 s loses to 16 s
     assert choose_node([busy_fast, slow_free], Demand(images=20), speed_aware=False).id == 2
+
+
+def test_an_odm_submodel_waiting_for_a_faster_node_shows_running_not_queued():
+    """ODM takes QUEUED as "task limit reached" and caps its remote tasks at those running then, so a
+    submodel held back for a faster node shows RUNNING; with every node full it shows QUEUED, and once
+    shown RUNNING it never turns QUEUED (ODM would send it again)."""
+    for kind in ("reconstruction", "toolchain"):
+        busy_fast = node(1, slots=1, busy=1, speeds=((kind, 100.0),), backlog_ms=(1000.0,))
+        slow_free = node(2, slots=1, speeds=((kind, 800.0),))
+        full = [busy_fast, replace(slow_free, busy=1)]
+        submodel = Demand(images=20, kind=kind)
+        assert submodel.impatient and choose_node([busy_fast, slow_free], submodel) is None  # it still waits
+        assert shows_running([busy_fast, slow_free], submodel, shown=10)
+        assert not shows_running(full, submodel, shown=10)
+        assert shows_running(full, submodel, shown=20)
+    assert not Demand(images=20).impatient and not shows_running([busy_fast, slow_free], Demand(images=20), shown=20)
 
 
 def test_never_leaves_a_fast_free_node_idle():

@@ -25,7 +25,7 @@ from appliance.cluster.forwarding import EarlyForward, Forwarder
 from appliance.cluster.info_cache import InfoCache
 from appliance.cluster.registry import NodeRegistry, NodeState
 from appliance.cluster.scheduler import (Demand, NodeView, choose_node, could_ever_run, could_start_now,
-                                         dispatch_order, keeps_reservation, why_not)
+                                         dispatch_order, keeps_reservation, shows_running, why_not)
 from appliance.cluster.staging import Staging, is_image
 from appliance.cluster.stragglers import Stragglers
 from appliance.cluster.tasks import (GONE_PHASES, TaskBook, apply_node_info, forwarded, progress_rank,
@@ -465,9 +465,16 @@ class Coordinator:
         if node is None:
             node = self._pick(task, task.images_count, ahead)
         if node is None:
-            task.phase, task.status, task.node_id = Phase.WAITING, TaskStatus.QUEUED, None
+            task.phase, task.node_id = Phase.WAITING, None
+            task.status = self._waiting_status(task)
             return
         task.phase, task.status, task.node_id = Phase.FORWARDING, TaskStatus.RUNNING, node.id
+
+    def _waiting_status(self, task: Task) -> TaskStatus:
+        """QUEUED, except for an ODM submodel held back for a faster node (scheduler.shows_running)."""
+        demand = demand_of(task)  # the views cost a pass over the tasks: only submodels need them
+        held = demand.impatient and shows_running(self._views(task), demand, task.status)
+        return TaskStatus.RUNNING if held else TaskStatus.QUEUED
 
     def _start_sending(self, task: Task, early: EarlyForward | None = None) -> None:
         self._stop_sending(task.uuid)
@@ -569,8 +576,9 @@ class Coordinator:
                         self._start_sending(task)
                     continue
                 ahead.append(demand_of(task))
-                if task.status != TaskStatus.QUEUED:
-                    task.status = TaskStatus.QUEUED
+                shown = self._waiting_status(task)
+                if task.status != shown:
+                    task.status = shown
                     await self.book.save(task)
 
     async def _discard(self, task: Task) -> None:
@@ -593,6 +601,8 @@ def _describe(task: Task, registry: NodeRegistry) -> str:
     node = registry.get(task.node_id)
     if task.phase == Phase.FORWARDING and node is not None:
         return f"sending to {node.row.url}"
+    if task.status == TaskStatus.RUNNING:
+        return "waiting for a faster node (ODM is shown RUNNING)"
     return "waiting for a free node (QUEUED)"
 
 

@@ -8,6 +8,9 @@ The order of preference, and why:
    no free slot, the task waits in the coordinator's queue as QUEUED: it never piles onto a busy node
    (ClusterODM does, and ODM then sees QUEUED from a node it thought had room), and a slow free node
    does not get a task that a fast node would finish sooner even after its current work.
+   ODM's split-merge submodels that wait like this show RUNNING, not QUEUED (`shows_running`): ODM
+   takes QUEUED as "task limit reached", takes the task back, and caps its remote tasks for the rest
+   of the job at the number then running, although a slot is free. QUEUED means every node is full.
 3. Fewest tasks of the same job on the node: equal nodes share a job's submodels.
 4. Most free slots, then most memory, then shortest queue, then the node id, so equal nodes always
    give the same answer.
@@ -25,7 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
-from appliance.cluster.speed import prior_ms_per_image
+from appliance.cluster.speed import SUBMODEL_KINDS, prior_ms_per_image
+from appliance.nodeodm.status import TaskStatus
 
 MIN_MB_PER_IMAGE = 16.0  # below this the node would swap on a task of this size
 MIN_BUSY_MS = 1.0  # a busy slot is never free "now", even when its task is overdue
@@ -68,6 +72,11 @@ class Demand:
     images: int
     engine: str | None = None
     kind: str = "full"
+
+    @property
+    def impatient(self) -> bool:
+        """Its client takes QUEUED as a refusal (ODM's submodels), so it must not show QUEUED while a slot is free."""
+        return self.kind in SUBMODEL_KINDS
 
 
 @dataclass(frozen=True)
@@ -193,6 +202,16 @@ def could_start_now(nodes: Sequence[NodeView], queue: Sequence[Demand], speed_aw
     if not speed_aware:
         return [any(why_not(n, d) is None for n in nodes) for d in queue]
     return [p.node_id is not None and p.start_ms == 0 for p in plan(nodes, queue)]
+
+
+def shows_running(nodes: Sequence[NodeView], demand: Demand, shown: int) -> bool:
+    """Whether a submodel waiting in the coordinator's queue shows RUNNING (`shown` is what it shows now).
+
+    It does while it waits by choice, for a faster node, and once shown RUNNING it stays so: ODM takes
+    RUNNING turning QUEUED as "delayed task limit reached" and sends the task again."""
+    if not demand.impatient:
+        return False
+    return shown == TaskStatus.RUNNING or any(why_not(n, demand) is None for n in nodes)
 
 
 def could_ever_run(nodes: Sequence[NodeView], demand: Demand) -> bool:

@@ -21,6 +21,7 @@ COMFORTABLE_MEMORY_MB = 16384  # below this ODM works on smaller pieces and swap
 KIND_SHARE = {"reconstruction": 0.45, "toolchain": 0.55, "full": 1.0, "split": 1.0}
 # A split parent's time includes its submodels elsewhere: it says nothing about the box's own speed.
 CALIBRATING_KINDS = ("reconstruction", "toolchain", "full")
+SUBMODEL_KINDS = ("reconstruction", "toolchain")  # what ODM's split-merge sends to --sm-cluster
 RECENT_WEIGHT = 0.3  # a new sample's weight: boxes change (thermal limits, other load), recent runs count more
 TOOLCHAIN_OUTPUTS = ("odm_orthophoto", "odm_dem", "odm_report", "odm_georeferencing", "odm_texturing",
                      "odm_meshing", "odm_filterpoints", "entwine_pointcloud")
