@@ -14,6 +14,10 @@ caches, leases or terms from the previous one.
   polls every 50 ms: its `GET /-/passel.json` until it names a coordinator other than the killed one,
   then its `GET /info` until `maxParallelTasks > 0`. The failover time is the first survivor to
   answer; the time until both answer is reported too.
+* **commit**: before that kill, 10 small tasks go straight to the coordinator (init, one upload,
+  commit). A commit is answered only once both followers hold the task (replication.py), so its
+  latency is compared with the init's, which writes the same row without waiting. The last commit
+  is followed at once by the kill, and the new coordinator must know that task.
 
     cd /work/main && /tmp/venv/bin/python bench/discovery.py [--runs 5] [--json] [--keep]
 
@@ -50,6 +54,8 @@ POLL = 0.05            # seconds between polls, as the brief asks
 HTTP_TIMEOUT = 1.0     # short: a poll that hangs must not hide the moment the answer changes
 INFO_TIMEOUT = 2.0     # /info on a follower is relayed to the coordinator: allow one hop more
 MEASURE_LIMIT = 60.0   # a run that has not finished by then is recorded as a failure
+COMMITS = 10
+JPEG = b"\xff\xd8" + b"\0" * 4000 + b"\xff\xd9"
 TARGET_JOIN_S = 2.0
 TARGET_FAILOVER_S = 10.0
 # ClusterODM (for the comparison line): nodes are added by hand; their health is polled every 60 s
@@ -268,6 +274,25 @@ def join_run(workdir: Path, poll_seconds: float) -> dict[str, Any]:
 
 # -- one failover run -------------------------------------------------------------------------
 
+def commit_latencies(leader) -> tuple[dict[str, Any], str]:  # noqa: ANN001
+    """Init and commit times of small tasks sent straight to the coordinator; the last task's uuid."""
+    import requests
+    inits, commits, uuid = [], [], ""
+    with requests.Session() as session:
+        session.trust_env = False  # never through a proxy
+        for i in range(COMMITS):
+            began = time.monotonic()
+            uuid = session.post(f"{leader.api}/task/new/init", data={"name": f"bench-{i}"}, timeout=10).json()["uuid"]
+            inits.append(time.monotonic() - began)
+            session.post(f"{leader.api}/task/new/upload/{uuid}", files={"images": ("IMG_0001.JPG", JPEG)}, timeout=10)
+            began = time.monotonic()
+            assert session.post(f"{leader.api}/task/new/commit/{uuid}", timeout=10).json() == {"uuid": uuid}
+            commits.append(time.monotonic() - began)
+    init_ms, commit_ms = statistics.median(inits) * 1000, statistics.median(commits) * 1000
+    return {"init_median_ms": round(init_ms, 1), "commit_median_ms": round(commit_ms, 1),
+            "commit_max_ms": round(max(commits) * 1000, 1), "commit_over_init": round(commit_ms / init_ms, 2)}, uuid
+
+
 def failover_run(workdir: Path, poll_seconds: float) -> dict[str, Any]:
     bridge = Bridge(3, workdir)
     try:
@@ -279,6 +304,7 @@ def failover_run(workdir: Path, poll_seconds: float) -> dict[str, Any]:
             wait_until(lambda b=box: int(get_json(b.api + "/info", INFO_TIMEOUT).get("maxParallelTasks") or 0) > 0,
                        15, f"/info on box{box.index} before the kill", interval=0.2)
         term_before = view(leader)["term"]
+        commits, last_uuid = commit_latencies(leader)
 
         marks: dict[int, dict[str, float]] = {box.index: {} for box in survivors}
         t0 = time.monotonic()
@@ -337,6 +363,10 @@ def failover_run(workdir: Path, poll_seconds: float) -> dict[str, Any]:
             new_id = new_ids.pop()
             result["new_coordinator"] = next(f"box{b.index}" for b in survivors if view(b)["self"]["id"] == new_id)
             result["term_after"] = max(p.value["term"] for p in done)
+        if done:
+            known = get_json(f"{survivors[0].api}/task/{last_uuid}/info", INFO_TIMEOUT)
+            commits["last_commit_known_after_failover"] = "status" in known
+        result["commit"] = commits
         result["logs"] = log_notes(bridge)
         return result
     finally:
@@ -418,6 +448,11 @@ def summarize(joins: list[dict[str, Any]], failovers: list[dict[str, Any]]) -> d
                                        if s["old_not_alive_s"] is not None), default=None) for r in failovers]),
         "info_errors_until_s": stats([error_window(r) for r in failovers]),
         "failed_runs": sum(1 for r in failovers if "error" in r)}
+    commits = [r["commit"] for r in failovers if "commit" in r]
+    summary["commit"] = {
+        **{k: stats([c[k] for c in commits]) for k in ("init_median_ms", "commit_median_ms", "commit_over_init")},
+        "last_commit_known_after_failover": f"{sum(bool(c.get('last_commit_known_after_failover')) for c in commits)}"
+                                            f" of {len(commits)}"}
     join_med = summary["join"]["alive_from_api_s"]["median"]
     fail_med = summary["failover"]["failover_s"]["median"]
     summary["targets"] = {
@@ -455,6 +490,14 @@ def table(summary: dict[str, Any], runs: int) -> str:
         ("failover: /info answered errors until", fmt(f["info_errors_until_s"]), "-"),
         ("dead node marked offline", "see failover", f"{CLUSTERODM['dead_node_offline_s']:.0f} s"),
     ]
+    c = summary["commit"]
+    if c["commit_median_ms"]["median"] is not None:
+        failover_rows += [
+            ("commit, held until both followers copied it", f"{c['commit_median_ms']['median']:.1f} ms", "-"),
+            ("init (the same row, not held)", f"{c['init_median_ms']['median']:.1f} ms", "-"),
+            ("commit / init", f"{c['commit_over_init']['median']:.2f}x", "-"),
+            ("task committed just before the kill, known after",
+             c["last_commit_known_after_failover"], "task table lost on a crash")]
     ran_join, ran_failover = j["api_ready_from_start_s"]["n"] > 0, f["failover_s"]["n"] > 0
     rows = (join_rows if ran_join else []) + (failover_rows if ran_failover else [])
     if not rows:

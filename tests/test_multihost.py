@@ -148,10 +148,12 @@ def test_kill9_of_coordinator_fails_over_and_old_one_rejoins_as_follower(passel3
     leader_id = wait_until(lambda: settled_on_one(boxes), 40, "one coordinator")
     leader = box_by_id(passel3, leader_id)
     survivors = [box for box in boxes if box is not leader]
+    wait_until(lambda: len(view(leader)["table"]["replicas"]) == 2, 10, "both followers to copy the empty table")
     before = submit_from_namespace(survivors[0])
     wait_until(lambda: requests.get(f"{survivors[0].api}/task/{before}/info", timeout=5).json()
                .get("status", {}).get("code") == 40, 30, "the first task to finish")
 
+    last = submit_from_namespace(survivors[1])  # answered only once the replicas hold it
     leader.signal("agent", signal.SIGKILL)
     killed = time.monotonic()
     new_id = wait_until(lambda: (c := settled_on_one(survivors)) not in (None, leader_id) and c, 30,
@@ -159,16 +161,19 @@ def test_kill9_of_coordinator_fails_over_and_old_one_rejoins_as_follower(passel3
     info = wait_until(lambda: requests.get(survivors[0].api + "/info", timeout=3).json(), 15, "/info again")
     assert info["maxParallelTasks"] >= 4
     assert time.monotonic() - killed < 25
+    assert "status" in requests.get(f"{survivors[0].api}/task/{last}/info", timeout=5).json(), \
+        "a task committed just before the crash is known to the new coordinator"
 
     leader.start_agent("--priority", str(leader.index))
     wait_until(lambda: view(leader)["self"]["role"] == "follower" and view(leader)["coordinator"]["id"] == new_id,
                30, "the old coordinator to come back as a follower")
     assert coordinators(boxes) == {new_id}
     # What the old coordinator held is handed to the new one: the task is known again.
-    wait_until(lambda: requests.get(f"{survivors[0].api}/task/{before}/info", timeout=5).json()
-               .get("status", {}).get("code") == 40, 30, "the old task to be handed over")
+    for uuid in (before, last):
+        wait_until(lambda: requests.get(f"{survivors[0].api}/task/{uuid}/info", timeout=5).json()
+                   .get("status", {}).get("code") == 40, 30, f"task {uuid} to be handed over and finished")
     listed = requests.get(survivors[0].api + "/task/list", timeout=5).json()
-    assert listed.count({"uuid": before}) == 1
+    assert listed.count({"uuid": before}) == 1 and listed.count({"uuid": last}) == 1
 
 
 def test_partition_gives_a_coordinator_per_side_and_heal_keeps_every_task(passel3):

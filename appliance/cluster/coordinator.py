@@ -24,6 +24,7 @@ from appliance.cluster.eta import demand_of, with_backlog
 from appliance.cluster.forwarding import EarlyForward, Forwarder
 from appliance.cluster.info_cache import InfoCache
 from appliance.cluster.registry import NodeRegistry, NodeState
+from appliance.cluster.replication import ReplicaProgress
 from appliance.cluster.scheduler import (Demand, NodeView, choose_node, could_ever_run, could_start_now,
                                          dispatch_order, keeps_reservation, shows_running, why_not)
 from appliance.cluster.staging import Staging, is_image
@@ -87,6 +88,7 @@ class Coordinator:
         self.active: Callable[[], bool] = lambda: True  # False while this box is not the coordinator
         self.self_id = self_id
         self.book = TaskBook(store, self_id)
+        self.replicas = ReplicaProgress()
         self.info_cache = InfoCache()
         self._wake = asyncio.Event()
         self._early: dict[str, EarlyForward] = {}
@@ -167,7 +169,8 @@ class Coordinator:
             early.push([self.staging.path(task.uuid) / n for n in names])
 
     async def commit(self, task: Task) -> None:
-        """Make the task visible, then place it; the reply does not wait for the node."""
+        """Make the task visible and place it; the reply waits for the replicas (replication.py), not
+        for the node."""
         files = self.staging.files(task.uuid)
         if not files:
             await self._discard(task)
@@ -192,6 +195,7 @@ class Coordinator:
                                 f"{_describe(task, self.registry)}", task_uuid=task.uuid, node_id=task.node_id)
         if task.phase == Phase.FORWARDING:
             self._start_sending(task, early)
+        await self.replicas.hold(task.rev)
 
     async def cancel(self, task: Task) -> None:
         self.info_cache.forget(task.uuid)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -33,6 +35,7 @@ class TaskBook:
         self.self_id = self_id
         self.tasks: dict[str, Task] = {}
         self.rev = 0
+        self._saved = asyncio.Event()
 
     async def load(self) -> None:
         self.tasks = {t.uuid: t for t in await self.store.load(Task)}
@@ -63,6 +66,17 @@ class TaskBook:
         task.rev, task.owner = self.rev, self.self_id
         self.tasks[task.uuid] = task
         await self.store.save(task)
+        self._saved.set()
+        self._saved = asyncio.Event()
+
+    async def wait_newer(self, rev: int, timeout: float) -> None:
+        """Return once a version after `rev` exists, or after `timeout` (the replica feed's long poll)."""
+        saved = self._saved
+        if self.rev > rev:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await saved.wait()
 
     async def save_replica(self, task: Task) -> None:
         """Write a row as received from the coordinator, keeping its version."""

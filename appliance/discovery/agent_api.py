@@ -20,6 +20,7 @@ log = logging.getLogger("passel.trust")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+MAX_LONG_POLL_SECONDS = 10.0
 LOOPBACK_ONLY = (f"{AGENT_API}/sleep", f"{AGENT_API}/wake", f"{AGENT_API}/key")
 
 
@@ -105,14 +106,24 @@ async def adopt(request: web.Request) -> web.Response:
 
 
 async def tasks_since(request: web.Request) -> web.Response:
-    """The replica feed: task rows newer than `since` (all of them when 0), and the nodes."""
-    if not request.app[PASSEL].is_coordinator:
+    """The replica feed: task rows newer than `since` (all of them without it), and the nodes.
+
+    A follower that is up to date waits here up to `wait` seconds for the next change (a long poll),
+    and each request with `since` confirms that it holds that version (replication.py)."""
+    passel, coordinator = request.app[PASSEL], request.app[COORDINATOR]
+    if not passel.is_coordinator:
         return web.json_response({"error": "this box is not the coordinator"}, status=409)
     try:
-        since = int(request.query.get("since", "0"))
+        since = int(request.query.get("since", "-1"))
+        wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_LONG_POLL_SECONDS)
     except ValueError:
-        since = 0
-    return web.json_response(export_since(request.app[COORDINATOR], since, request.app[PASSEL].trust))
+        since, wait = -1, 0.0
+    if 0 <= since <= coordinator.book.rev:
+        coordinator.replicas.applied(request["peer"], since)
+        await coordinator.book.wait_newer(since, wait)
+        if not passel.is_coordinator:
+            return web.json_response({"error": "this box is not the coordinator"}, status=409)
+    return web.json_response(export_since(coordinator, since, passel.trust))
 
 
 def passel_view(passel: Passel) -> dict[str, Any]:
@@ -133,7 +144,11 @@ def passel_view(passel: Passel) -> dict[str, Any]:
 
 
 async def passel_json(request: web.Request) -> web.Response:
-    return web.json_response(passel_view(request.app[PASSEL]))
+    view = passel_view(request.app[PASSEL])
+    if request.app[PASSEL].is_coordinator:  # how far each follower's copy of the task table has got
+        coordinator = request.app[COORDINATOR]
+        view["table"] = {"rev": coordinator.book.rev, "replicas": coordinator.replicas.live()}
+    return web.json_response(view)
 
 
 async def transfer(request: web.Request) -> web.Response:

@@ -22,7 +22,7 @@ from appliance.discovery.trust import Trust
 from appliance.store.models import Task, row_values
 
 log = logging.getLogger("passel.replica")
-SYNC_TIMEOUT = aiohttp.ClientTimeout(total=15)
+SYNC_TIMEOUT = aiohttp.ClientTimeout(total=15)  # above the long poll's wait, with room for a full copy
 
 
 def export_since(coordinator: Coordinator, since: int, trust: Trust) -> dict[str, Any]:
@@ -52,13 +52,16 @@ class ReplicaFollower:
         self.synced_from: str | None = None
         self.synced_rev = 0
 
-    async def pull(self, leader: Peer) -> int:
-        """One round of catching up; returns how many rows changed here."""
-        since = self.synced_rev if self.synced_from == leader.id else 0
-        status, data = await self.peers.call("GET", f"{leader.url}{AGENT_API}/tasks", params={"since": since},
-                                             timeout=SYNC_TIMEOUT)
+    async def pull(self, leader: Peer, wait: float = 0.0) -> int | None:
+        """One round of catching up; how many rows changed here, or None when the leader refused.
+
+        With `wait`, an up-to-date follower's request is held until the next change (a long poll), so
+        replicas trail the coordinator by a round trip, and the next request confirms what it applied."""
+        synced = {"since": self.synced_rev} if self.synced_from == leader.id else {}  # none: a full copy
+        status, data = await self.peers.call("GET", f"{leader.url}{AGENT_API}/tasks",
+                                             params={**synced, "wait": wait}, timeout=SYNC_TIMEOUT)
         if status != 200 or not isinstance(data, dict):
-            return 0
+            return None
         await self._apply_nodes(data.get("nodes", []))
         changed = await self._apply_tasks(data.get("tasks", []), full=bool(data.get("full")))
         self.synced_from, self.synced_rev = leader.id, int(data.get("rev", 0))

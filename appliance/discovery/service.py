@@ -26,6 +26,7 @@ from appliance.nodeodm.client import NodeClient, NodeError, NodeUnreachable
 log = logging.getLogger("passel.discovery")
 DEFAULT_SHARE = "http://127.0.0.1:3001"
 SYNC_SECONDS = 1.0
+LONG_POLL_SECONDS = 3.0  # see replication.LIVE_SECONDS
 SHARE_RECHECK_SECONDS = 60.0
 LISTEN_WAIT_SECONDS = 15.0
 TAKEOVER_POLL_TIMEOUT = aiohttp.ClientTimeout(total=1.5)
@@ -150,19 +151,24 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
         follower = app[REPLICA] = ReplicaFollower(coordinator, passel.peers)
 
         async def follow_forever() -> None:
-            """As a follower: hand over what this box accepted as coordinator, then catch up."""
+            """As a follower: hand over what this box accepted as coordinator, then catch up, again and
+            again, in a long poll. A failed round, or a caught-up one that the coordinator did not hold
+            (an older version), lasts at least SYNC_SECONDS."""
             while True:
-                await asyncio.sleep(SYNC_SECONDS)
+                started = asyncio.get_running_loop().time()
                 if offered:
                     await adopt_trusted_nodes()
                 leader = passel.coordinator()
-                if passel.is_coordinator or leader is None:
-                    continue
-                try:
-                    await hand_over_all(coordinator, passel)
-                    await follower.pull(leader)
-                except (aiohttp.ClientError, TimeoutError, ValueError, Untrusted) as exc:
-                    log.debug("Replica sync with %s failed: %s", leader.name, exc)
+                changed, caught_up = None, False
+                if leader is not None and not passel.is_coordinator:
+                    try:
+                        await hand_over_all(coordinator, passel)
+                        caught_up = follower.synced_from == leader.id
+                        changed = await follower.pull(leader, wait=LONG_POLL_SECONDS)
+                    except (aiohttp.ClientError, TimeoutError, ValueError, Untrusted) as exc:
+                        log.debug("Replica sync with %s failed: %s", leader.name, exc)
+                if changed is None or (caught_up and not changed):
+                    await asyncio.sleep(max(0.0, started + SYNC_SECONDS - asyncio.get_running_loop().time()))
 
         jobs = [asyncio.create_task(advertise(), name="mdns-advertise"),
                 asyncio.create_task(passel.run_forever(), name="election"),

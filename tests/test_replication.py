@@ -1,0 +1,36 @@
+"""A commit waits until every live follower holds it, and never long for one that has stopped asking."""
+
+from __future__ import annotations
+
+import asyncio
+
+from appliance.cluster import replication
+from appliance.cluster.replication import ReplicaProgress
+
+
+def test_a_commit_waits_for_every_live_follower_then_stops_waiting_for_a_laggard(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(replication, "boottime", lambda: now[0])
+
+    async def scenario() -> None:
+        progress = ReplicaProgress()
+        assert await progress.hold(5, timeout=0.01) == []  # no followers: nothing to wait for
+        progress.applied("a", 4)
+        progress.applied("b", 4)
+        waiting = asyncio.create_task(progress.hold(5, timeout=5))
+        await asyncio.sleep(0.05)
+        progress.applied("a", 5)
+        await asyncio.sleep(0.05)
+        assert not waiting.done(), "b does not hold version 5 yet"
+        progress.applied("b", 6)
+        assert await asyncio.wait_for(waiting, 1) == []
+        # b stops asking: one commit waits for it in vain, the next ones do not
+        progress.applied("a", 7)
+        assert await progress.hold(7, timeout=0.05) == ["b"]
+        assert await progress.hold(7, timeout=5) == []
+        progress.applied("b", 7)  # it asks again, so it is waited for again
+        assert progress.live() == {"a": 7, "b": 7}
+        now[0] += replication.LIVE_SECONDS + 1
+        progress.applied("a", 8)
+        assert progress.live() == {"a": 8}, "a follower silent for longer than a long poll is gone"
+    asyncio.run(scenario())
