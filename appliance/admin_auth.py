@@ -4,7 +4,9 @@ Viewing stays open. Actions through the `/-/` admin API need the password as HTT
 name) or `Authorization: Bearer PASSWORD`, so the CLI and scripts keep working; the web UI signs in
 once and carries a session cookie whose key is derived from the stored hash (webui/security.py).
 Setting the password on one box sets it, with the same salt, on every live box of the passel, so a
-session signed on one box is valid on the others and survives a change of coordinator.
+session signed on one box is valid on the others and survives a change of coordinator. A box that was
+away gets it later from the passel (discovery/password_sync.py): each change bumps a generation, and
+every box converges on the highest.
 """
 
 from __future__ import annotations
@@ -54,11 +56,17 @@ class PasswordRecord:
     n: int = SCRYPT_N
     r: int = SCRYPT_R
     p: int = SCRYPT_P
+    generation: int = 0  # one more at every change
 
     @classmethod
-    def make(cls, password: str, salt: str | None = None) -> PasswordRecord:
+    def make(cls, password: str, salt: str | None, generation: int) -> PasswordRecord:
         salt = salt or secrets.token_hex(16)
-        return cls(salt=salt, hash=_scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P))
+        return cls(salt=salt, hash=_scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P), generation=generation)
+
+    def supersedes(self, other: PasswordRecord | None) -> bool:
+        """Newer than `other`: a later generation. Two changes made apart (on the two sides of a
+        partition) are ordered by their hashes, so every box picks the same one."""
+        return other is None or (self.generation, self.hash) > (other.generation, other.hash)
 
     def matches(self, password: str) -> bool:
         return hmac.compare_digest(_scrypt(password, self.salt, self.n, self.r, self.p), self.hash)
@@ -98,16 +106,26 @@ class AdminPassword:
             return False
         return await asyncio.to_thread(record.matches, password)
 
-    async def change(self, old: str | None, new: str, salt: str | None = None) -> None:
-        """Set the first password, or change it given the current one."""
+    async def change(self, old: str | None, new: str, salt: str | None = None, generation: int | None = None) -> None:
+        """Set the first password, or change it given the current one; `salt` and `generation` come
+        with a change made on another box."""
         if len(new) < MIN_LENGTH:
             raise PasswordRefused(f"The new password must be at least {MIN_LENGTH} characters")
         if self.record is not None and not await self.check(old):
             await asyncio.sleep(FAILURE_DELAY_SECONDS)
             raise PasswordRefused("The current password is wrong")
-        record = await asyncio.to_thread(PasswordRecord.make, new, salt)
+        next_generation = (self.record.generation if self.record else 0) + 1
+        record = await asyncio.to_thread(PasswordRecord.make, new, salt, max(generation or 0, next_generation))
         await asyncio.to_thread(self._save, record)
         self.record = record
+
+    async def adopt(self, record: PasswordRecord) -> bool:
+        """Take a record from another box of the passel when it is newer than ours."""
+        if not record.supersedes(self.record):
+            return False
+        await asyncio.to_thread(self._save, record)
+        self.record = record
+        return True
 
     def _save(self, record: PasswordRecord) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,16 +162,18 @@ async def admin_api_middleware(request: web.Request, handler: Handler) -> web.St
     return await handler(request)
 
 
-async def change_password(app: web.Application, old: str | None, new: str, salt: str | None,
+async def change_password(app: web.Application, old: str | None, new: str, salt: str | None, generation: int,
                           whole_passel: bool) -> dict[str, str]:
-    """Change this box's password, then every live peer's with the same salt; says how each box fared."""
+    """Change this box's password, then every live peer's with the same salt and generation; says how
+    each box fared."""
     password = app[ADMIN_PASSWORD]
-    await password.change(old, new, salt)
+    await password.change(old, new, salt, generation)
     results = {"this box": "changed"}
     passel = app.get(PASSEL)
     if not whole_passel or passel is None or password.record is None:
         return results
-    body = {"old": old or "", "new": new, "salt": password.record.salt, "only_this_box": True}
+    body = {"old": old or "", "new": new, "salt": password.record.salt, "generation": password.record.generation,
+            "only_this_box": True}
     session = app[COORDINATOR].registry.session
     token = app[CONFIG].token
 
@@ -193,11 +213,11 @@ async def password_change(request: web.Request) -> web.Response:
     try:
         boxes = await change_password(request.app, str(body.get("old") or ""), str(body.get("new") or ""),
                                       str(body["salt"]) if body.get("salt") else None,
-                                      whole_passel=not body.get("only_this_box"))
+                                      int(body.get("generation") or 0), whole_passel=not body.get("only_this_box"))
     except PasswordRefused as exc:
         return web.json_response({"error": str(exc)}, status=403)
-    except ValueError:
-        return web.json_response({"error": "salt must be hex"}, status=400)
+    except (ValueError, TypeError):
+        return web.json_response({"error": "salt must be hex and generation a whole number"}, status=400)
     return web.json_response({"success": True, "boxes": boxes})
 
 

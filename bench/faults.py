@@ -951,9 +951,10 @@ def table(summary: dict[str, Any], grace: float) -> str:
     out = [line(head), "-+-".join("-" * w for w in widths), *(line(r) for r in rows), ""]
     out.append(f"grace: --grace-seconds {grace:g} is a TEST setting (the product default is {PRODUCT_GRACE:.0f} s).")
     out.append(f"expected from the code: a, b: lease ({LEASE_SECONDS:.0f} s) + election tick (<= 1 s) + the new "
-               "coordinator's node poll => /info again after ~5-6 s; a submodel the new coordinator never heard of "
-               "(accepted < ~1 s before the kill: replicas sync every second) is answered not-found and waits for the "
-               "client's retry back-off.")
+               "coordinator's node poll => /info again after ~5-6 s; every committed submodel is known to the new "
+               "coordinator (a commit is answered once the replicas hold it), but one whose images were still only "
+               "on the killed box is answered not-found after the grace period, and waits for the client's retry "
+               "back-off.")
     out.append(f"  c, d: a node is offline after 2 failed health polls (5 s timeout each) ~ 11 s; its tasks move at the "
                f"first reconcile pass (every {RECONCILE_SECONDS:.0f} s, but a pass can spend 5 s on the node while it "
                f"still looks online) once silent >= grace => ~11.5-19.5 s with grace {grace:g} (grace is not the limit); "

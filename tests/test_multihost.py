@@ -19,6 +19,8 @@ import requests
 
 from tests.netns import Bridge, wait_until
 
+PASSWORD = "field-password-1"
+
 pytestmark = pytest.mark.netns
 LEASE = 5.0
 
@@ -190,10 +192,21 @@ def test_partition_gives_a_coordinator_per_side_and_heal_keeps_every_task(passel
     assert settled_on_one(mainland) == leader_id, "the mainland keeps its coordinator"
     on_island = submit_from_namespace(island)
     on_mainland = submit_from_namespace(mainland[1])
+    # the admin password is set while the island is away
+    reply = requests.post(f"{mainland[1].api}/-/password", json={"new": PASSWORD}, timeout=15).json()
+    assert reply["boxes"]["this box"] == "changed" and len(reply["boxes"]) == 2, reply
 
     island.link(True)
     winner = wait_until(lambda: settled_on_one(boxes), 40, "one coordinator after the heal")
     assert coordinators(boxes) == {winner}
+    # whichever side's coordinator won, every box holds the password now, the island too
+    for box in boxes:
+        wait_until(lambda b=box: requests.get(f"{b.api}/-/password", timeout=5).json() == {"set": True}, 20,
+                   f"the admin password on box{box.index}")
+    same = {"priority": island.index}
+    assert requests.post(f"{island.api}/-/priority", json=same, timeout=10).status_code == 401
+    assert requests.post(f"{island.api}/-/priority", json=same, timeout=10,
+                         headers={"Authorization": f"Bearer {PASSWORD}"}).json()["success"] is True
     for uuid in (before, on_island, on_mainland):
         wait_until(lambda: requests.get(f"{mainland[0].api}/task/{uuid}/info", timeout=5).json()
                    .get("status", {}).get("code") == 40, 40, f"task {uuid} to be known and finished")

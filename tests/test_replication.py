@@ -33,4 +33,12 @@ def test_a_commit_waits_for_every_live_follower_then_stops_waiting_for_a_laggard
         now[0] += replication.LIVE_SECONDS + 1
         progress.applied("a", 8)
         assert progress.live() == {"a": 8}, "a follower silent for longer than a long poll is gone"
+        # a follower the election knows of is waited for before its first request
+        progress.expected = lambda: ["a", "c"]
+        assert progress.live() == {"a": 8, "c": -1}
+        waiting = asyncio.create_task(progress.hold(8, timeout=5))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        progress.applied("c", 8)
+        assert await asyncio.wait_for(waiting, 1) == []
     asyncio.run(scenario())

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from appliance import cli
-from appliance.admin_auth import AdminPassword, PasswordRefused
+from appliance.admin_auth import AdminPassword, PasswordRecord, PasswordRefused
 from appliance.keys import COORDINATOR
 from appliance.nodeodm.status import TaskStatus
 from appliance.store.models import Phase, Task
@@ -213,6 +213,18 @@ async def test_password_is_stored_hashed_and_survives_a_restart(tmp_path):
     with pytest.raises(PasswordRefused, match="current password is wrong"):
         await again.change("nope", "new-password")
     assert again.record.session_key() == stored.record.session_key()
+    # every change is a generation later; a box that was away adopts only what is newer than its own
+    assert stored.record.generation == 1
+    await again.change(PASSWORD, "second-password")
+    away = AdminPassword(tmp_path / "away")
+    assert await away.adopt(again.record) and away.record == again.record and away.record.generation == 2
+    assert not await away.adopt(stored.record), "an older password never replaces a newer one"
+    rival = PasswordRecord.make("other-side-password", None, 2)  # changed on both sides of a partition
+    winner = max((rival, again.record), key=lambda r: (r.generation, r.hash))
+    assert await away.adopt(rival) == (winner is rival) and away.record == winner
+    reloaded = AdminPassword(tmp_path / "away")
+    reloaded.load()
+    assert reloaded.record == winner
 
 
 def test_follower_without_its_coordinator_still_renders(simnode_factory, tmp_path):

@@ -114,7 +114,7 @@ async def password(request: web.Request) -> web.StreamResponse:
         return error_page(request, 400, "Passwords differ", "The new password and its confirmation differ.",
                           "/ui/admin")
     try:
-        boxes = await change_password(request.app, str(form.get("old", "")), new, None, whole_passel=True)
+        boxes = await change_password(request.app, str(form.get("old", "")), new, None, 0, whole_passel=True)
     except PasswordRefused as exc:
         return error_page(request, 403, "Password not changed", str(exc), "/ui/admin")
     failed = {name: outcome for name, outcome in boxes.items() if outcome != "changed"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Iterable
 
 from appliance.discovery.clock import boottime
 
@@ -28,6 +29,9 @@ class ReplicaProgress:
         self._asked_at: dict[str, float] = {}
         self._lagging: set[str] = set()
         self._moved = asyncio.Event()
+        # the followers the election knows of: waited for even before their first request, so the
+        # commits of the first second after an election are covered too
+        self.expected: Callable[[], Iterable[str]] = lambda: ()
 
     def applied(self, box: str, rev: int) -> None:
         """`box` asked for the rows after `rev`, so it holds everything up to `rev`."""
@@ -42,7 +46,8 @@ class ReplicaProgress:
         for box in [b for b, at in self._asked_at.items() if now - at > LIVE_SECONDS]:
             del self._applied[box], self._asked_at[box]
             self._lagging.discard(box)
-        return {box: rev for box, rev in self._applied.items() if box not in self._lagging}
+        followers = dict.fromkeys(self.expected(), -1) | self._applied
+        return {box: rev for box, rev in followers.items() if box not in self._lagging}
 
     async def hold(self, rev: int, timeout: float = WAIT_SECONDS) -> list[str]:
         """Wait until every live follower holds version `rev`; the followers that did not, in time."""

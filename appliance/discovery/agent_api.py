@@ -12,8 +12,10 @@ from appliance.discovery.clock import boottime
 from appliance.discovery.handover import parse_task
 from appliance.discovery.passel import AGENT_API, Passel, TransferRefused
 from appliance.discovery.trust import H_BOX, H_SIG, UNSIGNED_BODY, Untrusted, body_digest
+from appliance.discovery.password_sync import receive as receive_password
+from appliance.discovery.password_sync import sealed
 from appliance.discovery.replica import export_since
-from appliance.keys import COORDINATOR, PASSEL, REPLICA
+from appliance.keys import ADMIN_PASSWORD, COORDINATOR, PASSEL, REPLICA
 from appliance.nodeodm.uploads import UploadError, receive_form
 
 log = logging.getLogger("passel.trust")
@@ -123,7 +125,9 @@ async def tasks_since(request: web.Request) -> web.Response:
         await coordinator.book.wait_newer(since, wait)
         if not passel.is_coordinator:
             return web.json_response({"error": "this box is not the coordinator"}, status=409)
-    return web.json_response(export_since(coordinator, since, passel.trust))
+    feed = export_since(coordinator, since, passel.trust)
+    feed["admin_password"] = sealed(request.app[ADMIN_PASSWORD], passel.trust)
+    return web.json_response(feed)
 
 
 def passel_view(passel: Passel) -> dict[str, Any]:
@@ -192,6 +196,7 @@ def setup_agent_routes(app: web.Application) -> None:
     app.router.add_post(f"{AGENT_API}/takeover", takeover)
     app.router.add_post(f"{AGENT_API}/adopt", adopt)
     app.router.add_get(f"{AGENT_API}/tasks", tasks_since)
+    app.router.add_post(f"{AGENT_API}/password", receive_password)
     app.router.add_post(f"{AGENT_API}/sleep", sleep)
     app.router.add_post(f"{AGENT_API}/wake", wake)
     app.router.add_post(f"{AGENT_API}/key", set_key)

@@ -51,6 +51,7 @@ class ReplicaFollower:
         self.peers = peers
         self.synced_from: str | None = None
         self.synced_rev = 0
+        self.leader_password = ""  # the coordinator's admin password record, sealed (password_sync.py)
 
     async def pull(self, leader: Peer, wait: float = 0.0) -> int | None:
         """One round of catching up; how many rows changed here, or None when the leader refused.
@@ -62,6 +63,7 @@ class ReplicaFollower:
                                              params={**synced, "wait": wait}, timeout=SYNC_TIMEOUT)
         if status != 200 or not isinstance(data, dict):
             return None
+        self.leader_password = data.get("admin_password") or ""
         await self._apply_nodes(data.get("nodes", []))
         changed = await self._apply_tasks(data.get("tasks", []), full=bool(data.get("full")))
         self.synced_from, self.synced_rev = leader.id, int(data.get("rev", 0))

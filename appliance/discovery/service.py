@@ -17,10 +17,11 @@ from appliance.discovery.election import COORDINATOR
 from appliance.discovery.handover import hand_over_all
 from appliance.discovery.mdns import ALIAS_TYPE, NODEODM_TYPE, PASSEL_TYPE, PROTOCOL_VERSION, Mdns, Sighting
 from appliance.discovery.passel import Passel
+from appliance.discovery.password_sync import agree
 from appliance.discovery.replica import ReplicaFollower
 from appliance.discovery.trust import Trust, Untrusted, load_or_create_key
 from appliance.keys import COORDINATOR as COORDINATOR_KEY
-from appliance.keys import IDENTITY, PASSEL, RECONCILER, RELAY_SESSION, REPLICA
+from appliance.keys import ADMIN_PASSWORD, IDENTITY, PASSEL, RECONCILER, RELAY_SESSION, REPLICA
 from appliance.nodeodm.client import NodeClient, NodeError, NodeUnreachable
 
 log = logging.getLogger("passel.discovery")
@@ -148,6 +149,8 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
         passel.on_sleep.append(goodbye)
         passel.on_wake.append(rejoin)
 
+        coordinator.replicas.expected = lambda: [p.id for p in passel.membership.alive()
+                                                 if p.coordinator_id == identity.id]
         follower = app[REPLICA] = ReplicaFollower(coordinator, passel.peers)
 
         async def follow_forever() -> None:
@@ -165,7 +168,9 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
                         await hand_over_all(coordinator, passel)
                         caught_up = follower.synced_from == leader.id
                         changed = await follower.pull(leader, wait=LONG_POLL_SECONDS)
-                    except (aiohttp.ClientError, TimeoutError, ValueError, Untrusted) as exc:
+                        if changed is not None:
+                            await agree(app[ADMIN_PASSWORD], passel.trust, passel.peers, leader, follower.leader_password)
+                    except (aiohttp.ClientError, TimeoutError, ValueError, TypeError, Untrusted) as exc:
                         log.debug("Replica sync with %s failed: %s", leader.name, exc)
                 if changed is None or (caught_up and not changed):
                     await asyncio.sleep(max(0.0, started + SYNC_SECONDS - asyncio.get_running_loop().time()))
