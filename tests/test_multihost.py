@@ -199,6 +199,10 @@ def test_partition_gives_a_coordinator_per_side_and_heal_keeps_every_task(passel
     island.link(True)
     winner = wait_until(lambda: settled_on_one(boxes), 40, "one coordinator after the heal")
     assert coordinators(boxes) == {winner}
+    # every task is known at once, wherever it was accepted: the winner waits for the loser's
+    # hand-over rather than answer not-found (ODM would send the task again)
+    for uuid in (before, on_island, on_mainland):
+        assert "status" in requests.get(f"{mainland[0].api}/task/{uuid}/info", timeout=15).json(), uuid
     # whichever side's coordinator won, every box holds the password now, the island too
     for box in boxes:
         wait_until(lambda b=box: requests.get(f"{b.api}/-/password", timeout=5).json() == {"set": True}, 20,

@@ -193,3 +193,34 @@ async def test_lifecycle_releases_downloaded_and_expired_staging(tmp_path):
         assert rows["tombstone"].uuid not in c.book.tasks
         assert c.book.tasks[rows["abandoned"].uuid].phase == Phase.REMOVED
     await store.close()
+
+
+async def test_a_task_given_up_for_lost_comes_back_with_its_box_unless_its_client_gave_it_up(tmp_path):
+    """Lost means out of reach (a partition, a crash), not gone: a box that returns with the task
+    brings it back. A client that removed it after the not-found has sent the work again, so then
+    the copy stays dropped, on this coordinator and on the next (the tombstone is replicated)."""
+    from appliance.cluster.coordinator import Coordinator
+    from appliance.cluster.registry import NodeRegistry
+    from appliance.cluster.staging import Staging
+    from appliance.store.database import Store
+    from appliance.store.models import Phase, Task, row_values
+    import aiohttp
+    store = Store(tmp_path / "db.sqlite3")
+    await store.open()
+    async with aiohttp.ClientSession() as session:
+        c = Coordinator(store, NodeRegistry(store, session, 1.0), Staging(tmp_path / "staging", 0), "", 3, "me")
+        await c.recover()
+        kept, dropped = "00000000-0000-4000-8000-00000000000a", "00000000-0000-4000-8000-00000000000b"
+        for uuid in (kept, dropped):
+            await c.lose(Task(uuid=uuid, phase=Phase.ON_NODE, status=20, owner="me"), "its node is out of reach")
+        assert c.book.visible(kept) is None
+        await c.abandoned(dropped)  # the client removed it after the not-found
+        assert c.book.tasks[dropped].phase == Phase.REMOVED
+        empty = tmp_path / "handed-over"
+        empty.mkdir()
+        for uuid in (kept, dropped):
+            done = row_values(Task(uuid=uuid, phase=Phase.FINISHED, status=40, owner="other", rev=7))
+            await c.adopt(done, None, empty, "other")
+        assert c.book.visible(kept).status == 40
+        assert c.book.visible(dropped) is None and c.book.tasks[dropped].phase == Phase.REMOVED
+    await store.close()

@@ -40,6 +40,8 @@ from appliance.store.models import Phase, Task
 log = logging.getLogger("passel.tasks")
 UUID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[1-5][0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}"
 DISPATCH_RECHECK_SECONDS = 1.0
+HANDOVER_WAIT_SECONDS = 8.0  # under ODM's 30 s request timeout; a hand-over takes a heartbeat or two
+HANDOVER_RECHECK_SECONDS = 0.2
 MAX_ABANDONED = 10_000  # remembered removals of unknown uuids; bounded so such requests cannot grow memory
 
 
@@ -89,6 +91,8 @@ class Coordinator:
         self.self_id = self_id
         self.book = TaskBook(store, self_id)
         self.replicas = ReplicaProgress()
+        # True while another live box still has task rows to hand over to this one (discovery sets it)
+        self.handovers_pending: Callable[[], bool] = lambda: False
         self.info_cache = InfoCache()
         self._wake = asyncio.Event()
         self._early: dict[str, EarlyForward] = {}
@@ -125,6 +129,17 @@ class Coordinator:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def find_visible(self, uuid: str) -> Task | None:
+        """The task a client asks about. While another box is still handing tasks over (it was
+        coordinator on its side of a partition, or before a crash), an unknown uuid is waited for, up
+        to HANDOVER_WAIT_SECONDS, rather than answered not-found: ODM would send the task again."""
+        deadline = asyncio.get_running_loop().time() + HANDOVER_WAIT_SECONDS
+        task = self.book.visible(uuid)
+        while task is None and self.handovers_pending() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(HANDOVER_RECHECK_SECONDS)
+            task = self.book.visible(uuid)
+        return task
 
     # -- client actions ---------------------------------------------------------------------
     def _prepare(self, new: NewTask) -> tuple[str, str | None]:
@@ -277,10 +292,14 @@ class Coordinator:
             self.wake()
         await self.book.save(task)
 
-    def abandoned(self, uuid: str) -> None:
-        """Remember a client removing a task this coordinator does not know. ODM does that after a
+    async def abandoned(self, uuid: str) -> None:
+        """Remember a client removing a task this coordinator does not show. ODM does that after a
         not-found, and then sends the work again under a new uuid, so a copy of the old task that
-        turns up later (from a box that crashed) is an orphan and must not run."""
+        turns up later (from a box that crashed) is an orphan and must not run. A task given up for
+        lost becomes a removed one, which the replicas carry to the next coordinator."""
+        row = self.book.tasks.get(uuid)
+        if row is not None and row.phase == Phase.LOST:
+            await self.book.tombstone(row, Phase.REMOVED)
         if re.fullmatch(UUID_PATTERN, uuid):
             self._abandoned[uuid] = time.time()
             self._abandoned.move_to_end(uuid)
@@ -304,6 +323,8 @@ class Coordinator:
     async def adopt(self, values: dict[str, Any], node_url: str | None, files_from: Path, giver: str) -> bool:
         """Take a task from a box that is no longer coordinator; the further-along version wins.
 
+        A task this box had given up for lost (its node and images were out of reach) comes back with
+        the box that holds it, unless its client has given it up too (removed it after a not-found).
         Returns False when this box already had an equal or better version (its own is kept).
         """
         incoming = Task(**{k: v for k, v in values.items() if k in Task.__table__.columns.keys()})
@@ -315,8 +336,10 @@ class Coordinator:
                                     "(it sent the work again); dropped", task_uuid=incoming.uuid)
             return False
         has_files = any(files_from.iterdir())
-        if existing is not None and (existing.phase in GONE_PHASES
-                                     or progress_rank(existing) >= progress_rank(incoming)):
+        back = existing is not None and existing.phase == Phase.LOST and incoming.phase not in GONE_PHASES \
+            and not self.given_up(incoming.uuid)
+        if existing is not None and not back and (existing.phase in GONE_PHASES
+                                                  or progress_rank(existing) >= progress_rank(incoming)):
             if has_files and existing.phase not in GONE_PHASES and not self.staging.files(existing.uuid):
                 self._take_files(existing, files_from)
                 await self.book.save(existing)
@@ -409,6 +432,19 @@ class Coordinator:
         self.info_cache.forget(task.uuid)
         await self.book.tombstone(task, Phase.LOST)
         await self.store.record("lost", f"Task {task.uuid} is lost: {reason}", task_uuid=task.uuid)
+
+    def given_up(self, uuid: str) -> bool:
+        """Its client removed it after a not-found (and has sent the work again)."""
+        return uuid in self._abandoned
+
+    async def found_again(self, task: Task, node: NodeState) -> None:
+        """A task given up for lost turns out to be on its node after all (it was out of reach, not gone)."""
+        task.phase = Phase.FINISHED if TaskStatus(task.status).finished else Phase.ON_NODE
+        task.finished_at = task.finished_at if task.phase == Phase.FINISHED else None
+        await self.book.save(task)
+        await self.store.record("found", f"Task {task.uuid} was given up for lost, but {node.row.url} still has it",
+                                task_uuid=task.uuid, node_id=node.id)
+        self.wake()
 
     async def fail(self, task: Task, reason: str) -> None:
         """A real failure the client must see: FAILED, with the reason in the output."""

@@ -80,7 +80,9 @@ class Reconciler:
                 continue  # not ours: another user's task on a shared node
             elsewhere = row.node_id is not None and row.node_id != node.id
             moved_on = elsewhere and row.phase in (Phase.FORWARDING, Phase.ON_NODE, Phase.FINISHED)
-            if row.phase in (Phase.REMOVED, Phase.LOST) or moved_on:
+            if row.phase == Phase.LOST and row.node_id == node.id and not c.given_up(uuid):
+                await c.found_again(row, node)
+            elif row.phase in (Phase.REMOVED, Phase.LOST) or moved_on:
                 await c.drop_duplicate(node, row)
 
     async def _check_staging_boxes(self) -> None:

@@ -131,8 +131,8 @@ async def task_new(request: web.Request) -> web.Response:
     return replies.ok({"uuid": task.uuid})
 
 
-def _visible(request: web.Request) -> Task | None:
-    return _coordinator(request).book.visible(request.match_info["uuid"].lower())
+async def _visible(request: web.Request) -> Task | None:
+    return await _coordinator(request).find_visible(request.match_info["uuid"].lower())
 
 
 def _table_info(task: Task, with_output: int | None) -> dict[str, Any]:
@@ -178,7 +178,7 @@ def _int_param(request: web.Request, name: str) -> int | None:
 
 async def task_info(request: web.Request) -> web.Response:
     c = _coordinator(request)
-    task = _visible(request)
+    task = await _visible(request)
     if task is None:
         return replies.task_not_found(request.match_info["uuid"])
     with_output = _int_param(request, "with_output")
@@ -208,7 +208,7 @@ async def task_info(request: web.Request) -> web.Response:
 
 async def task_output(request: web.Request) -> web.Response:
     c = _coordinator(request)
-    task = _visible(request)
+    task = await _visible(request)
     if task is None:
         return replies.task_not_found(request.match_info["uuid"])
     line = _int_param(request, "line") or 0
@@ -226,7 +226,7 @@ async def task_output(request: web.Request) -> web.Response:
 
 async def task_download(request: web.Request) -> web.StreamResponse:
     c = _coordinator(request)
-    task = _visible(request)
+    task = await _visible(request)
     if task is None:
         return replies.task_not_found(request.match_info["uuid"])
     if request.match_info["asset"] != "all.zip":
@@ -265,10 +265,10 @@ async def _task_action(request: web.Request, action: str) -> web.Response:
     except UploadError as exc:
         return replies.action_error(str(exc))
     uuid = fields.get("uuid", "").lower()
-    task = c.book.visible(uuid)
+    task = await c.find_visible(uuid)
     if task is None:
         if action == "remove":
-            c.abandoned(uuid)
+            await c.abandoned(uuid)
         return replies.action_error(f"{fields.get('uuid', '')} not found" if uuid else "uuid is required")
     try:
         if action == "cancel":

@@ -15,10 +15,15 @@ import aiohttp
 from appliance.cluster.coordinator import Coordinator
 from appliance.discovery.passel import AGENT_API, Passel
 from appliance.discovery.trust import UNSIGNED_BODY, Untrusted, body_digest
-from appliance.store.models import row_values
+from appliance.store.models import Task, row_values
 
 log = logging.getLogger("passel.handover")
 HANDOVER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=120)
+
+
+def own_rows(coordinator: Coordinator) -> list[Task]:
+    """The rows this box wrote as coordinator: while it follows another box, they are to be handed over."""
+    return [t for t in coordinator.book.tasks.values() if t.owner == coordinator.self_id]
 
 
 async def hand_over_all(coordinator: Coordinator, passel: Passel) -> int:
@@ -27,7 +32,7 @@ async def hand_over_all(coordinator: Coordinator, passel: Passel) -> int:
     if target is None or passel.is_coordinator:
         return 0
     taken = 0
-    own = [t for t in coordinator.book.tasks.values() if t.owner == coordinator.self_id]
+    own = own_rows(coordinator)
     for task in own:
         await coordinator.settle(task.uuid)
         node = coordinator.registry.get(task.node_id)

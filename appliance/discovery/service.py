@@ -14,7 +14,7 @@ from aiohttp import web
 from appliance.config import Config
 from appliance.discovery.clock import boottime
 from appliance.discovery.election import COORDINATOR
-from appliance.discovery.handover import hand_over_all
+from appliance.discovery.handover import hand_over_all, own_rows
 from appliance.discovery.mdns import ALIAS_TYPE, NODEODM_TYPE, PASSEL_TYPE, PROTOCOL_VERSION, Mdns, Sighting
 from appliance.discovery.passel import Passel
 from appliance.discovery.password_sync import agree
@@ -149,6 +149,8 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
         passel.on_sleep.append(goodbye)
         passel.on_wake.append(rejoin)
 
+        passel.rows_to_hand_over = lambda: len(own_rows(coordinator))
+        coordinator.handovers_pending = lambda: any(p.handover for p in passel.membership.alive())
         coordinator.replicas.expected = lambda: [p.id for p in passel.membership.alive()
                                                  if p.coordinator_id == identity.id]
         follower = app[REPLICA] = ReplicaFollower(coordinator, passel.peers)
@@ -169,7 +171,8 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
                         caught_up = follower.synced_from == leader.id
                         changed = await follower.pull(leader, wait=LONG_POLL_SECONDS)
                         if changed is not None:
-                            await agree(app[ADMIN_PASSWORD], passel.trust, passel.peers, leader, follower.leader_password)
+                            await agree(app[ADMIN_PASSWORD], passel.trust, passel.peers, leader,
+                                        follower.leader_password)
                     except (aiohttp.ClientError, TimeoutError, ValueError, TypeError, Untrusted) as exc:
                         log.debug("Replica sync with %s failed: %s", leader.name, exc)
                 if changed is None or (caught_up and not changed):
