@@ -113,7 +113,9 @@ def spec() -> dict[str, Any]:
             "/-/nodes/{ref}": {"delete": _admin("Remove a node", SUCCESS, [node_ref])},
             "/-/nodes/{ref}/lock": {"post": _admin("Lock a node: no new tasks", {"type": "object"}, [node_ref])},
             "/-/nodes/{ref}/unlock": {"post": _admin("Unlock a node", {"type": "object"}, [node_ref])},
-            "/-/tasks": {"get": _admin("Tasks, with where they run", {"type": "array"})},
+            "/-/tasks": {"get": _admin("Tasks, with where they run and their ETA", {"type": "array"}, [{
+                "name": "unfinished", "in": "query", "required": False, "schema": {"type": "string", "enum": ["1"]},
+                "description": "1: only the tasks still to finish"}])},
             "/-/tasks/{uuid}": {"get": _admin("A task and its history of events", {"type": "object"}, [UUID_PATH])},
             "/-/events": {"get": _admin("The audit log", {"type": "array"}, [{
                 "name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1,

@@ -271,6 +271,34 @@ def test_follower_relays_actions_and_one_password_serves_the_passel(simnode_fact
         box.stop()
 
 
+def test_a_followers_pages_show_the_coordinators_etas(simnode_factory, passel_factory, tmp_path):
+    """Only the coordinator knows the nodes' speeds and backlogs, so a follower (any box a responder
+    plugs into) asks it for the ETAs of the tasks it lists."""
+    node = simnode_factory(seconds_per_image=1.0)
+    leader_server = passel_factory([node.url])
+    api = Api(leader_server)
+    uuid = committed(api, images=30)
+    row = wait_for(lambda: next((t for t in jcall(api, "GET", "/-/tasks?unfinished=1")
+                                 if t["uuid"] == uuid and t["eta_seconds"]), None), what="an ETA on the coordinator")
+    assert row["status"] == TaskStatus.RUNNING
+    leader = peer("leader", "127.0.0.1", leader_server.port, role="coordinator")
+    box = start_box(tmp_path / "follower", [], [leader], leader)
+    try:
+        async def copy_row() -> None:  # what the replica feed would bring
+            box.app[COORDINATOR].book.tasks[uuid] = Task(
+                uuid=uuid, name="submodel_0000", images_count=30, phase=Phase.ON_NODE, status=TaskStatus.RUNNING,
+                committed_at=time.time(), date_created_ms=int(time.time() * 1000))
+        box.call(copy_row())
+        browser = Browser(box.url)
+        assert re.search(r"about [^<]+ left", browser.get("/ui/tasks").text)
+        assert re.search(r"about [^<]+ left", browser.get(f"/ui/tasks/{uuid}").text)
+    finally:
+        box.stop()
+    assert jcall(api, "POST", "/task/cancel", data={"uuid": uuid}) == {"success": True}
+    wait_for(lambda: status_of(api, uuid) == TaskStatus.CANCELED, what="the cancel")
+    assert jcall(api, "GET", "/-/tasks?unfinished=1") == [] and len(jcall(api, "GET", "/-/tasks")) == 1
+
+
 def test_priority_needs_a_passel(simnode_factory, passel_factory):
     api = Api(passel_factory([simnode_factory().url]))
     assert requests.post(f"{api.url}/-/priority", json={"priority": 3}, timeout=5).status_code == 409

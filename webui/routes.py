@@ -54,7 +54,7 @@ async def tasks_page(request: web.Request) -> web.Response:
     except ValueError:
         number = 1
     labels = labels_of(snap.nodes)
-    listing = list_tasks(snap, labels, snapshot.etas(snap), status, node, text, number)
+    listing = list_tasks(snap, labels, await snapshot.etas(request, snap), status, node, text, number)
     page = TasksPage(
         chrome=chrome(request, "tasks", "Tasks", snap.banner), groups=listing.groups, status=status,
         node=node, text=text, status_choices=STATUS_CHOICES, node_choices=[("", "Any node"), *labels.items()],

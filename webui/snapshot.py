@@ -92,9 +92,18 @@ async def take(request: web.Request) -> Snapshot:
     return Snapshot(c, tasks, nodes, view, banner, leader.url, False)
 
 
-def etas(snap: Snapshot) -> dict[str, float | None]:
-    """Seconds until each unfinished task should end, where this box can tell (it is the coordinator)."""
-    return coordinator_forecast(snap.coordinator).tasks if snap.authoritative else {}
+async def etas(request: web.Request, snap: Snapshot) -> dict[str, float | None]:
+    """Seconds until each unfinished task should end: this box's forecast when it is the coordinator,
+    the coordinator's otherwise (only it knows the nodes' speeds and backlogs); none when it is gone."""
+    if snap.authoritative:
+        return coordinator_forecast(snap.coordinator).tasks
+    if not snap.leader_url:
+        return {}
+    try:
+        rows = await fetch_json(request.app, snap.leader_url, "/-/tasks?unfinished=1")
+        return {str(t["uuid"]): t.get("eta_seconds") for t in rows}
+    except (FetchFailed, KeyError, TypeError):
+        return {}
 
 
 async def events(request: web.Request, snap: Snapshot, limit: int = 12) -> list[dict[str, Any]]:
@@ -117,4 +126,4 @@ async def task_detail(request: web.Request, snap: Snapshot, uuid: str) -> tuple[
         except (FetchFailed, KeyError, TypeError):
             pass
     rows = await snap.coordinator.store.events(uuid)
-    return [{"at": e.at, "kind": e.kind, "message": e.message} for e in rows], etas(snap).get(uuid)
+    return [{"at": e.at, "kind": e.kind, "message": e.message} for e in rows], (await etas(request, snap)).get(uuid)

@@ -13,6 +13,7 @@ from appliance.cluster.eta import coordinator_forecast
 from appliance.cluster.registry import NodeNotFound
 from appliance.cluster.scheduler import Demand, rank, why_not
 from appliance.keys import CONFIG, COORDINATOR
+from appliance.nodeodm.status import TaskStatus
 
 
 def _c(request: web.Request) -> Coordinator:
@@ -102,9 +103,13 @@ async def best_node(request: web.Request) -> web.Response:
 
 
 async def list_tasks(request: web.Request) -> web.Response:
+    """Every task, or with `unfinished=1` only those still to finish (what a follower's pages ask for ETAs)."""
     c = _c(request)
     forecast = coordinator_forecast(c)
-    return web.json_response([public_task(t, c.registry, forecast.tasks.get(t.uuid)) for t in c.book.all_visible()])
+    tasks = c.book.all_visible()
+    if request.query.get("unfinished") == "1":
+        tasks = [t for t in tasks if not TaskStatus(t.status).finished]
+    return web.json_response([public_task(t, c.registry, forecast.tasks.get(t.uuid)) for t in tasks])
 
 
 async def show_task(request: web.Request) -> web.Response:
