@@ -1,6 +1,8 @@
 """Rebuilding the truth from the nodes, and moving work off nodes and boxes that are gone.
 
-Runs at every election win and every few seconds while coordinating:
+Runs at every election win and every few seconds while coordinating; what needs no node to answer
+(silent nodes, boxes gone) is checked every second, so a silent node's work moves as soon as the grace
+period ends rather than after a slow pass:
 - a task a node no longer lists counts as lost there only after the grace period (a node
   restarting, or a poll racing a commit, is not a loss);
 - a node silent for longer than the grace period (sized for a laptop lid closed for a minute)
@@ -14,7 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
+
+import aiohttp
 
 from appliance.cluster.coordinator import Coordinator
 from appliance.cluster.registry import NodeState
@@ -24,7 +29,11 @@ from appliance.nodeodm.status import TaskStatus
 from appliance.store.models import Phase, Task
 
 log = logging.getLogger("passel.reconcile")
-RECONCILE_SECONDS = 3.0
+RECONCILE_SECONDS = 3.0  # comparing with every node's task list
+SILENCE_CHECK_SECONDS = 1.0  # silent nodes and gone boxes: no network needed
+# a node slower than this to list its tasks is skipped for one pass, never judged by it; short, so a
+# node going silent cannot hold up the pass that would move its work
+COMPARE_TIMEOUT = aiohttp.ClientTimeout(total=2)
 
 BoxAlive = Callable[[str], bool]
 
@@ -38,20 +47,30 @@ class Reconciler:
         self._box_gone_since: dict[str, float] = {}
 
     async def run_forever(self) -> None:
+        compared_at = -math.inf
         while True:
             if self.coordinator.active():
-                await self.reconcile()
-            await asyncio.sleep(RECONCILE_SECONDS)
+                if boottime() - compared_at >= RECONCILE_SECONDS:
+                    compared_at = boottime()
+                    await self.reconcile()
+                else:
+                    await self._move_off_silent_nodes()
+                    await self._check_staging_boxes()
+            await asyncio.sleep(SILENCE_CHECK_SECONDS)
 
     async def reconcile(self) -> None:
-        c = self.coordinator
-        for node in list(c.registry.nodes.values()):
+        for node in list(self.coordinator.registry.nodes.values()):
             if node.online:
                 await self._compare_with_node(node)
-            elif node.silent_for() >= self.grace:
+        await self._move_off_silent_nodes()
+        await self._check_staging_boxes()
+
+    async def _move_off_silent_nodes(self) -> None:
+        c = self.coordinator
+        for node in list(c.registry.nodes.values()):
+            if not node.online and node.silent_for() >= self.grace:
                 for task in self._unfinished_on(node.id):
                     await c.move_away(task, f"node {node.row.url} has not answered for {node.silent_for():.0f} s")
-        await self._check_staging_boxes()
 
     def _unfinished_on(self, node_id: int) -> list[Task]:
         return [t for t in self.coordinator.book.in_phase(Phase.ON_NODE)
@@ -60,7 +79,7 @@ class Reconciler:
     async def _compare_with_node(self, node: NodeState) -> None:
         c = self.coordinator
         try:
-            listed = {str(item.get("uuid")) for item in await node.client.task_list()}
+            listed = {str(item.get("uuid")) for item in await node.client.task_list(COMPARE_TIMEOUT)}
         except (NodeError, NodeUnreachable):
             return
         now = boottime()

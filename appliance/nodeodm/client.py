@@ -73,8 +73,8 @@ class NodeClient:
     async def options(self) -> list[dict[str, Any]]:
         return await self._json("GET", "/options", timeout=QUICK_TIMEOUT)
 
-    async def task_list(self) -> list[dict[str, Any]]:
-        return await self._json("GET", "/task/list", timeout=QUICK_TIMEOUT)
+    async def task_list(self, timeout: aiohttp.ClientTimeout | None = None) -> list[dict[str, Any]]:
+        return await self._json("GET", "/task/list", timeout=timeout or QUICK_TIMEOUT)
 
     async def task_info(self, uuid: str, with_output: int | None = None) -> dict[str, Any]:
         return await self._json("GET", f"/task/{uuid}/info", query={"with_output": with_output})
