@@ -105,6 +105,12 @@ def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx sign
     return ctx
 
 
+async def _release_long_polls(app: web.Application) -> None:
+    """Followers' held replica requests answer at once, so stopping does not wait out their poll."""
+    if COORDINATOR in app:
+        app[COORDINATOR].book.release()
+
+
 def create_app(config: Config) -> web.Application:
     """The whole box: NodeODM API, admin API and web UI on one port."""
     app = web.Application(client_max_size=MAX_REQUEST_BYTES,
@@ -112,6 +118,7 @@ def create_app(config: Config) -> web.Application:
                                                        exempt_paths=frozenset({"/"}))])
     app[CONFIG] = config
     app.cleanup_ctx.append(_coordinator_ctx(config))
+    app.on_shutdown.append(_release_long_polls)
     if config.discovery:
         app.middlewares.append(agent_auth_middleware)
         app.cleanup_ctx.append(discovery_ctx(config))

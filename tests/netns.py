@@ -6,6 +6,7 @@ down in `close()`. Traffic stays inside the namespaces this module creates.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,8 +15,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).parent.parent
 
@@ -169,3 +172,20 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):  # 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@contextlib.contextmanager
+def running_passel(workdir: Path, simnode: dict[str, Any], *agent_flags: str) -> Iterator[Bridge]:
+    """Three boxes, each with a simulated node and an agent (priority = its index); every box's logs
+    are kept in `workdir`, and the bridge is always torn down."""
+    bridge = Bridge(3, workdir)
+    try:
+        for box in bridge.boxes:
+            box.start_simnode(**simnode)
+            box.start_agent("--priority", str(box.index), *agent_flags)
+        yield bridge
+    finally:
+        for box in bridge.boxes:
+            for name in ("agent", "simnode"):
+                (workdir / f"box{box.index}-{name}.log").write_text(box.log(name))
+        bridge.close()

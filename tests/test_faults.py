@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.netns import Bridge, wait_until
+from tests.netns import running_passel, wait_until
 from tests.odm_executor import SplitMergeClient, make_submodels
 
 pytestmark = pytest.mark.netns
@@ -26,17 +26,8 @@ SUBMODELS = 8
 
 @pytest.fixture
 def field(tmp_path: Path, netns_required):
-    bridge = Bridge(3, tmp_path)
-    try:
-        for box in bridge.boxes:
-            box.start_simnode(seconds_per_image=1.5, slots=2)
-            box.start_agent("--priority", str(box.index), "--grace-seconds", str(GRACE))
+    with running_passel(tmp_path, {"seconds_per_image": 1.5, "slots": 2}, "--grace-seconds", str(GRACE)) as bridge:
         yield bridge
-    finally:
-        for box in bridge.boxes:
-            for name in ("agent", "simnode"):
-                (tmp_path / f"box{box.index}-{name}.log").write_text(box.log(name))
-        bridge.close()
 
 
 def view(box) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from tests.nodeodm_helpers import init_task, jcall, upload
+from tests.nodeodm_helpers import Api, init_task, jcall, upload, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import makespan  # noqa: E402
@@ -50,21 +50,6 @@ def test_small_scenarios_meet_the_targets():
 
 
 # -- live ----------------------------------------------------------------------------------------------
-class Api:
-    def __init__(self, server) -> None:
-        self.url, self.token = server.url, ""
-
-
-def wait_for(predicate, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def submit(api: Api, images: int) -> str:
     uuid = init_task(api, name="", outputs=RECONSTRUCTION, skipPostProcessing="true")
     for i in range(images):

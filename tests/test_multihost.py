@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.netns import Bridge, wait_until
+from tests.netns import running_passel, wait_until
 
 PASSWORD = "field-password-1"
 
@@ -27,17 +27,8 @@ LEASE = 5.0
 
 @pytest.fixture
 def passel3(tmp_path: Path, netns_required):
-    bridge = Bridge(3, tmp_path)
-    try:
-        for box in bridge.boxes:
-            box.start_simnode(seconds_per_image=0.05)
-            box.start_agent("--priority", str(box.index))
+    with running_passel(tmp_path, {"seconds_per_image": 0.05}) as bridge:
         yield bridge
-    finally:
-        for box in bridge.boxes:
-            for name in ("agent", "simnode"):
-                (tmp_path / f"box{box.index}-{name}.log").write_text(box.log(name))
-        bridge.close()
 
 
 def view(box, timeout: float = 3) -> dict:

@@ -69,6 +69,10 @@ class TaskBook:
         self._saved.set()
         self._saved = asyncio.Event()
 
+    def release(self) -> None:
+        """Let every long poll answer now: the server is stopping."""
+        self._saved.set()
+
     async def wait_newer(self, rev: int, timeout: float) -> None:
         """Return once a version after `rev` exists, or after `timeout` (the replica feed's long poll)."""
         saved = self._saved
