@@ -224,3 +224,23 @@ async def test_a_task_given_up_for_lost_comes_back_with_its_box_unless_its_clien
         assert c.book.visible(kept).status == 40
         assert c.book.visible(dropped) is None and c.book.tasks[dropped].phase == Phase.REMOVED
     await store.close()
+
+
+async def test_a_new_coordinator_counts_a_nodes_silence_from_when_it_took_over(tmp_path):
+    """A follower polls no node, so when it becomes coordinator an unreachable node's last answer is
+    long ago: its tasks must still get the whole grace period, not be lost at once."""
+    from appliance.cluster.registry import NodeRegistry
+    from appliance.store.database import Store
+    import aiohttp
+    store = Store(tmp_path / "db.sqlite3")
+    await store.open()
+    async with aiohttp.ClientSession() as session:
+        registry = NodeRegistry(store, session, 1.0)
+        registry.active = lambda: False  # a follower
+        state = await registry.add("http://127.0.0.1:9")
+        state.last_answer -= 3600  # the box started an hour ago
+        registry.active = lambda: True
+        registry.start_watching()
+        await registry.poll_one(state, timeout=aiohttp.ClientTimeout(total=1))
+        assert state.misses == 1 and state.silent_for() < 5
+    await store.close()

@@ -178,6 +178,13 @@ class NodeRegistry:
         for callback in self.on_change:
             callback()
 
+    def start_watching(self) -> None:
+        """This box begins coordinating: a node's silence counts from now. As a follower it polled no
+        node, so an old last answer says nothing, and must not make its tasks lost at once."""
+        now = boottime()
+        for state in self.nodes.values():
+            state.last_answer, state.misses = now, 0
+
     async def poll_one(self, state: NodeState, timeout: aiohttp.ClientTimeout | None = None) -> None:
         """Ask one node for /info (and /options on the way back online)."""
         was_online = state.online

@@ -113,7 +113,10 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
                     await coordinator.pause()
         passel.listeners.append(on_role)
         # Know which nodes answer before answering clients as coordinator (a dead box's node times out fast).
-        passel.before_leading.append(lambda: registry.poll_all(timeout=TAKEOVER_POLL_TIMEOUT))
+        async def take_over_nodes() -> None:
+            registry.start_watching()
+            await registry.poll_all(timeout=TAKEOVER_POLL_TIMEOUT)
+        passel.before_leading.append(take_over_nodes)
 
         async def reconcile_on_win(before: str, after: str) -> None:
             if after == COORDINATOR:
