@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -70,16 +71,30 @@ def machine() -> dict[str, Any]:
 def code_version() -> dict[str, Any]:
     """The commit measured, and which tracked files differed from it (work in progress shows up here)."""
     def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        try:  # rstrip only: a porcelain line starts with a space
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return ""
     dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    return {"commit": git("rev-parse", "HEAD"), "modified_files": dirty, "appliance_sources_sha256": sources_digest()}
+
+
+def sources_digest(root: Path = REPO, parts: tuple[str, ...] = ("appliance",)) -> str:
+    """A hash of the code under test. Benchmarks that start fresh processes in every run compare it
+    before and after: an edit while they run would mix two versions into one median."""
     digest = hashlib.sha256()
-    for path in sorted((REPO / "appliance").rglob("*.py")):
-        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
-    return {"commit": git("rev-parse", "HEAD"), "modified_files": dirty,
-            "appliance_sources_sha256": digest.hexdigest()[:16]}
+    for part in parts:
+        for path in sorted((root / part).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of a package the figures depend on (None when it is not installed)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def write_results(name: str, data: dict[str, Any]) -> Path:

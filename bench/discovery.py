@@ -27,16 +27,11 @@ Needs root (network namespaces). Results go to bench/results/discovery.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
 import json
-import os
-import platform
 import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,6 +42,8 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+import common  # noqa: E402
 from tests.netns import Bridge, netns_available, wait_until  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "discovery.json"
@@ -391,36 +388,6 @@ def log_notes(bridge, limit: int = 12) -> dict[str, Any]:  # noqa: ANN001
 
 # -- machine and summary --------------------------------------------------------------------------
 
-def appliance_digest() -> str:
-    """A hash of the code under test: agents start afresh in every run, so an edit to appliance/ while
-    the benchmark runs would mix two versions into one median."""
-    digest = hashlib.sha256()
-    for path in sorted((REPO / "appliance").rglob("*.py")):
-        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "")
-    except OSError:
-        pass
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                           text=True).stdout.split("\n")
-    try:
-        import zeroconf
-        zc = zeroconf.__version__
-    except ImportError:
-        zc = None
-    return {"cores_logical": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "platform": platform.platform(), "zeroconf": zc,
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "code": {"commit": commit, "modified_files": [line[3:] for line in dirty if line.strip()]}}
-
-
 def stats(values: list[float | None]) -> dict[str, Any]:
     got = [v for v in values if v is not None]
     if not got:
@@ -552,7 +519,7 @@ def main() -> int:
     joins: list[dict[str, Any]] = []
     failovers: list[dict[str, Any]] = []
     started = time.monotonic()
-    digest_before = appliance_digest()
+    digest_before = common.sources_digest()
     try:
         for i in range(args.runs):
             # Interleave the two kinds so slow drift in the machine affects both alike.
@@ -578,10 +545,10 @@ def main() -> int:
         else:
             shutil.rmtree(scratch, ignore_errors=True)
     summary = summarize(joins, failovers)
-    digest_after = appliance_digest()
+    digest_after = common.sources_digest()
     if digest_after != digest_before:
         say("WARNING: appliance/ changed while the benchmark ran; the runs measured different code")
-    host = machine()
+    host = common.machine() | {"zeroconf": common.package_version("zeroconf")}
     host["code"].update({"appliance_sources_sha256": digest_before,
                          "changed_during_run": digest_after != digest_before})
     data = {"benchmark": "discovery", "runs": args.runs, "machine": host,

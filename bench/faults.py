@@ -46,10 +46,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -65,6 +63,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+import common  # noqa: E402
+
 RESULTS = REPO / "bench" / "results" / "faults.json"
 
 SUBMODELS, IMAGES = 8, 3               # as in tests/test_faults.py
@@ -123,11 +124,7 @@ def snapshot(ref: str, into: Path) -> str:
 
 
 def appliance_digest(code_dir: Path) -> str:
-    digest = hashlib.sha256()
-    for sub in ("appliance", "webui", "tests"):
-        for path in sorted((code_dir / sub).rglob("*.py")):
-            digest.update(str(path.relative_to(code_dir)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+    return common.sources_digest(code_dir, ("appliance", "webui", "tests"))
 
 
 def git(*args: str) -> str:
@@ -135,20 +132,8 @@ def git(*args: str) -> str:
 
 
 def machine(code: dict[str, Any]) -> dict[str, Any]:
-    model = ""
-    try:
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "")
-    except OSError:
-        pass
-    try:
-        import zeroconf  # noqa: PLC0415
-        zc = zeroconf.__version__
-    except ImportError:
-        zc = None
-    return {"cores_logical": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "platform": platform.platform(), "zeroconf": zc, "loadavg_before": [round(x, 2) for x in os.getloadavg()],
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "code": code}
+    return common.machine() | {"zeroconf": common.package_version("zeroconf"),
+                               "loadavg_before": [round(x, 2) for x in os.getloadavg()], "code": code}
 
 
 # -- the client, recording what it sees ------------------------------------------------------------
