@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -21,9 +22,9 @@ log = logging.getLogger("passel.handover")
 HANDOVER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=120)
 
 
-def own_rows(coordinator: Coordinator) -> list[Task]:
+def own_rows(coordinator: Coordinator) -> Iterator[Task]:
     """The rows this box wrote as coordinator: while it follows another box, they are to be handed over."""
-    return [t for t in coordinator.book.tasks.values() if t.owner == coordinator.self_id]
+    return (t for t in coordinator.book.tasks.values() if t.owner == coordinator.self_id)
 
 
 async def hand_over_all(coordinator: Coordinator, passel: Passel) -> int:
@@ -32,7 +33,7 @@ async def hand_over_all(coordinator: Coordinator, passel: Passel) -> int:
     if target is None or passel.is_coordinator:
         return 0
     taken = 0
-    own = own_rows(coordinator)
+    own = list(own_rows(coordinator))  # a snapshot: handing over writes rows
     for task in own:
         await coordinator.settle(task.uuid)
         node = coordinator.registry.get(task.node_id)

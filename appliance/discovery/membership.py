@@ -23,7 +23,7 @@ class Peer:
     role: str = FOLLOWER
     coordinator_id: str | None = None
     version: str = ""
-    handover: int = 0  # task rows it wrote as coordinator: it hands them over once it follows another
+    handover: bool = False  # it holds task rows it wrote as coordinator, to hand over once it follows another
     last_heard: float | None = None  # boottime of the last heartbeat exchanged with it
     foreign: str = ""  # why its calls are refused: it does not hold this passel's key
 
@@ -70,7 +70,7 @@ class Membership:
         peer.role = str(payload.get("role", FOLLOWER))
         peer.coordinator_id = payload.get("coordinator") or None
         peer.version = str(payload.get("version", ""))
-        peer.handover = int(payload.get("handover") or 0)
+        peer.handover = bool(payload.get("handover"))
         peer.last_heard = boottime()
         peer.foreign = ""
         return peer

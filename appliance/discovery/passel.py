@@ -52,8 +52,8 @@ class Passel:
         self.on_sleep: list[Callable[[], Awaitable[None]]] = []
         self.on_wake: list[Callable[[], Awaitable[None]]] = []
         self._changed = asyncio.Event()
-        # how many task rows this box wrote as coordinator and still has to hand over (handover.py)
-        self.rows_to_hand_over: Callable[[], int] = lambda: 0
+        # whether this box holds task rows it wrote as coordinator, still to hand over (handover.py)
+        self.holds_rows_to_hand_over: Callable[[], bool] = lambda: False
 
     # -- what others see -------------------------------------------------------------------
     @property
@@ -66,7 +66,7 @@ class Passel:
     def payload(self) -> dict[str, Any]:
         return {"v": 1, "id": self.identity.id, "name": self.identity.name, "term": self.state.term,
                 "role": self.state.role, "priority": self.priority, "coordinator": self.state.coordinator_id,
-                "port": self.api_port, "version": __version__, "handover": self.rows_to_hand_over()}
+                "port": self.api_port, "version": __version__, "handover": self.holds_rows_to_hand_over()}
 
     def coordinator(self) -> Peer | None:
         """The live coordinator, when it is another box."""

@@ -152,7 +152,7 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
         passel.on_sleep.append(goodbye)
         passel.on_wake.append(rejoin)
 
-        passel.rows_to_hand_over = lambda: len(own_rows(coordinator))
+        passel.holds_rows_to_hand_over = lambda: next(own_rows(coordinator), None) is not None
         coordinator.handovers_pending = lambda: any(p.handover for p in passel.membership.alive())
         coordinator.replicas.expected = lambda: [p.id for p in passel.membership.alive()
                                                  if p.coordinator_id == identity.id]
