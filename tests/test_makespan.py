@@ -95,13 +95,19 @@ def test_speed_is_learned_per_kind_and_shown_with_etas(simnode_factory, passel_f
     assert jcall(api, "GET", "/-/status.json")["jobs"][0]["eta_seconds"] == 0.0
 
 
-def test_straggler_copy_on_an_idle_fast_node_wins_and_the_client_sees_one_task(simnode_factory, passel_factory):
-    slow = simnode_factory(seconds_per_image=0.5, cores=1)
-    fast = simnode_factory(seconds_per_image=0.02, cores=64)
+def slow_and_locked_fast(simnode_factory, passel_factory, slow_seconds: float, fast_seconds: float) -> tuple:
+    """A slow node and a fast one behind one passel; the fast one locked, so work starts on the slow one."""
+    slow = simnode_factory(seconds_per_image=slow_seconds, cores=1)
+    fast = simnode_factory(seconds_per_image=fast_seconds, cores=64)
     api = Api(passel_factory([slow.url, fast.url]))
     wait_for(lambda: jcall(api, "GET", "/info")["maxParallelTasks"] == 2, what="both nodes online")
     ids = node_ids(api)
     jcall(api, "POST", f"/-/nodes/{ids[fast.url]}/lock")
+    return slow, fast, api, ids
+
+
+def test_straggler_copy_on_an_idle_fast_node_wins_and_the_client_sees_one_task(simnode_factory, passel_factory):
+    slow, fast, api, ids = slow_and_locked_fast(simnode_factory, passel_factory, 0.5, 0.02)
     uuid = submit(api, 30)  # 15 s on the slow node
     wait_for(lambda: status_of(api, uuid) == 20 and on_node(slow, uuid), what="running on the slow node")
     seen = set()
@@ -127,12 +133,7 @@ def test_straggler_copy_on_an_idle_fast_node_wins_and_the_client_sees_one_task(s
 
 
 def test_a_copy_gives_its_slot_to_real_work(simnode_factory, passel_factory):
-    slow = simnode_factory(seconds_per_image=1.0, cores=1)
-    fast = simnode_factory(seconds_per_image=0.25, cores=64)
-    api = Api(passel_factory([slow.url, fast.url]))
-    wait_for(lambda: jcall(api, "GET", "/info")["maxParallelTasks"] == 2, what="both nodes online")
-    ids = node_ids(api)
-    jcall(api, "POST", f"/-/nodes/{ids[fast.url]}/lock")
+    slow, fast, api, ids = slow_and_locked_fast(simnode_factory, passel_factory, 1.0, 0.25)
     first = submit(api, 30)
     wait_for(lambda: on_node(slow, first), what="first task on the slow node")
     jcall(api, "POST", f"/-/nodes/{ids[fast.url]}/unlock")
