@@ -137,7 +137,7 @@ class Coordinator:
         deadline = asyncio.get_running_loop().time() + HANDOVER_WAIT_SECONDS
         task = self.book.visible(uuid)
         while task is None and self.handovers_pending() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(HANDOVER_RECHECK_SECONDS)
+            await self.book.wait_newer(self.book.rev, HANDOVER_RECHECK_SECONDS)  # an adopted row wakes it
             task = self.book.visible(uuid)
         return task
 
