@@ -13,6 +13,8 @@ import pytest
 from appliance.agent import create_app
 from appliance.config import load_config
 from appliance.simnode import SimnodeSettings, create_simnode_app
+from appliance.simnode.app import ENGINE
+from tests.realnode import REQUIRED, RealNode, unavailable_reason
 from tests.support import ServerThread
 
 FAST = 0.02  # seconds per image: quick enough for tests, slow enough to see RUNNING
@@ -51,13 +53,39 @@ def passel_factory(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
         server.stop()
 
 
+def require_realnode() -> None:
+    """Skip where a real NodeODM cannot run, except under `.ci/run`, where that is a failure."""
+    reason = unavailable_reason()
+    if reason is None:
+        return
+    if REQUIRED:
+        pytest.fail(f"tests against real NodeODM are required here but it cannot run: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def realnode_factory(tmp_path: Path) -> Iterator[Callable[..., RealNode]]:
+    """Start real NodeODM nodes (test mode) on ephemeral loopback ports; flags are NodeODM's own."""
+    require_realnode()
+    nodes: list[RealNode] = []
+
+    def start(*flags: str) -> RealNode:
+        node = RealNode(tmp_path / f"nodeodm{len(nodes)}", *flags)
+        nodes.append(node)
+        return node.start()
+
+    yield start
+    for node in reversed(nodes):
+        node.stop(graceful=False)
+
+
 @dataclass
 class Target:
-    """Something that must answer exactly like a NodeODM: a simnode, or Passel in front of one."""
+    """Something that must answer exactly like a NodeODM: a node (simulated or real), or Passel in front of one."""
 
     kind: str
-    server: ServerThread
-    node: ServerThread
+    server: ServerThread | RealNode
+    node: ServerThread | RealNode
     token: str
 
     @property
@@ -68,18 +96,48 @@ class Target:
     def port(self) -> int:
         return self.server.port
 
+    @property
+    def real(self) -> bool:
+        return isinstance(self.node, RealNode)
 
-@pytest.fixture(params=["simnode", "passel"])
-def target_factory(request: pytest.FixtureRequest, simnode_factory, passel_factory) -> Callable[..., Target]:
-    """Build the implementation under test; `node_settings` go to the (backing) simnode."""
+    def stored(self, uuid: str) -> dict[str, Any]:
+        """What the node itself holds for a task, in the terms of NodeODM's own `tasks.json`."""
+        if isinstance(self.node, RealNode):
+            return self.node.stored_tasks()[uuid]
+        task = self.node.app[ENGINE].tasks[uuid]  # type: ignore[union-attr]
+        return {"name": task.name, "options": task.options, "outputs": task.outputs, "webhook": task.webhook,
+                "skipPostProcessing": task.skip_post_processing, "dateCreated": task.date_created}
 
-    def build(token: str = "", **node_settings: Any) -> Target:
-        if request.param == "simnode":
-            node = simnode_factory(token=token or None, **node_settings)
-            return Target("simnode", node, node, token)
-        node = simnode_factory(token="node-secret", **node_settings)
+
+@pytest.fixture(params=["simnode", "nodeodm", "passel+simnode", "passel+nodeodm"])
+def target_factory(request: pytest.FixtureRequest, simnode_factory, passel_factory,
+                   tmp_path: Path) -> Callable[..., Target]:
+    """Build the implementation under test: a node, or Passel in front of one (with its own node token).
+
+    `task_seconds` makes each task take about that long on either kind of node, so that tests can
+    see it RUNNING; the simulated node takes it per image, for 10 images.
+    """
+    kind = request.param
+    if kind.endswith("nodeodm"):
+        require_realnode()
+    real: list[RealNode] = []
+    request.addfinalizer(lambda: [node.stop(graceful=False) for node in real])
+
+    def node_for(token: str | None, task_seconds: float) -> ServerThread | RealNode:
+        if kind.endswith("simnode"):
+            return simnode_factory(token=token, **({"seconds_per_image": task_seconds / 10} if task_seconds else {}))
+        flags = ["--token", token] if token else []
+        node = RealNode(tmp_path / f"nodeodm{len(real)}", *flags, "--test_seconds", str(round(task_seconds)))
+        real.append(node)
+        return node.start()
+
+    def build(token: str = "", task_seconds: float = 0) -> Target:
+        if not kind.startswith("passel"):
+            node = node_for(token or None, task_seconds)
+            return Target(kind, node, node, token)
+        node = node_for("node-secret", task_seconds)
         server = passel_factory([f"{node.url}?token=node-secret"], token=token)
-        return Target("passel", server, node, token)
+        return Target(kind, server, node, token)
 
     return build
 

@@ -15,7 +15,7 @@ import time
 import uuid as uuidlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,12 +58,16 @@ class NewTask:
     skip_post_processing: bool = False
     outputs: str | None = None
     webhook: str = ""
+    date_created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> NewTask:
+        # WebODM sends dateCreated, and NodeODM purges a finished task 48 h after it: keep it as sent.
+        created = re.match(r"\s*(\d+)", fields.get("dateCreated", ""))
         return cls(name=fields.get("name", ""), options=fields.get("options"),
                    skip_post_processing=fields.get("skipPostProcessing") == "true",
-                   outputs=fields.get("outputs"), webhook=fields.get("webhook", ""))
+                   outputs=fields.get("outputs"), webhook=fields.get("webhook", ""),
+                   **({"date_created_ms": int(created.group(1))} if created else {}))
 
 
 def _check_outputs(raw: str | None) -> str | None:
@@ -142,27 +146,46 @@ class Coordinator:
         return task
 
     # -- client actions ---------------------------------------------------------------------
-    def _prepare(self, new: NewTask) -> tuple[str, str | None]:
+    def _prepare(self, new: NewTask) -> dict[str, Any]:
+        """The task's columns from a client's init fields, validated."""
         try:
-            options = validate_options(new.options, self.registry.option_specs())
+            options = json.dumps(validate_options(new.options, self.registry.option_specs()))
         except OptionsError as exc:
             raise TaskRefused(str(exc)) from None
-        return json.dumps(options), _check_outputs(new.outputs)
+        outputs = _check_outputs(new.outputs)
+        # NodeODM names an unnamed task this way, and PyODM shows the name.
+        name = new.name or "Task of " + datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        job = hashlib.sha1(f"{options}|{outputs}|{new.skip_post_processing}".encode()).hexdigest()[:16]
+        return {"name": name, "options": options, "outputs": outputs, "skip_post_processing": new.skip_post_processing,
+                "webhook": new.webhook, "date_created_ms": new.date_created_ms, "job_key": job}
+
+    def _pending_upload(self, set_uuid: str | None) -> Task | None:
+        """The uncommitted task a client initialises again with its set-uuid, as NodeODM allows."""
+        task = self.book.known(set_uuid.lower()) if set_uuid else None
+        return task if task is not None and task.phase == Phase.UPLOADING and task.staged_on == self.self_id else None
+
+    async def _reinit(self, task: Task, fields: dict[str, Any]) -> Task:
+        """New fields replace the old ones; files already uploaded stay, on Passel and on the node."""
+        for column, value in fields.items():
+            setattr(task, column, value)
+        await self.book.save(task)
+        early = self._early.get(task.uuid)
+        if early is not None:
+            await early.forwarder.refresh_init()
+        return task
 
     async def init(self, new: NewTask, set_uuid: str | None) -> Task:
         """Accept a new task: validate, create its staging directory, and pre-open it on a node."""
-        options, outputs = self._prepare(new)
+        fields = self._prepare(new)
+        pending = self._pending_upload(set_uuid)
+        if pending is not None:
+            return await self._reinit(pending, fields)
         uuid = self._claim_uuid(set_uuid)
         if uuid in self.book.tasks:  # a tombstone: NodeODM lets a removed task's uuid be used again
             await self.book.purge(uuid)
             self.staging.remove(uuid)
         path = self.staging.create(uuid)
-        job = hashlib.sha1(f"{options}|{outputs}|{new.skip_post_processing}".encode()).hexdigest()[:16]
-        # NodeODM names an unnamed task this way, and PyODM shows the name.
-        name = new.name or "Task of " + datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        task = Task(uuid=uuid, name=name, options=options, outputs=outputs,
-                    skip_post_processing=new.skip_post_processing, webhook=new.webhook,
-                    staging_path=str(path), job_key=job, staged_on=self.self_id)
+        task = Task(uuid=uuid, staging_path=str(path), staged_on=self.self_id, **fields)
         node = self._pick(task, images=0)
         if node is not None:
             task.node_id = node.id
@@ -258,7 +281,7 @@ class Coordinator:
         if not TaskStatus(task.status).restartable:
             raise TaskRefused("Task cannot be restarted")
         if options_field is not None:
-            task.options, _ = self._prepare(NewTask(options=options_field, outputs=task.outputs))
+            task.options = self._prepare(NewTask(options=options_field, outputs=task.outputs))["options"]
         if node is not None and node.online and task.phase in (Phase.ON_NODE, Phase.FINISHED) \
                 and forwarded(task)[0] == node.id:
             try:
@@ -270,6 +293,7 @@ class Coordinator:
                 self._requeue(task)
         else:
             self._requeue(task)
+        self.info_cache.start_over(task)
         task.status, task.progress, task.finished_at = TaskStatus.QUEUED, 0.0, None
         task.processing_time_ms, task.error_message = -1, ""
         await self.book.save(task)
@@ -411,13 +435,12 @@ class Coordinator:
         return target
 
     async def _leave_node(self, task: Task, node: NodeState | None) -> None:
-        self.info_cache.forget(task.uuid)
         if node is not None and forwarded(task)[0] == node.id and node.online:
             await self._best_effort(node, "cancel", task)
             await self._best_effort(node, "remove", task)
 
     async def _requeue_with_note(self, task: Task, note: str, kind: str) -> None:
-        task.notes = json.dumps([*json.loads(task.notes or "[]"), note])
+        self.info_cache.end_run(task, note)
         set_forwarded(task, None, [])
         task.phase, task.node_id, task.status = Phase.WAITING, None, TaskStatus.RUNNING
         task.progress, task.processing_time_ms = 0.0, -1
@@ -451,7 +474,7 @@ class Coordinator:
         await self._leave_node(task, self.registry.get(task.node_id))
         task.node_id, task.phase, task.status, task.finished_at = None, Phase.FINISHED, TaskStatus.FAILED, time.time()
         task.error_message = reason
-        task.output_tail = json.dumps([*json.loads(task.output_tail or "[]"), f"Passel: {reason}"])
+        self.info_cache.end_run(task, f"Passel: {reason}", keep_all=True)
         await self.book.save(task)
         await self.store.record("failed", f"Task {task.uuid} failed: {reason}", task_uuid=task.uuid)
         self.wake()

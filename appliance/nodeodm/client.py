@@ -83,7 +83,8 @@ class NodeClient:
         return await self._json("GET", f"/task/{uuid}/output", query={"line": line})
 
     async def task_init(self, uuid: str, fields: dict[str, str]) -> str:
-        form = aiohttp.FormData(fields)
+        # NodeODM reads init as multipart only: urlencoded fields would be dropped without a word.
+        form = aiohttp.FormData(fields, default_to_multipart=True)
         reply = await self._json("POST", "/task/new/init", data=form, headers={"set-uuid": uuid})
         return str(reply["uuid"])
 
