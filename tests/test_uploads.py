@@ -238,14 +238,16 @@ async def test_a_failed_body_leaves_nothing(server, raw, error):
     assert not list(staged.iterdir())
 
 
-async def test_not_multipart_and_no_boundary(server):
+async def test_bodies_that_are_not_multipart_carry_nothing(server):
+    """NodeODM's multer reads multipart only: a JSON or urlencoded body brings no field and no file."""
     client, _, _ = server
-    async with client.post("/up/images", data=b"{}", headers={"Content-Type": "application/json"}) as reply:
-        assert (await reply.json())["error"] == "Expected a multipart/form-data body"
+    nothing = {"fields": {}, "files": [], "bytes": 0}
+    async with client.post("/up/images", data=b'{"name": "json"}', headers={"Content-Type": "application/json"}) as reply:
+        assert await reply.json() == nothing
+    async with client.post("/up/images", data={"name": "urlencoded"}) as reply:
+        assert await reply.json() == nothing
     async with client.post("/up/images", data=b"x", headers={"Content-Type": "multipart/form-data"}) as reply:
         assert "boundary" in (await reply.json())["error"]
-    async with client.post("/up/images", data={"name": "urlencoded"}) as reply:
-        assert (await reply.json())["fields"] == {"name": "urlencoded"}
 
 
 async def test_disk_full_is_a_clear_retryable_error(server, monkeypatch):

@@ -2,7 +2,9 @@
 
 Options travel as a JSON string `[{"name": ..., "value": ...}]`. Unknown names are dropped and
 values are converted to the declared type. Unlike NodeODM we also reject values that do not convert
-(NodeODM lets `NaN` through when an option has no domain), so nothing malformed reaches a node.
+(NodeODM lets `NaN` through when an option has no domain, and truncates `3.7` for an int) and
+options that are not a list of objects (NodeODM runs those as no options), so nothing malformed
+reaches a node.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 OptionValue = bool | int | float | str
+
+OPTIONS_NOT_A_LIST = 'Invalid options: expected a JSON list of {"name": ..., "value": ...} objects'
 
 
 class OptionsError(ValueError):
@@ -157,9 +161,10 @@ def parse_options_field(raw: str | None) -> list[dict[str, Any]]:
         decoded = json.loads(raw)
     except ValueError as exc:
         raise OptionsError(f"Invalid options: not valid JSON ({exc.msg} at position {exc.pos})") from None
-    if not isinstance(decoded, list):
-        return []  # NodeODM ignores an options value that is not a list
-    return [o for o in decoded if isinstance(o, dict) and isinstance(o.get("name"), str)]
+    # NodeODM runs a value that is not a list as no options at all, which hides a client's mistake.
+    if not isinstance(decoded, list) or not all(isinstance(o, dict) for o in decoded):
+        raise OptionsError(OPTIONS_NOT_A_LIST)
+    return [o for o in decoded if isinstance(o.get("name"), str)]
 
 
 def validate_options(raw: str | None, specs: Iterable[OptionSpec]) -> list[dict[str, OptionValue]]:

@@ -4,6 +4,7 @@ NodeODM answers errors with HTTP 200 and a JSON `{"error": ...}` body, and PyODM
 when the content type says so, so every reply goes through these helpers.
 """
 
+import html
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +20,7 @@ INVALID_ASSET = "Invalid asset"
 ASSET_NOT_READY = "Asset not ready"
 BAD_TOKEN = "Invalid authentication token: token does not match."
 CANNOT_RESTART = "Task cannot be restarted"
+UUID_MISSING = "uuid param missing."  # cancel, remove or restart without a uuid (a multipart body has none)
 
 
 def ok(data: Any) -> web.Response:
@@ -57,3 +59,15 @@ async def error_middleware(request: web.Request,
     except Exception as exc:  # noqa: BLE001 - the server must answer every request
         log.exception("%s %s failed", request.method, request.path)
         return error(f"Internal error: {exc}")
+
+
+@web.middleware
+async def unknown_route_middleware(request: web.Request,
+                                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Answer a path NodeODM does not serve, or a method it does not serve there, as its Express
+    does: 404 with an HTML page, before any token check (aiohttp would say 405, or 'bad token')."""
+    if isinstance(request.match_info.http_exception, (web.HTTPNotFound, web.HTTPMethodNotAllowed)):
+        page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Error</title>\n'
+                f"</head>\n<body>\n<pre>Cannot {request.method} {html.escape(request.path)}</pre>\n</body>\n</html>\n")
+        return web.Response(status=404, text=page, content_type="text/html")
+    return await handler(request)

@@ -160,18 +160,14 @@ async def receive_form(request: web.Request, directory: Path | None, file_field:
     """Stream a multipart body: files of `file_field` go to `directory`, text fields are returned.
 
     With `directory` None, files are skipped (init takes text fields only). On any error no file of
-    this body is left in `directory`.
+    this body is left in `directory`. Any other body (urlencoded, JSON) carries nothing here: NodeODM
+    reads these routes with multer, which passes such a body over, so a urlencoded init makes a task
+    with no name, options or outputs there; a client must find that out the same way on Passel.
     """
     form = ReceivedForm()
     content_type = request.headers.get("Content-Type", "")
-    if request.method != "POST" or not request.body_exists:
+    if request.method != "POST" or not request.body_exists or not content_type.startswith("multipart/"):
         return form
-    if content_type.startswith("application/x-www-form-urlencoded"):
-        posted = await request.post()
-        form.fields = {k: v for k, v in posted.items() if isinstance(v, str)}
-        return form
-    if not content_type.startswith("multipart/"):
-        raise UploadError("Expected a multipart/form-data body")
     writer = _FormWriter(directory, file_field, form)
     loop = asyncio.get_running_loop()
     try:
@@ -203,8 +199,9 @@ async def receive_form(request: web.Request, directory: Path | None, file_field:
 
 
 async def read_action_fields(request: web.Request) -> dict[str, str]:
-    """The body of cancel, remove and restart: urlencoded, multipart or JSON, as NodeODM accepts.
+    """The body of cancel, remove and restart, read as NodeODM reads it: urlencoded or JSON.
 
+    Any other body, multipart too, carries no fields, so its uuid is missing, as on NodeODM.
     Non-string JSON values (such as an options list) come back JSON-encoded, like a form field.
     """
     if request.content_type == "application/json":
@@ -215,4 +212,7 @@ async def read_action_fields(request: web.Request) -> dict[str, str]:
         if not isinstance(data, dict):
             raise UploadError("Invalid JSON body: expected an object")
         return {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
-    return (await receive_form(request, directory=None)).fields
+    if request.content_type == "application/x-www-form-urlencoded":
+        posted = await request.post()
+        return {k: v for k, v in posted.items() if isinstance(v, str)}
+    return {}

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from typing import Any
 from aiohttp import StreamReader, hdrs, web
 
 from appliance.nodeodm import replies
-from appliance.nodeodm.replies import error_middleware
+from appliance.nodeodm.replies import error_middleware, unknown_route_middleware
 from appliance.nodeodm.auth import setup_auth_routes, token_middleware
 from appliance.nodeodm.options import OptionsError, validate_options
 from appliance.nodeodm.routes import add_nodeodm_routes
@@ -32,6 +33,8 @@ log = logging.getLogger("passel.simnode")
 
 ENGINE = web.AppKey("simnode_engine", Engine)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+JS_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+LINE_LIMIT = 2 ** 31  # beyond any output's length, so "1e400" slices like JavaScript's Infinity
 
 
 def _engine(request: web.Request) -> Engine:
@@ -39,11 +42,12 @@ def _engine(request: web.Request) -> Engine:
 
 
 def _line_number(raw: str | None) -> int:
-    """NodeODM slices output with the given number (negative = from the end); junk means 0."""
-    try:
-        return int(raw or 0)
-    except ValueError:
+    """NodeODM slices output with the number as JavaScript reads it: negative counts from the end,
+    a fraction is cut (-2.5 is -2), junk is 0."""
+    text = (raw or "").strip()
+    if not JS_DECIMAL.fullmatch(text):
         return 0
+    return int(max(-LINE_LIMIT, min(LINE_LIMIT, float(text))))
 
 
 def _set_uuid(request: web.Request) -> str | None:
@@ -183,7 +187,7 @@ def task_action(act: Callable[[Engine, str, dict[str, Any]], Awaitable[None]]) -
             return replies.error(f"Malformed request body: {exc}")
         uuid = body.get("uuid")
         if not uuid:
-            return replies.error("uuid param missing.")
+            return replies.error(replies.UUID_MISSING)
         try:
             await act(_engine(request), str(uuid), body)
         except OptionsError as exc:
@@ -265,7 +269,7 @@ task_restart = task_action(_restart)
 def create_simnode_app(settings: SimnodeSettings) -> web.Application:
     """A NodeODM look-alike; cheap to build, its folders and loop start with the app."""
     engine = Engine(settings)
-    app = web.Application(middlewares=[error_middleware, token_middleware(settings.token)])
+    app = web.Application(middlewares=[unknown_route_middleware, error_middleware, token_middleware(settings.token)])
     app[ENGINE] = engine
     app.cleanup_ctx.append(_engine_context(engine))
     setup_auth_routes(app)

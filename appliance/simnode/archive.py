@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import posixpath
+import re
 import shutil
 import stat
 import zipfile
@@ -12,13 +12,36 @@ from typing import Any
 
 from appliance.simnode.assets import ResultContext, expand, write_result_file
 
+LEADING_UP = re.compile(r"^(\.\.(/|\\|$))+")
+
+
+def _node_normalize(path: str) -> str:
+    """Node's `path.normalize` on POSIX: '.' and '..' resolved, a leading and a trailing '/' kept."""
+    absolute = path.startswith("/")
+    parts: list[str] = []
+    for segment in path.split("/"):
+        if segment == ".." and parts and parts[-1] != "..":
+            parts.pop()
+        elif (segment == ".." and not absolute) or segment not in ("", ".", ".."):
+            parts.append(segment)
+    text = "/".join(parts)
+    trailing = "/" if path.endswith("/") and (text or not absolute) else ""
+    if absolute:
+        return "/" + text + trailing
+    return text + trailing if text else "." + trailing
+
 
 def safe_relpath(raw: str) -> str | None:
-    """A project-relative path with every `..` and leading `/` stripped, as NodeODM does; None if empty."""
+    """One `outputs` path as NodeODM reads it: normalized, leading '..' stripped, made relative.
+
+    So '/a' is 'a', 'odm_dem/' keeps its slash, and '', '.' and '..' name the whole project ('.' or
+    './'), which all.zip then holds.
+    None for a NUL byte, which no file path can hold.
+    """
     if "\x00" in raw:
         return None
-    cleaned = posixpath.normpath("/" + raw.replace("\\", "/")).lstrip("/")
-    return cleaned or None
+    suffix = LEADING_UP.sub("", _node_normalize(raw))
+    return _node_normalize("./" + ("/" + suffix if suffix else ""))
 
 
 def parse_outputs(raw: Any) -> list[str]:

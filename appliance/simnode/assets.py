@@ -88,9 +88,11 @@ def default_outputs(ctx: ResultContext, skip_post_processing: bool) -> list[str]
 
 
 def expand(relpath: str, ctx: ResultContext) -> list[str]:
-    """The files a requested output path stands for: itself, a known directory's files, or nothing."""
-    if relpath in KNOWN_DIRS:
-        return [f"{relpath}/{name}" for name in KNOWN_DIRS[relpath](ctx)]
+    """The files a requested output path stands for: itself, a known directory's files (named with
+    or without a trailing '/'), or nothing."""
+    directory = relpath.rstrip("/")
+    if directory in KNOWN_DIRS:
+        return [f"{directory}/{name}" for name in KNOWN_DIRS[directory](ctx)]
     return [relpath] if PurePosixPath(relpath).suffix else []
 
 

@@ -37,6 +37,8 @@ TICK_SECONDS = 0.05
 MEMORY_PER_TASK = 1024 ** 3  # what a running task appears to use, for availableMemory
 # NodeODM's check of the set-uuid header
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[1-7][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.IGNORECASE)
+# what JavaScript's parseInt reads from the start of a string: a decimal number, or a hex one after 0x
+JS_INT = re.compile(r"\s*([+-]?)(?:0[xX]([0-9a-fA-F]*)|([0-9]+))")
 
 
 class TaskActionError(Exception):
@@ -47,9 +49,23 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _default_name() -> str:
-    """NodeODM names unnamed tasks after their creation time, e.g. 'Task of 2026-11-22T16:16:02.793Z'."""
+def _task_name(given: str | None) -> str | None:
+    """NodeODM names a task whose name is empty after its creation time, e.g. 'Task of
+    2026-11-22T16:16:02.793Z'; a task sent with no name field at all keeps none."""
+    if given != "":
+        return given
     return "Task of " + datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _date_created(raw: str | None) -> int:
+    """NodeODM takes JavaScript's parseInt of the field (so '1700000000000.9' is 1700000000000),
+    and the current time where that is not a number."""
+    match = JS_INT.match(raw or "")
+    if match is None or match.group(2) == "":  # nothing numeric, or "0x" without digits
+        return _now_ms()
+    sign, hexadecimal, decimal = match.groups()
+    value = int(hexadecimal, 16) if hexadecimal else int(decimal)
+    return -value if sign == "-" else value
 
 
 def with_post_processing(options: list[dict[str, OptionValue]], skip: bool) -> list[dict[str, OptionValue]]:
@@ -84,11 +100,17 @@ class Engine:
     # --- uploads ---------------------------------------------------------------------------
 
     def reserve_upload(self, requested_uuid: str | None) -> PendingUpload:
-        """Claim a uuid (the `set-uuid` header or a fresh one) and a folder for its files."""
+        """Claim a uuid (the `set-uuid` header or a fresh one) and a folder for its files.
+
+        Like NodeODM, a `set-uuid` of an upload not yet committed starts it again with the files
+        it already has: a client retrying its init must not lose them.
+        """
         if requested_uuid is not None:
-            taken = any(requested_uuid in where for where in (self.tasks, self.pending, self._committing))
+            taken = any(requested_uuid in where for where in (self.tasks, self._committing))
             if taken or not UUID_PATTERN.match(requested_uuid):
                 raise IntakeError(f"Invalid set-uuid: {requested_uuid}")
+            if requested_uuid in self.pending:
+                return self.pending[requested_uuid]
         uuid = requested_uuid or str(uuidlib.uuid4())
         directory = self.upload_root / uuid
         shutil.rmtree(directory, ignore_errors=True)
@@ -118,17 +140,17 @@ class Engine:
             self._committing.discard(uuid)
         fields = pending.fields
         skip = fields.get("skipPostProcessing") == "true"
-        created = fields.get("dateCreated", "")
         task = SimTask(
             uuid=uuid,
-            name=fields.get("name") or _default_name(),
+            name=_task_name(fields.get("name")),
             project_dir=project_dir,
             images=images,
             options=with_post_processing(pending.options, skip),
             skip_post_processing=skip,
             outputs=parse_outputs(fields.get("outputs")),
-            date_created=int(created) if created.isdigit() else _now_ms(),
+            date_created=_date_created(fields.get("dateCreated")),
             queue_seq=next(self._seq),
+            webhook=fields.get("webhook"),
         )
         if self.settings.init_seconds > 0:
             task.status, task.initializing = TaskStatus.RUNNING, True

@@ -27,7 +27,7 @@ class SimTask:
     """One committed task; mutated only by the engine, on the event loop."""
 
     uuid: str
-    name: str
+    name: str | None  # None when the client sent no name field: NodeODM then shows none
     project_dir: Path
     images: list[str]
     options: list[dict[str, OptionValue]]
@@ -35,6 +35,7 @@ class SimTask:
     outputs: list[str]
     date_created: int  # ms since the epoch, as NodeODM reports it
     queue_seq: int
+    webhook: str | None = None  # kept as NodeODM keeps it; the simulated node never calls it
     status: TaskStatus = TaskStatus.QUEUED
     error_message: str | None = None
     progress: float = 0.0
@@ -71,9 +72,10 @@ class SimTask:
         status: dict[str, Any] = {"code": int(self.status)}
         if self.error_message is not None:
             status["errorMessage"] = self.error_message
+        named = {} if self.name is None else {"name": self.name}
         return {
             "uuid": self.uuid,
-            "name": self.name,
+            **named,
             "dateCreated": self.date_created,
             "processingTime": self.processing_time(now),
             "status": status,
