@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +108,6 @@ class Config:
     def database_path(self) -> Path:
         return self.state_dir / "passel.sqlite3"
 
-    def with_overrides(self, **values: Any) -> Config:
-        return replace(self, **values)
-
 
 def _convert(setting: Setting, raw: Any, origin: str) -> Any:
     """Turn a raw value from TOML, the environment or a flag into the setting's type."""
@@ -179,11 +176,6 @@ def load_config(config_file: str | Path | None = None, environ: Mapping[str, str
     if not 0 < config.port < 65536:
         raise ConfigError(f"port {config.port} is outside 1-65535")
     return config
-
-
-def config_field_names() -> list[str]:
-    """Every Config field that is a setting (for the docs test)."""
-    return [f.name for f in fields(Config) if f.name != "sources"]
 
 
 def add_setting_flags(parser: Any, names: Sequence[str]) -> None:

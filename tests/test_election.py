@@ -5,8 +5,8 @@ import pytest
 from appliance.discovery.election import COORDINATOR, FOLLOWER, Decision, Member, elect
 
 
-def m(id: str, priority: int = 0, term: int = 0, role: str = FOLLOWER, eligible: bool = True) -> Member:
-    return Member(id=id, priority=priority, term=term, role=role, eligible=eligible)
+def m(id: str, priority: int = 0, term: int = 0, role: str = FOLLOWER) -> Member:
+    return Member(id=id, priority=priority, term=term, role=role)
 
 
 def test_alone_and_settled_claims_term_one():
@@ -64,11 +64,6 @@ def test_every_box_agrees_on_one_coordinator_after_a_heal():
     decisions = {b.id: elect(b, [p for p in boxes if p.id != b.id], True) for b in boxes}
     assert [i for i, d in decisions.items() if d.role == COORDINATOR] == ["b"]
     assert {d.coordinator_id for d in decisions.values()} == {"b"}
-
-
-def test_ineligible_boxes_never_claim():
-    assert elect(m("z", priority=9, eligible=False), [m("a")], True) == Decision(FOLLOWER, None, 0)
-    assert elect(m("a"), [m("z", priority=9, eligible=False)], True).role == COORDINATOR
 
 
 def test_clock_jump_after_sleep_listens_before_claiming():

@@ -3,7 +3,7 @@
 The rule (see shared/design.md), and why:
 1. Sticky: a live coordinator keeps the role; a better box that joins does not take it over, so a
    laptop arriving mid-job does not make everyone switch.
-2. When no coordinator has been heard from for one lease, the eligible live box with the best
+2. When no coordinator has been heard from for one lease, the live box with the best
    (priority, id) claims `term = highest term seen + 1`. Everyone computes the same best box, so
    only one claims.
 3. When two coordinators meet (a partition heals), the one with the lower (term, priority, id)
@@ -32,7 +32,6 @@ class Member:
     priority: int = 0
     term: int = 0
     role: str = FOLLOWER
-    eligible: bool = True
 
     def rank(self) -> tuple[int, str]:
         return (self.priority, self.id)
@@ -66,10 +65,7 @@ def elect(me: Member, alive_peers: Sequence[Member], settled: bool) -> Decision:
         return Decision(FOLLOWER, winner.id, highest_term)
     if not settled:
         return Decision(FOLLOWER, None, highest_term)
-    candidates = [m for m in (me, *alive_peers) if m.eligible]
-    if not candidates:
-        return Decision(FOLLOWER, None, highest_term)
-    best = max(candidates, key=Member.rank)
+    best = max((me, *alive_peers), key=Member.rank)
     if best.id == me.id:
         return Decision(COORDINATOR, me.id, highest_term + 1)
     return Decision(FOLLOWER, None, highest_term)

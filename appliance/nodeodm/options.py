@@ -190,11 +190,6 @@ def validate_options(raw: str | None, specs: Iterable[OptionSpec]) -> list[dict[
     return result
 
 
-def options_to_field(options: Iterable[dict[str, Any]]) -> str:
-    """Encode options back into the JSON string a node expects."""
-    return json.dumps([{"name": o["name"], "value": o["value"]} for o in options])
-
-
 def set_option(options: list[dict[str, Any]], name: str, value: OptionValue) -> list[dict[str, Any]]:
     """Return `options` with `name` set to `value`, replacing any earlier value."""
     return [o for o in options if o["name"] != name] + [{"name": name, "value": value}]
