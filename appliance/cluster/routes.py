@@ -17,10 +17,11 @@ import aiohttp
 from aiohttp import web
 
 from appliance.cluster.coordinator import Coordinator, NewTask, TaskRefused
+from appliance.cluster.info_cache import Run, waiting_line
 from appliance.cluster.proxy import stream_from_node
+from appliance.cluster.tracker import refresh_from_node
 from appliance.keys import COORDINATOR
 from appliance.nodeodm import replies
-from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.status import TaskStatus
 from appliance.nodeodm.routes import add_nodeodm_routes
 from appliance.nodeodm.uploads import UploadError, ensure_free_space, read_action_fields, receive_form
@@ -135,35 +136,38 @@ async def _visible(request: web.Request) -> Task | None:
     return await _coordinator(request).find_visible(request.match_info["uuid"].lower())
 
 
-def _table_info(task: Task, with_output: int | None) -> dict[str, Any]:
+def _info(task: Task, run: Run | None) -> dict[str, Any]:
+    """The node's last reply, with what the row knows better: the client's name and date, and the
+    status as Passel shows it (its own cancel or restart at once; a finish no stale poll undoes)."""
     status: dict[str, Any] = {"code": task.status}
     if task.error_message:
         status["errorMessage"] = task.error_message
-    reply: dict[str, Any] = {
-        "uuid": task.uuid, "name": task.name, "dateCreated": task.date_created_ms,
-        "processingTime": task.processing_time_ms, "status": status,
-        "options": json.loads(task.options or "[]"), "imagesCount": task.images_count,
-        "progress": task.progress,
-    }
-    if with_output is not None:
-        reply["output"] = _slice(_table_output(task), with_output)
-    return reply
+    own: dict[str, Any] = {"uuid": task.uuid, "name": task.name, "dateCreated": task.date_created_ms, "status": status}
+    if run is not None and (run.reply.get("status") or {}).get("code") == task.status:
+        return {**run.reply, **own}
+    row = {"processingTime": task.processing_time_ms, "progress": task.progress}
+    if run is not None:
+        return {**run.reply, **own, **row}
+    return {**own, **row, "options": json.loads(task.options or "[]"), "imagesCount": task.images_count}
 
 
-def _notes(task: Task) -> list[str]:
-    """Lines Passel adds in front of the node's output: where the task moved, and why."""
-    return json.loads(task.notes or "[]")
+async def _live_run(c: Coordinator, task: Task) -> Run | None:
+    """What the task's node last said: the tracker's copy while it is recent, else asked now (clients
+    asking together share one request); with the node out of reach, the last known."""
+    if c.info_cache.fresh(task) is None and task.phase in (Phase.ON_NODE, Phase.FINISHED):
+        node = c.registry.get(task.node_id)
+        if node is not None and node.online:
+            await refresh_from_node(c, task, node)
+    return c.info_cache.run(task)
 
 
-def _table_output(task: Task) -> list[str]:
-    lines = json.loads(task.output_tail or "[]")
-    if task.phase in (Phase.FORWARDING, Phase.WAITING) and not lines:
-        lines = ["Launching..."]
-    return _notes(task) + lines
-
-
-def _slice(lines: list[str], line: int) -> list[str]:
-    return lines[line:] if line >= 0 else lines[line:]
+async def _console(c: Coordinator, task: Task, run: Run | None, start: int) -> list[str]:
+    """The task's console from line `start`; a waiting line served for the first time is kept in the row."""
+    node = c.registry.get(task.node_id)
+    lines, pinned = c.info_cache.serve(task, run, waiting_line(task, node.row.url if node else None), start)
+    if pinned:
+        await c.book.save(task)
+    return lines
 
 
 def _int_param(request: web.Request, name: str) -> int | None:
@@ -182,28 +186,11 @@ async def task_info(request: web.Request) -> web.Response:
     if task is None:
         return replies.task_not_found(request.match_info["uuid"])
     with_output = _int_param(request, "with_output")
-    node = c.registry.get(task.node_id)
-    if task.phase in (Phase.ON_NODE, Phase.FINISHED) and node is not None:
-        notes = _notes(task)
-        asked = with_output if not notes or with_output is None else 0  # notes shift line numbers
-        reply = c.info_cache.final(task.uuid) if with_output is None else None
-        if reply is None and node.online:
-            try:
-                reply = await c.info_cache.fetch(task.uuid, asked,
-                                                 lambda: node.client.task_info(task.uuid, asked))
-                if notes and with_output is not None:
-                    reply["output"] = _slice(notes + list(reply.get("output", [])), with_output)
-            except (NodeError, NodeUnreachable):
-                reply = None
-            else:
-                await c.observe(task, node, reply)
-                if task.node_id != node.id or task.phase not in (Phase.ON_NODE, Phase.FINISHED):
-                    reply = None  # the task moved while we asked: the old node's copy is not the truth
-                    c.info_cache.forget(task.uuid)  # nor its final reply (a loser's CANCELED), if cached
-        if reply is not None:
-            reply.update(uuid=task.uuid, name=task.name, dateCreated=task.date_created_ms)
-            return replies.ok(reply)
-    return replies.ok(_table_info(task, with_output))
+    run = await _live_run(c, task)
+    reply = _info(task, run)
+    if with_output is not None:
+        reply["output"] = await _console(c, task, run, with_output)
+    return replies.ok(reply)
 
 
 async def task_output(request: web.Request) -> web.Response:
@@ -211,17 +198,8 @@ async def task_output(request: web.Request) -> web.Response:
     task = await _visible(request)
     if task is None:
         return replies.task_not_found(request.match_info["uuid"])
-    line = _int_param(request, "line") or 0
-    node = c.registry.get(task.node_id)
-    if task.phase in (Phase.ON_NODE, Phase.FINISHED) and node is not None and node.online:
-        notes = _notes(task)
-        try:
-            if not notes:
-                return replies.ok(await node.client.task_output(task.uuid, line))
-            return replies.ok(_slice(notes + await node.client.task_output(task.uuid, 0), line))
-        except (NodeError, NodeUnreachable):
-            pass
-    return replies.ok(_slice(_table_output(task), line))
+    run = await _live_run(c, task)
+    return replies.ok(await _console(c, task, run, _int_param(request, "line") or 0))
 
 
 async def task_download(request: web.Request) -> web.StreamResponse:
@@ -265,11 +243,13 @@ async def _task_action(request: web.Request, action: str) -> web.Response:
     except UploadError as exc:
         return replies.action_error(str(exc))
     uuid = fields.get("uuid", "").lower()
+    if not uuid:
+        return replies.error(replies.UUID_MISSING)
     task = await c.find_visible(uuid)
     if task is None:
         if action == "remove":
             await c.abandoned(uuid)
-        return replies.action_error(f"{fields.get('uuid', '')} not found" if uuid else "uuid is required")
+        return replies.action_error(f"{fields.get('uuid', '')} not found")
     try:
         if action == "cancel":
             await c.cancel(task)

@@ -15,7 +15,6 @@ webhook (the client would hear from both runs). A copy gives its slot back at on
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -177,8 +176,7 @@ class Stragglers:
         set_forwarded(task, node.id, [p.name for p in c.staging.files(uuid)])
         where = original.row.url if original else "its first node"
         note = f"Passel: a copy on {node.row.url} finished before the run on {where}, which was canceled"
-        task.notes = json.dumps([*json.loads(task.notes or "[]"), note])
-        c.info_cache.forget(uuid)
+        c.info_cache.end_run(task, note)  # what clients saw of the original stays; the copy's lines follow
         await c.observe(task, node, info, tail=True)
         await c.store.record("copy-won", f"Task {uuid}: the copy on {node.row.url} finished first; "
                              f"the run on {where} is canceled", task_uuid=uuid, node_id=node.id)

@@ -1,16 +1,49 @@
-"""Keeps the task table current from the nodes, which hold the truth about their tasks, and makes
-sure no task stays RUNNING forever (a RUNNING task that never ends hangs ODM forever)."""
+"""Keeps the task table, and the live view clients' info and output are answered from
+(info_cache.py), current from the nodes, which hold the truth about their tasks; and makes sure no
+task stays RUNNING forever (a RUNNING task that never ends hangs ODM forever)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from functools import partial
 
 from appliance.cluster.coordinator import Coordinator
+from appliance.cluster.info_cache import OutputRestarted, Run
+from appliance.cluster.registry import NodeState
 from appliance.cluster.tasks import OUTPUT_TAIL_LINES
 from appliance.discovery.clock import boottime
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.status import TaskStatus
 from appliance.store.models import Phase, Task
+
+log = logging.getLogger("passel.tracker")
+
+
+async def refresh_from_node(c: Coordinator, task: Task, node: NodeState) -> None:
+    """Ask the node what is new about the task (status, progress, the lines after those we have) and
+    take it in: the live view answers clients from it, and the row keeps it."""
+    try:
+        run = await _fetch(c, task, node)
+    except (NodeUnreachable, NodeError, OutputRestarted):
+        return  # a node that lost the task, or is gone, is the reconciler's business; anything else, the next round's
+    if run is not None:
+        await c.observe(task, node, {**run.reply, "output": run.lines[-OUTPUT_TAIL_LINES:]}, tail=True)
+
+
+async def _fetch(c: Coordinator, task: Task, node: NodeState) -> Run | None:
+    ask = partial(node.client.task_info, task.uuid)  # with output from the given line on
+    try:
+        return await c.info_cache.refresh(task, node.id, ask)
+    except OutputRestarted:
+        pass
+    if task.node_id != node.id or task.phase not in (Phase.ON_NODE, Phase.FINISHED):
+        return None  # it left that node meanwhile
+    log.warning("Task %s: %s started it over from the beginning (did the node restart?); its new output "
+                "follows the lines clients already have", task.uuid, node.row.url)
+    c.info_cache.end_run(task, f"Passel: {node.row.url} started this task over; its new output follows")
+    await c.book.save(task)
+    return await c.info_cache.refresh(task, node.id, ask)
 
 
 class TaskTracker:
@@ -21,17 +54,15 @@ class TaskTracker:
         self.coordinator = coordinator
         self.interval = interval
         self.stall_seconds = stall_seconds
+        # a node's reply answers clients until two rounds have passed without a newer one
+        coordinator.info_cache.keep_for = 2 * interval
         self._last_change: dict[str, tuple[tuple[float, str], float]] = {}
 
     async def refresh(self, task: Task) -> None:
         node = self.coordinator.registry.get(task.node_id)
         if node is None or not node.online:
             return
-        try:
-            info = await node.client.task_info(task.uuid, with_output=-OUTPUT_TAIL_LINES)
-        except (NodeUnreachable, NodeError):
-            return  # a node that lost the task, or is gone, is the reconciler's business
-        await self.coordinator.observe(task, node, info, tail=True)
+        await refresh_from_node(self.coordinator, task, node)
         await self._check_stall(task)
 
     async def _check_stall(self, task: Task) -> None:
