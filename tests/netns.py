@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.realnode import RealNode
+
 REPO = Path(__file__).parent.parent
 
 
@@ -51,6 +53,7 @@ class Box:
     veth: str
     workdir: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    realnode: RealNode | None = None
 
     @property
     def api(self) -> str:
@@ -68,6 +71,15 @@ class Box:
         self.start("simnode", sys.executable, "-m", "appliance", "simnode", "--host", "0.0.0.0", "--port", "3001",
                    "--seconds-per-image", str(seconds_per_image), "--slots", str(slots),
                    "--name", f"node{self.index}")
+
+    def start_realnode(self, *flags: str) -> RealNode:
+        """A real NodeODM (test mode) on port 3001 of this box's own address, as a field box runs it
+        (reached from the test process over the bridge). Its agent must be told to share it
+        (`--share`): the default share is 127.0.0.1:3001, where this node does not listen."""
+        self.realnode = RealNode(self.workdir / "nodeodm", *flags, port=3001, host=self.address,
+                                 prefix=("ip", "netns", "exec", self.ns)).start()
+        self.realnode.wait_ready()
+        return self.realnode
 
     key: str = "TEST-PASS-ELKE-YFOR-NETN-SONL"
 
@@ -154,6 +166,8 @@ class Bridge:
         for box in self.boxes:
             for name in list(box.processes):
                 box.stop(name)
+            if box.realnode is not None:
+                box.realnode.stop(graceful=False)
         for box in self.boxes:
             subprocess.run(["ip", "netns", "del", box.ns], capture_output=True)
         subprocess.run(["ip", "link", "del", getattr(self, "root_veth", "none")], capture_output=True)
@@ -175,17 +189,26 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):  # 
 
 
 @contextlib.contextmanager
-def running_passel(workdir: Path, simnode: dict[str, Any], *agent_flags: str) -> Iterator[Bridge]:
-    """Three boxes, each with a simulated node and an agent (priority = its index); every box's logs
-    are kept in `workdir`, and the bridge is always torn down."""
+def running_passel(workdir: Path, simnode: dict[str, Any], *agent_flags: str,
+                   real: dict[int, tuple[str, ...]] | None = None) -> Iterator[Bridge]:
+    """Three boxes, each with a node and an agent (priority = its index): a simulated node, or for the
+    box indexes in `real` a real NodeODM with those flags. Every box's logs are kept in `workdir`,
+    and the bridge is always torn down."""
+    real = real or {}
     bridge = Bridge(3, workdir)
     try:
         for box in bridge.boxes:
-            box.start_simnode(**simnode)
-            box.start_agent("--priority", str(box.index), *agent_flags)
+            if box.index in real:
+                node = box.start_realnode(*real[box.index])
+                box.start_agent("--priority", str(box.index), "--share", node.url, *agent_flags)
+            else:
+                box.start_simnode(**simnode)
+                box.start_agent("--priority", str(box.index), *agent_flags)
         yield bridge
     finally:
         for box in bridge.boxes:
             for name in ("agent", "simnode"):
                 (workdir / f"box{box.index}-{name}.log").write_text(box.log(name))
+            if box.realnode is not None:
+                (workdir / f"box{box.index}-nodeodm.log").write_text(box.realnode.log())
         bridge.close()

@@ -1,23 +1,31 @@
 """Real multicast between boxes in network namespaces: discovery, election, failover, partitions.
 
-Each test builds its own bridge of namespaces, each with a simulated NodeODM and a Passel agent,
-exactly as boxes on a field network. CI sets PASSEL_REQUIRE_NETNS=1 so these can never be skipped
-silently there.
+Each test builds its own bridge of namespaces, each with a NodeODM and a Passel agent, exactly as
+boxes on a field network; the nodes are simulated, except on box1 of the first test, which runs a
+real NodeODM. CI sets PASSEL_REQUIRE_NETNS=1 so these can never be skipped silently there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
+import zipfile
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 
+from tests.conftest import require_realnode
 from tests.netns import running_passel, wait_until
+from tests.nodeodm_helpers import JPEG
 
 PASSWORD = "field-password-1"
 
@@ -29,6 +37,39 @@ LEASE = 5.0
 def passel3(tmp_path: Path, netns_required):
     with running_passel(tmp_path, {"seconds_per_image": 0.05}) as bridge:
         yield bridge
+
+
+@pytest.fixture
+def passel3_real(tmp_path: Path, netns_required):
+    """Box1 runs a real NodeODM (test mode, 1 s a task) on its own address; boxes 2 and 3 simulated ones."""
+    require_realnode()
+    with running_passel(tmp_path, {"seconds_per_image": 0.05}, real={1: ("--test_seconds", "1")}) as bridge:
+        yield bridge
+
+
+@contextlib.contextmanager
+def webhook_catcher(address: str) -> Iterator[tuple[str, list[dict]]]:
+    """An HTTP server on the test process's own bridge address that records each webhook call's JSON."""
+    calls: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server name
+            calls.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((address, 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{address}:{server.server_port}/hook", calls
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
 
 
 def view(box, timeout: float = 3) -> dict:
@@ -86,8 +127,8 @@ asyncio.run(main())
     return done.stdout.decode().split()
 
 
-def test_discovery_election_entry_points_and_transfer(passel3, tmp_path):
-    boxes = passel3.boxes
+def test_discovery_election_entry_points_and_transfer(passel3_real, tmp_path):
+    boxes = passel3_real.boxes
     wait_until(lambda: all(sum(b["alive"] for b in view(box)["boxes"]) == 3 for box in boxes), 30,
                "every box to see every box")
     leader = wait_until(lambda: settled_on_one(boxes), 30, "one coordinator")
@@ -115,6 +156,7 @@ def test_discovery_election_entry_points_and_transfer(passel3, tmp_path):
     nodes = requests.get(follower.api + "/-/nodes", timeout=5).json()
     assert sorted(n["url"] for n in nodes) == sorted(f"http://{b.address}:3001" for b in boxes)
     assert all(n["source"] == "mdns" and n["online"] for n in nodes)
+    every_field_reaches_the_real_node(passel3_real, leader, tmp_path)
 
     # `passel status --json` gives the passel as one box sees it.
     status = subprocess.run([sys.executable, "-m", "appliance", "status", "--api", follower.api, "--json"],
@@ -134,6 +176,46 @@ def test_discovery_election_entry_points_and_transfer(passel3, tmp_path):
     wait_until(lambda: resolve_alias(follower) == [target.address], 20, "passel.local to name the new coordinator")
     assert requests.get(f"{follower.api}/task/{task.uuid}/info", timeout=10).json()["status"]["code"] == 40, \
         "the finished task moved with the role"
+
+
+def every_field_reaches_the_real_node(bridge, leader: str, tmp_path: Path) -> None:
+    """A task with every init field, sent through a follower that is not box1, runs on box1's real
+    NodeODM (the simulated nodes are locked): the node itself stores exactly what the client sent,
+    calls the client's webhook, and its all.zip holds only the requested outputs."""
+    real_box = bridge.boxes[0]
+    real_url = f"http://{real_box.address}:3001"
+    entry = next(box for box in bridge.boxes if box is not real_box and view(box)["self"]["id"] != leader)
+    assert view(entry)["self"]["role"] == "follower"
+    for node in requests.get(entry.api + "/-/nodes", timeout=5).json():
+        if node["url"] != real_url:
+            assert requests.post(f"{entry.api}/-/nodes/{node['id']}/lock", timeout=10).json()["locked"] is True
+    options = [{"name": "pc-quality", "value": "low"}, {"name": "orthophoto-resolution", "value": 2.5}]
+    outputs = ["odm_orthophoto/odm_orthophoto.png", "odm_georeferencing"]
+    with webhook_catcher(f"{bridge.subnet}.254") as (hook, calls):
+        fields = {"name": "field 7, north block", "options": json.dumps(options), "outputs": json.dumps(outputs),
+                  "skipPostProcessing": "true", "webhook": hook, "dateCreated": "1700000000123"}
+        uuid = requests.post(entry.api + "/task/new/init", files={k: (None, v) for k, v in fields.items()},
+                             timeout=30).json()["uuid"]
+        for i in range(3):
+            assert requests.post(f"{entry.api}/task/new/upload/{uuid}", files={"images": (f"IMG_{i}.JPG", JPEG)},
+                                 timeout=30).json() == {"success": True}
+        assert requests.post(f"{entry.api}/task/new/commit/{uuid}", timeout=30).json() == {"uuid": uuid}
+        info = wait_until(lambda: (i := requests.get(f"{entry.api}/task/{uuid}/info", timeout=5).json())
+                          ["status"]["code"] in (30, 40, 50) and i, 60, "the task on the real node to finish")
+        assert info["status"]["code"] == 40, info
+        wait_until(lambda: any(c.get("uuid") == uuid for c in calls), 30, "the node to call the client's webhook")
+    assert (info["name"], info["dateCreated"], info["imagesCount"]) == (fields["name"], 1700000000123, 3)
+    assert requests.get(f"{entry.api}/-/tasks/{uuid}", timeout=5).json()["node_url"] == real_url
+    zipped = requests.get(f"{entry.api}/task/{uuid}/download/all.zip", timeout=30)
+    names = [n for n in zipfile.ZipFile(io.BytesIO(zipped.content)).namelist() if not n.endswith("/")]
+    assert "odm_orthophoto/odm_orthophoto.png" in names and any(n.startswith("odm_georeferencing/") for n in names)
+    assert all(n == outputs[0] or n.startswith(outputs[1] + "/") for n in names), names
+
+    stored = real_box.realnode.stored_tasks()[uuid]  # a graceful restart: the node's own tasks.json
+    real_box.realnode.wait_ready()
+    assert {k: stored[k] for k in ("name", "options", "webhook", "skipPostProcessing", "outputs", "dateCreated")} == {
+        "name": fields["name"], "options": options, "webhook": hook, "skipPostProcessing": True,
+        "outputs": outputs, "dateCreated": 1700000000123}
 
 
 def test_kill9_of_coordinator_fails_over_and_old_one_rejoins_as_follower(passel3):

@@ -186,6 +186,7 @@ async def test_lifecycle_releases_downloaded_and_expired_staging(tmp_path):
             c.staging.create(task.uuid)
             (c.staging.path(task.uuid) / "IMG.JPG").write_bytes(b"x")
             await c.book.save(task)
+        os.utime(c.staging.path(rows["abandoned"].uuid), (now - 2 * 86400,) * 2)  # its last file came 2 days ago
         await StagingLifecycle(c, keep_hours=72).sweep(now)
         staged = {name for name, t in rows.items() if c.staging.path(t.uuid).exists()}
         assert staged == {"fresh", "tombstone"} - {"tombstone"} | ({"tombstone"} & staged)

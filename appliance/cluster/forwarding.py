@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from appliance.cluster.registry import NodeState
-from appliance.cluster.staging import Staging
+from appliance.cluster.staging import Staging, is_image
 from appliance.cluster.tasks import TaskBook, forwarded, set_forwarded
-from appliance.nodeodm.client import NodeError
+from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.options import has_option, set_option
 from appliance.store.models import Task
 
@@ -23,6 +23,17 @@ log = logging.getLogger("passel.forward")
 PARALLEL_UPLOADS = 4  # per task; enough to fill a gigabit link from page cache
 FLUSH_SECONDS = 0.5
 _PENDING_EXISTS = ("Invalid set-uuid", "Directory exists")  # the node already has our pending upload
+# Each file is tried this often (ODM tries 5 times) before the whole send counts as failed: a node on
+# a flaky link (NodeODM's --test_drop_uploads drops half) then still gets every file at the first send.
+UPLOAD_TRIES = 8
+RETRY_FIRST_SECONDS = 0.2  # doubled after each failed try, up to RETRY_MAX_SECONDS
+RETRY_MAX_SECONDS = 3.0
+
+
+def worth_retrying(exc: Exception) -> bool:
+    """A dropped connection or a server error may pass on the next try; an answer in NodeODM's error
+    shape (unknown uuid, no file) will not."""
+    return isinstance(exc, NodeUnreachable) or (isinstance(exc, NodeError) and str(exc).startswith("HTTP 5"))
 
 
 def init_fields(task: Task, node: NodeState, public_url: str) -> dict[str, str]:
@@ -34,7 +45,7 @@ def init_fields(task: Task, node: NodeState, public_url: str) -> dict[str, str]:
     options = json.loads(task.options or "[]")
     if has_option(options, "split"):
         options = set_option(options, "sm-cluster", node.row.agent_url or public_url)
-    fields = {"name": task.name, "options": json.dumps(options),
+    fields = {"name": task.name, "options": json.dumps(options), "dateCreated": str(task.date_created_ms),
               "skipPostProcessing": "true" if task.skip_post_processing else "false"}
     if task.outputs is not None:
         fields["outputs"] = task.outputs
@@ -53,6 +64,7 @@ class Forwarder:
         self._slots = asyncio.Semaphore(PARALLEL_UPLOADS)
         self._confirmed: set[str] = set()
         self._flusher: asyncio.Task[None] | None = None
+        self._failed: Exception | None = None  # a file that could not be sent: the others stop retrying
 
     async def ensure_init(self) -> None:
         """Create the pending task on the node once, unless it already exists there."""
@@ -69,12 +81,41 @@ class Forwarder:
             set_forwarded(self.task, self.node.id, [])
             await self.book.save(self.task)
 
+    async def refresh_init(self) -> None:
+        """The client initialised its pending upload again: the node, if already open, gets the new fields.
+
+        NodeODM replaces a pending upload's fields and keeps its files, so nothing is sent twice.
+        """
+        async with self._init_lock:
+            node_id, _ = forwarded(self.task)
+            if node_id == self.node.id:
+                await self.node.client.task_init(self.task.uuid, init_fields(self.task, self.node, self.public_url))
+
     async def send_file(self, path: Path) -> None:
         async with self._slots:
-            await self.node.client.task_upload(self.task.uuid, [path])
+            await self._upload(path)
         self._confirmed.add(path.name)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_soon())
+
+    async def _upload(self, path: Path) -> None:
+        """One file, tried again after a dropped connection or a server error, while the node is
+        still online; once any file has failed for good the send fails anyway, so others stop trying."""
+        delay = RETRY_FIRST_SECONDS
+        for attempt in range(1, UPLOAD_TRIES + 1):
+            if self._failed is not None:
+                raise self._failed
+            try:
+                await self.node.client.task_upload(self.task.uuid, [path])
+                return
+            except (NodeError, NodeUnreachable) as exc:
+                if attempt == UPLOAD_TRIES or not worth_retrying(exc) or not self.node.online:
+                    self._failed = exc
+                    raise
+                log.info("Task %s: %s did not take %s (%s); trying again in %.1f s (try %d of %d)",
+                         self.task.uuid[:8], self.node.row.url, path.name, exc, delay, attempt + 1, UPLOAD_TRIES)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     async def _flush_soon(self) -> None:
         await asyncio.sleep(FLUSH_SECONDS)
@@ -96,8 +137,11 @@ class Forwarder:
         await self.ensure_init()
         _, done = forwarded(self.task)
         missing = [p for p in self.staging.files(self.task.uuid) if p.name not in done | self._confirmed]
-        await asyncio.gather(*(self.send_file(p) for p in missing))
-        await self.flush()
+        results = await asyncio.gather(*(self.send_file(p) for p in missing), return_exceptions=True)
+        await self.flush()  # what did arrive is not sent again by the next attempt
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def deliver(self, on_commit: Callable[[], None] = lambda: None) -> None:
         """Everything that is not on the node yet, then commit; a lost pending upload starts over.
@@ -120,17 +164,27 @@ class Forwarder:
 
 
 class EarlyForward:
-    """Overlaps the forward with the client's upload: each staged file goes on to the node at once."""
+    """Overlaps the forward with the client's upload: each staged file goes on to the node at once,
+    up to the node's `maxImages` (beyond it the commit places the task on a node that takes it)."""
 
     def __init__(self, forwarder: Forwarder) -> None:
         self.forwarder = forwarder
         self.error: Exception | None = None
         self._jobs: set[asyncio.Task[None]] = set()
+        self._images = 0
 
     def push(self, paths: list[Path]) -> None:
         if self.error is not None:
             return
+        node = self.forwarder.node
+        limit = node.info.get("maxImages")
         for path in paths:
+            self._images += is_image(path.name)
+            if limit is not None and self._images > int(limit):
+                self.error = NodeError(f"{node.row.url} takes at most {limit} images")
+                log.info("Task %s: more images than %s takes (%s); the task is placed when it is committed",
+                         self.forwarder.task.uuid[:8], node.row.url, limit)
+                return
             job = asyncio.create_task(self._send(path))
             self._jobs.add(job)
             job.add_done_callback(self._jobs.discard)

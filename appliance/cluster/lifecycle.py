@@ -1,8 +1,8 @@
 """The staged copy of a task lives until it is no longer needed, and no longer.
 
 Kept until the task completed and its results were downloaded, or it was removed, or it expired;
-abandoned uploads (never committed) are dropped after a day; tombstones are purged once replicas
-have had time to learn of them.
+abandoned uploads (never committed, no file for a day) are dropped; tombstones are purged once
+replicas have had time to learn of them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 
 from appliance.cluster.coordinator import Coordinator
 from appliance.nodeodm.status import TaskStatus
-from appliance.store.models import Phase
+from appliance.store.models import Phase, Task
 
 log = logging.getLogger("passel.staging")
 SWEEP_SECONDS = 60.0
@@ -37,7 +37,7 @@ class StagingLifecycle:
                 if task.finished_at and now - task.finished_at > TOMBSTONE_SECONDS:
                     await c.book.purge(task.uuid)
                     dropped += 1
-            elif task.phase == Phase.UPLOADING and now - task.date_created_ms / 1000 > ABANDONED_UPLOAD_SECONDS:
+            elif task.phase == Phase.UPLOADING and now - self._last_upload(task) > ABANDONED_UPLOAD_SECONDS:
                 await c.remove(task)
                 dropped += 1
             elif staged and task.phase == Phase.FINISHED and (
@@ -46,6 +46,14 @@ class StagingLifecycle:
                 c.staging.remove(task.uuid)
                 dropped += 1
         return dropped
+
+    def _last_upload(self, task: Task) -> float:
+        """When a file last reached the staged upload (its folder changes with each one). Not the
+        task's dateCreated: a client may send an old one, and it is kept as sent."""
+        try:
+            return self.coordinator.staging.path(task.uuid).stat().st_mtime
+        except OSError:  # no folder here: nothing better than the date the task was made
+            return task.date_created_ms / 1000
 
     async def run_forever(self) -> None:
         while True:

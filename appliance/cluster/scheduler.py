@@ -11,8 +11,9 @@ The order of preference, and why:
    ODM's split-merge submodels that wait like this show RUNNING, not QUEUED (`shows_running`): ODM
    takes QUEUED as "task limit reached", takes the task back, and caps its remote tasks for the rest
    of the job at the number then running, although a slot is free. QUEUED means every node is full.
-3. Fewest tasks of the same job on the node: equal nodes share a job's submodels.
-4. Most free slots, then most memory, then shortest queue, then the node id, so equal nodes always
+3. While the task's size is not known yet (reserved at init), the node that takes the most images.
+4. Fewest tasks of the same job on the node: equal nodes share a job's submodels.
+5. Most free slots, then most memory, then shortest queue, then the node id, so equal nodes always
    give the same answer.
 
 Queued tasks are taken job by job in arrival order and, within a job, the longest first: that is the
@@ -116,6 +117,15 @@ def why_not(node: NodeView, demand: Demand) -> str | None:
     return reason
 
 
+def headroom(node: NodeView, demand: Demand) -> float:
+    """Lower for a node that takes more images, when the task's size is not known yet (a node is
+    reserved at init, while the client still uploads): a small node reserved for what turns out a
+    big task would get files it cannot use. 0 for a known size."""
+    if demand.images:
+        return 0.0
+    return -(node.max_images if node.max_images is not None else math.inf)
+
+
 def slot_free_times(node: NodeView, unknown_ms: float) -> list[float]:
     """When each slot frees, in ms from now, as a heap: free slots at 0, busy ones after their task.
 
@@ -135,7 +145,7 @@ def plan(nodes: Sequence[NodeView], demands: Sequence[Demand]) -> list[Placement
     same_job = {n.id: n.same_job for n in nodes}
     placements = []
     for demand in demands:
-        best: tuple[tuple[float, float, int, int, int, int], NodeView] | None = None
+        best: tuple[tuple[float, float, float, int, int, int, int], NodeView] | None = None
         for node in nodes:
             if unfit(node, demand) is not None:
                 continue
@@ -144,7 +154,7 @@ def plan(nodes: Sequence[NodeView], demands: Sequence[Demand]) -> list[Placement
                 heaps[node.id] = slot_free_times(node, statistics.median(node.backlog_ms) if node.backlog_ms else run)
             start = heaps[node.id][0]
             free_now = sum(1 for t in heaps[node.id] if t == 0.0)
-            key = (start + run, start, same_job[node.id], -free_now, -node.memory_mb, node.id)
+            key = (start + run, start, headroom(node, demand), same_job[node.id], -free_now, -node.memory_mb, node.id)
             if best is None or key < best[0]:
                 best = (key, node)
         if best is None:
@@ -162,7 +172,7 @@ def rank(nodes: Sequence[NodeView], demand: Demand, speed_aware: bool = True) ->
     eligible = [n for n in nodes if why_not(n, demand) is None]
 
     def key(n: NodeView) -> tuple[float, ...]:
-        tail = (n.same_job, -n.free_slots, -n.memory_mb, n.busy, n.id)
+        tail = (headroom(n, demand), n.same_job, -n.free_slots, -n.memory_mb, n.busy, n.id)
         return (run_ms(n, demand), *tail) if speed_aware else tail
     return sorted(eligible, key=key)
 

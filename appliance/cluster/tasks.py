@@ -124,8 +124,12 @@ class TaskBook:
 
 
 def move_status(task: Task, code: int) -> bool:
-    """Apply a status seen on a node, only forward (a stale poll must not undo a finish)."""
-    if status_rank(code) < status_rank(task.status):
+    """Apply a status seen on a node, only forward: a stale poll must not undo a finish, and a node
+    that holds a task QUEUED after showing it RUNNING (after its own restart, behind another user's
+    task) must not undo the RUNNING clients were shown: ODM takes QUEUED then as "task limit
+    reached" and sends the task again. Passel's own restart sets QUEUED itself."""
+    held_running = code == TaskStatus.QUEUED and task.status == TaskStatus.RUNNING
+    if status_rank(code) < status_rank(task.status) or held_running:
         return False
     changed = task.status != code
     task.status = code

@@ -26,7 +26,9 @@ class TaskStatus(IntEnum):
 def status_rank(code: int) -> int:
     """Order statuses so that a cached status only moves forward: from active to finished.
 
-    QUEUED and RUNNING rank the same, because a node moves a task back from RUNNING to QUEUED when
-    it lays out the files before a slot is free (seen in the traces), and ODM must see that.
+    QUEUED and RUNNING rank the same: a node moves a task from RUNNING back to QUEUED when it lays
+    out the files before a slot is free (seen in the traces), or after its own restart. Passel does
+    not pass that step back on to its clients (`cluster.tasks.move_status`): ODM takes it as "task
+    limit reached" and sends the task again.
     """
     return 0 if code in (TaskStatus.QUEUED, TaskStatus.RUNNING) else 1
