@@ -285,6 +285,25 @@ async def test_client_gone_mid_upload_leaves_nothing(server):
     assert not list(staged.iterdir())
 
 
+async def test_a_dropped_connection_is_a_retryable_error_not_a_crash(tmp_path):
+    """Without handler cancellation (as Passel serves), a sender gone mid-body surfaces as
+    ConnectionResetError from the stream: it must become a clear error, never a logged traceback."""
+    from aiohttp.test_utils import make_mocked_request
+
+    class Dropping:
+        async def iter_chunks(self) -> AsyncIterator[tuple[bytes, bool]]:
+            yield body(part("images", b"x" * 1000, "a.jpg"))[:200], False
+            raise ConnectionResetError("Connection lost")
+
+    request = make_mocked_request("POST", "/", headers={"Content-Type": f"multipart/form-data; boundary={B}",
+                                                        "Content-Length": "100000"})
+    request._payload = Dropping()  # type: ignore[assignment]
+    with pytest.raises(UploadError) as error:
+        await receive_form(request, tmp_path)
+    assert str(error.value) == "The connection dropped during the upload; send it again" and not error.value.no_retry
+    assert not list(tmp_path.iterdir())
+
+
 async def test_aiohttp_client_form_data(server):
     """What aiohttp's client sends: a Content-Type per part, and percent-encoded file names, which
     aiohttp's server reader did not decode either (the name is kept as sent)."""

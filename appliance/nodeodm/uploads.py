@@ -194,6 +194,8 @@ async def receive_form(request: web.Request, directory: Path | None, file_field:
                               no_retry=False) from None
         if isinstance(exc, (MultipartError, HttpProcessingError)):
             raise UploadError(f"Malformed multipart body: {exc}") from None
+        if isinstance(exc, ConnectionResetError):  # the sender went away: common on field Wi-Fi, not a fault here
+            raise UploadError("The connection dropped during the upload; send it again", no_retry=False) from None
         raise
     return form
 
