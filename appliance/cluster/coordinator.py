@@ -29,6 +29,7 @@ from appliance.cluster.scheduler import (Demand, NodeView, choose_node, could_ev
                                          dispatch_order, keeps_reservation, shows_running, why_not)
 from appliance.cluster.staging import Staging, is_image
 from appliance.cluster.stragglers import Stragglers
+from appliance.cluster.task_states import Step, advance
 from appliance.cluster.tasks import (GONE_PHASES, TaskBook, apply_node_info, forwarded, progress_rank,
                                      set_forwarded)
 from appliance.nodeodm.client import NodeError, NodeUnreachable
@@ -125,7 +126,7 @@ class Coordinator:
                 await self.book.save(task)
         resumed = self.book.in_phase(Phase.FORWARDING)
         for task in resumed:
-            task.phase = Phase.WAITING
+            advance(task, Step.REQUEUE)
             await self.book.save(task)
             await self.store.record("resumed", f"Task {task.uuid} was being sent to a node when Passel stopped; "
                                     "sending it again from staging", task_uuid=task.uuid)
@@ -223,7 +224,7 @@ class Coordinator:
         task.committed_at = time.time()
         early = self._early.pop(task.uuid, None)
         reserved = task.node_id if early is not None and early.error is None else None
-        task.phase = Phase.WAITING
+        advance(task, Step.COMMIT)
         self._place(task, keep_reserved=reserved is not None)
         if early is not None and task.node_id != reserved:
             early.cancel()  # placed elsewhere (or nowhere): the pre-opened copy is abandoned
@@ -247,8 +248,8 @@ class Coordinator:
             except NodeUnreachable as exc:
                 raise TaskRefused(f"The node running this task is not answering ({exc}); try again") from None
         task.status = TaskStatus.CANCELED
-        if task.phase != Phase.ON_NODE:
-            task.phase = Phase.FINISHED
+        if task.phase != Phase.ON_NODE:  # on a node, the node reports it canceled
+            advance(task, Step.CANCEL)
         task.finished_at = time.time()
         await self.book.save(task)
         await self.store.record("canceled", f"Task {task.uuid} canceled", task_uuid=task.uuid)
@@ -286,7 +287,7 @@ class Coordinator:
                 and forwarded(task)[0] == node.id:
             try:
                 await node.client.task_restart(task.uuid, options_field and task.options)
-                task.phase = Phase.ON_NODE
+                advance(task, Step.RESTART_ON_NODE)
             except (NodeError, NodeUnreachable) as exc:
                 log.info("Task %s: restart on %s failed (%s); sending it again from staging",
                          task.uuid[:8], node.row.url, exc)
@@ -308,7 +309,8 @@ class Coordinator:
         if not apply_node_info(task, info, tail):
             return
         if TaskStatus(task.status).finished and not was_finished:
-            task.phase, task.finished_at = Phase.FINISHED, time.time()
+            advance(task, Step.FINISH)
+            task.finished_at = time.time()
             if task.status == TaskStatus.COMPLETED and task.images_count and task.processing_time_ms > 0:
                 await self.registry.learn_speed(node.id, task.processing_time_ms / task.images_count,
                                                 demand_of(task).kind)
@@ -323,7 +325,7 @@ class Coordinator:
         lost becomes a removed one, which the replicas carry to the next coordinator."""
         row = self.book.tasks.get(uuid)
         if row is not None and row.phase == Phase.LOST:
-            await self.book.tombstone(row, Phase.REMOVED)
+            await self.book.tombstone(row, Step.REMOVE)
         if re.fullmatch(UUID_PATTERN, uuid):
             self._abandoned[uuid] = time.time()
             self._abandoned.move_to_end(uuid)
@@ -355,7 +357,7 @@ class Coordinator:
         existing = self.book.tasks.get(incoming.uuid)
         if existing is None and incoming.uuid in self._abandoned:
             incoming.node_id = None
-            await self.book.tombstone(incoming, Phase.LOST)
+            await self.book.tombstone(incoming, Step.LOSE)
             await self.store.record("orphan", f"Task {incoming.uuid} from box {giver} was given up by its client "
                                     "(it sent the work again); dropped", task_uuid=incoming.uuid)
             return False
@@ -372,8 +374,8 @@ class Coordinator:
         old_node, files = forwarded(incoming)
         incoming.node_id = node.id if node else None
         set_forwarded(incoming, incoming.node_id if old_node is not None and node else None, files if node else [])
-        if incoming.phase == Phase.FORWARDING:
-            incoming.phase = Phase.WAITING
+        if incoming.phase == Phase.FORWARDING:  # that send died with the giver's role
+            advance(incoming, Step.REQUEUE)
         if incoming.phase == Phase.UPLOADING:
             incoming.node_id = None
         if has_files:
@@ -442,7 +444,8 @@ class Coordinator:
     async def _requeue_with_note(self, task: Task, note: str, kind: str) -> None:
         self.info_cache.end_run(task, note)
         set_forwarded(task, None, [])
-        task.phase, task.node_id, task.status = Phase.WAITING, None, TaskStatus.RUNNING
+        advance(task, Step.REQUEUE)
+        task.node_id, task.status = None, TaskStatus.RUNNING
         task.progress, task.processing_time_ms = 0.0, -1
         await self.book.save(task)
         await self.store.record(kind, f"Task {task.uuid}: {note}", task_uuid=task.uuid)
@@ -453,7 +456,7 @@ class Coordinator:
         self._stop_sending(task.uuid)
         self.staging.remove(task.uuid)
         self.info_cache.forget(task.uuid)
-        await self.book.tombstone(task, Phase.LOST)
+        await self.book.tombstone(task, Step.LOSE)
         await self.store.record("lost", f"Task {task.uuid} is lost: {reason}", task_uuid=task.uuid)
 
     def given_up(self, uuid: str) -> bool:
@@ -462,8 +465,9 @@ class Coordinator:
 
     async def found_again(self, task: Task, node: NodeState) -> None:
         """A task given up for lost turns out to be on its node after all (it was out of reach, not gone)."""
-        task.phase = Phase.FINISHED if TaskStatus(task.status).finished else Phase.ON_NODE
-        task.finished_at = task.finished_at if task.phase == Phase.FINISHED else None
+        finished = TaskStatus(task.status).finished
+        advance(task, Step.FOUND_FINISHED if finished else Step.FOUND_RUNNING)
+        task.finished_at = task.finished_at if finished else None
         await self.book.save(task)
         await self.store.record("found", f"Task {task.uuid} was given up for lost, but {node.row.url} still has it",
                                 task_uuid=task.uuid, node_id=node.id)
@@ -472,7 +476,8 @@ class Coordinator:
     async def fail(self, task: Task, reason: str) -> None:
         """A real failure the client must see: FAILED, with the reason in the output."""
         await self._leave_node(task, self.registry.get(task.node_id))
-        task.node_id, task.phase, task.status, task.finished_at = None, Phase.FINISHED, TaskStatus.FAILED, time.time()
+        advance(task, Step.GIVE_UP)
+        task.node_id, task.status, task.finished_at = None, TaskStatus.FAILED, time.time()
         task.error_message = reason
         self.info_cache.end_run(task, f"Passel: {reason}", keep_all=True)
         await self.book.save(task)
@@ -518,7 +523,8 @@ class Coordinator:
         """Choose the task's node now, or leave it QUEUED in the coordinator's queue."""
         pinned = self.registry.get(self._pinned.get(task.uuid))
         if pinned is not None and pinned.online and not pinned.row.locked:
-            task.phase, task.status, task.node_id = Phase.FORWARDING, TaskStatus.RUNNING, pinned.id
+            advance(task, Step.PLACE)
+            task.status, task.node_id = TaskStatus.RUNNING, pinned.id
             return
         node = None
         reserved = self.registry.get(task.node_id) if keep_reserved else None
@@ -527,11 +533,12 @@ class Coordinator:
             node = reserved
         if node is None:
             node = self._pick(task, task.images_count, ahead)
-        if node is None:
-            task.phase, task.node_id = Phase.WAITING, None
+        if node is None:  # it stays in the queue
+            task.node_id = None
             task.status = self._waiting_status(task)
             return
-        task.phase, task.status, task.node_id = Phase.FORWARDING, TaskStatus.RUNNING, node.id
+        advance(task, Step.PLACE)
+        task.status, task.node_id = TaskStatus.RUNNING, node.id
 
     def _waiting_status(self, task: Task) -> TaskStatus:
         """QUEUED, except for an ODM submodel held back for a faster node (scheduler.shows_running)."""
@@ -583,7 +590,8 @@ class Coordinator:
             return
         finally:
             self._committing.discard(task.uuid)
-        task.phase, task.last_error = Phase.ON_NODE, ""
+        advance(task, Step.DELIVERED)
+        task.last_error = ""
         await self.book.save(task)
         self._avoid.pop(task.uuid, None)
         self._pinned.pop(task.uuid, None)
@@ -594,7 +602,8 @@ class Coordinator:
         task.last_error = f"{node.row.url}: {exc}"
         self._avoid.setdefault(task.uuid, set()).add(node.id)
         if task.attempts >= self.dispatch_attempts:
-            task.phase, task.status, task.finished_at = Phase.FINISHED, TaskStatus.FAILED, time.time()
+            advance(task, Step.GIVE_UP)
+            task.status, task.finished_at = TaskStatus.FAILED, time.time()
             task.error_message = f"Could not send the task to any node after {task.attempts} attempts: {exc}"
             task.output_tail = json.dumps([task.error_message])
             await self.book.save(task)
@@ -608,7 +617,8 @@ class Coordinator:
         self.wake()
 
     def _requeue(self, task: Task) -> None:
-        task.phase, task.node_id = Phase.WAITING, None
+        advance(task, Step.REQUEUE)
+        task.node_id = None
 
     async def run_dispatch_loop(self) -> None:
         """Place waiting tasks, job by job and longest first within a job, whenever a slot may have freed."""

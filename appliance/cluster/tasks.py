@@ -12,6 +12,7 @@ from typing import Any
 
 from appliance.nodeodm.status import TaskStatus, status_rank
 from appliance.store.database import Store
+from appliance.cluster.task_states import Step, advance
 from appliance.store.models import Phase, Task
 
 OUTPUT_TAIL_LINES = 50  # kept in the table so output still answers when the node is gone
@@ -87,9 +88,10 @@ class TaskBook:
         self.tasks[task.uuid] = task
         await self.store.save(task)
 
-    async def tombstone(self, task: Task, phase: str = Phase.REMOVED) -> None:
+    async def tombstone(self, task: Task, step: Step = Step.REMOVE) -> None:
         """Mark removed (or lost) rather than delete, so replicas and returning boxes learn of it."""
-        task.phase, task.finished_at = phase, time.time()
+        advance(task, step)
+        task.finished_at = time.time()
         await self.save(task)
 
     async def purge(self, uuid: str) -> None:
