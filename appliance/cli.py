@@ -6,23 +6,20 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import signal
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
 from appliance import __version__
-from appliance.cli_admin import add_admin_parsers, add_password_flag, password_command, priority_command
-from appliance.cli_submit import add_submit_parser, submit_command
-from appliance.doctor import add_doctor_parser, doctor_command
+from appliance.admin_client import AdminClient, AdminError, add_api_flags
+from appliance.cli_admin import add_admin_parsers, password_command, priority_command
 from appliance.cli_key import add_key_parser, key_command
+from appliance.cli_submit import add_submit_parser, submit_command
 from appliance.config import ConfigError, add_setting_flags, load_config
+from appliance.doctor import add_doctor_parser, doctor_command
 from appliance.logs import setup_logging
-
-DEFAULT_API = "http://127.0.0.1:3000"
+from appliance.power import add_power_parsers, power_command
 
 DESCRIPTION = """\
 Passel turns the boxes of a field network into one OpenDroneMap processing node.
@@ -96,14 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--exit-when-done", action="store_true", help="stop once the sample job has finished")
 
     status = sub.add_parser("status", help="the passel as one box sees it: boxes, nodes and tasks")
-    status.add_argument("--api", default=os.environ.get("PASSEL_API", DEFAULT_API), help=f"any box's API (default {DEFAULT_API})")
-    status.add_argument("--token", default=os.environ.get("PASSEL_TOKEN") or None, help="the API token, if one is set")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    add_api_flags(status)
 
     transfer = sub.add_parser("transfer", help="hand the coordinator role to another box, by id or name")
     transfer.add_argument("box", help="the box's id or friendly name (see `passel status`)")
-    transfer.add_argument("--api", default=os.environ.get("PASSEL_API", DEFAULT_API), help=f"any box's API (default {DEFAULT_API})")
-    transfer.add_argument("--token", default=os.environ.get("PASSEL_TOKEN") or None, help="the API token, if one is set")
+    add_api_flags(transfer)
 
     add_key_parser(sub)
 
@@ -111,49 +106,21 @@ def _parser() -> argparse.ArgumentParser:
     tasks.add_argument("action", choices=["list", "show", "move", "cancel", "restart", "remove"])
     tasks.add_argument("uuid", nargs="?", help="the task (a unique prefix is enough)")
     tasks.add_argument("node", nargs="?", help="for move: the node's id or URL")
-    tasks.add_argument("--api", default=os.environ.get("PASSEL_API", DEFAULT_API), help=f"any box's API (default {DEFAULT_API})")
-    tasks.add_argument("--token", default=os.environ.get("PASSEL_TOKEN") or None, help="the API token, if one is set")
     tasks.add_argument("--json", action="store_true", help="machine-readable output")
+    add_api_flags(tasks)
 
     nodes = sub.add_parser("nodes", help="list, add, remove, lock or unlock the coordinator's nodes")
     nodes.add_argument("action", choices=["list", "add", "remove", "lock", "unlock", "best"])
     nodes.add_argument("target", nargs="?", help="a URL for add (http://host:port[?token=T]); an id or URL otherwise; "
                                                  "an image count for best")
-    nodes.add_argument("--api", default=os.environ.get("PASSEL_API", DEFAULT_API), help=f"Passel API (default {DEFAULT_API})")
-    nodes.add_argument("--token", default=os.environ.get("PASSEL_TOKEN") or None, help="the API token, if one is set")
     nodes.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_api_flags(nodes, what="Passel API")
 
-    for name, text in (("sleep", "tell this box's agent to leave the passel; systemd runs it before a suspend"),
-                       ("wake", "tell this box's agent to rejoin the passel; systemd runs it after resume")):
-        power = sub.add_parser(name, help=text, description=text)
-        power.add_argument("--config", metavar="FILE", help="TOML file of settings, for the port and token")
-    for remote in (status, transfer, tasks, nodes):
-        add_password_flag(remote)
+    add_power_parsers(sub)
     add_submit_parser(sub)
     add_doctor_parser(sub)
     add_admin_parsers(sub)
     return parser
-
-
-def _api(api: str, token: str | None, method: str, path: str, body: dict[str, Any] | None = None,
-         password: str | None = None) -> Any:
-    query = "?" + urllib.parse.urlencode({"token": token}) if token else ""
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"} if data else {}
-    if password:
-        headers["Authorization"] = f"Bearer {password}"
-    request = urllib.request.Request(api.rstrip("/") + path + query, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=15) as reply:
-            result = json.loads(reply.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        result = json.loads(exc.read() or b"{}")
-    except (urllib.error.URLError, OSError) as exc:
-        raise SystemExit(f"Cannot reach Passel at {api}: {getattr(exc, 'reason', exc)}. Is `passel run` running? "
-                         "Use --api to point at another box.") from None
-    if isinstance(result, dict) and result.get("error"):
-        raise SystemExit(f"Passel refused: {result['error']}")
-    return result
 
 
 def _print_nodes(nodes: list[dict[str, Any]]) -> None:
@@ -165,19 +132,19 @@ def _print_nodes(nodes: list[dict[str, Any]]) -> None:
 
 
 def _nodes_command(args: argparse.Namespace) -> int:
-    call = lambda method, path, body=None: _api(args.api, args.token, method, path, body, args.password)  # noqa: E731
+    client = AdminClient.from_args(args)
     if args.action != "list" and not args.target:
         raise SystemExit(f"passel nodes {args.action} needs a target")
     if args.action == "list":
-        result = call("GET", "/-/nodes")
+        result = client.call("GET", "/-/nodes")
     elif args.action == "add":
-        result = call("POST", "/-/nodes", {"url": args.target})
+        result = client.call("POST", "/-/nodes", {"url": args.target})
     elif args.action == "remove":
-        result = call("DELETE", f"/-/nodes/{urllib.parse.quote(args.target, safe='')}")
+        result = client.call("DELETE", f"/-/nodes/{urllib.parse.quote(args.target, safe='')}")
     elif args.action == "best":
-        result = call("GET", f"/-/nodes/best?images={urllib.parse.quote(args.target)}")
+        result = client.call("GET", "/-/nodes/best", params={"images": args.target})
     else:
-        result = call("POST", f"/-/nodes/{urllib.parse.quote(args.target, safe='')}/{args.action}")
+        result = client.call("POST", f"/-/nodes/{urllib.parse.quote(args.target, safe='')}/{args.action}")
     if args.json or args.action in ("remove", "best"):
         print(json.dumps(result, indent=2))
     else:
@@ -186,8 +153,9 @@ def _nodes_command(args: argparse.Namespace) -> int:
 
 
 def _status_command(args: argparse.Namespace) -> int:
-    passel = _api(args.api, args.token, "GET", "/-/passel.json")
-    cluster = _api(args.api, args.token, "GET", "/-/status.json")
+    client = AdminClient.from_args(args)
+    passel = client.call("GET", "/-/passel.json")
+    cluster = client.call("GET", "/-/status.json")
     if args.json:
         print(json.dumps(passel | {"nodes": cluster["nodes"], "tasks": cluster["tasks"]}, indent=2))
         return 0
@@ -206,23 +174,19 @@ def _status_command(args: argparse.Namespace) -> int:
 
 
 def _transfer_command(args: argparse.Namespace) -> int:
-    passel = _api(args.api, args.token, "GET", "/-/passel.json")
+    client = AdminClient.from_args(args)
+    passel = client.call("GET", "/-/passel.json")
     match = [b for b in passel["boxes"] if args.box in (b["id"], b["name"])]
     if len(match) != 1:
         raise SystemExit(f"No single box named {args.box!r}; boxes: {', '.join(b['name'] for b in passel['boxes'])}")
-    result = _api(args.api, args.token, "POST", "/-/transfer", {"to": match[0]["id"]}, args.password)
+    result = client.call("POST", "/-/transfer", {"to": match[0]["id"]})
     print(f"{match[0]['name']} is now the coordinator (term {result['term']})")
     return 0
 
 
-def _power_command(args: argparse.Namespace) -> int:
-    from appliance.power import tell_agent
-    return tell_agent(args.command, args.config)
-
-
 def _tasks_command(args: argparse.Namespace) -> int:
-    call = lambda method, path, body=None: _api(args.api, args.token, method, path, body, args.password)  # noqa: E731
-    listing = call("GET", "/-/tasks")
+    client = AdminClient.from_args(args)
+    listing = client.call("GET", "/-/tasks")
     if args.action == "list":
         if args.json:
             print(json.dumps(listing, indent=2))
@@ -239,11 +203,11 @@ def _tasks_command(args: argparse.Namespace) -> int:
         raise SystemExit(f"{'No task' if not matches else 'More than one task'} matches {args.uuid!r}")
     uuid = matches[0]
     if args.action == "show":
-        print(json.dumps(call("GET", f"/-/tasks/{uuid}"), indent=2))
+        print(json.dumps(client.call("GET", f"/-/tasks/{uuid}"), indent=2))
         return 0
     if args.action == "move" and not args.node:
         raise SystemExit("passel tasks move needs a node: passel tasks move UUID NODE")
-    result = call("POST", f"/-/tasks/{uuid}/{args.action}", {"node": args.node} if args.node else {})
+    result = client.call("POST", f"/-/tasks/{uuid}/{args.action}", {"node": args.node} if args.node else {})
     print(f"Task {uuid[:8]}: {args.action} done" + (f", now going to {result['node']}" if "node" in result else ""))
     return 0
 
@@ -320,12 +284,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"run": _run_command, "simnode": _simnode_command, "demo": _demo_command, "nodes": _nodes_command,
                 "status": _status_command, "transfer": _transfer_command, "tasks": _tasks_command, "key": key_command,
-                "sleep": _power_command, "wake": _power_command, "submit": submit_command, "doctor": doctor_command,
+                "sleep": power_command, "wake": power_command, "submit": submit_command, "doctor": doctor_command,
                 "password": password_command, "priority": priority_command}
     if args.command not in handlers:
         parser.print_help()
         return 2
-    return handlers[args.command](args)
+    try:
+        return handlers[args.command](args)
+    except AdminError as exc:  # the one line a field technician reads, instead of a traceback
+        raise SystemExit(str(exc)) from None
 
 
 if __name__ == "__main__":

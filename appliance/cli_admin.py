@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
 from typing import Any
 
-DEFAULT_API = "http://127.0.0.1:3000"
-PASSWORD_ENV = "PASSEL_ADMIN_PASSWORD"
-
-
-def add_password_flag(parser: argparse.ArgumentParser) -> None:
-    """The admin password for commands that change something (needed once one is set)."""
-    parser.add_argument("--password", default=os.environ.get(PASSWORD_ENV) or None,
-                        help=f"the admin password, when one is set [env {PASSWORD_ENV}]")
+from appliance.admin_client import PASSWORD_ENV, AdminClient, add_api_flags
 
 
 def add_admin_parsers(sub: Any) -> None:
@@ -31,11 +23,7 @@ def add_admin_parsers(sub: Any) -> None:
                                           "box restarts (set --priority in its settings to keep it).")
     priority.add_argument("value", type=int, help="the new priority (a whole number; higher wins)")
     for parser in (password, priority):
-        parser.add_argument("--api", default=os.environ.get("PASSEL_API", DEFAULT_API),
-                            help=f"the box's API (default {DEFAULT_API})")
-        parser.add_argument("--token", default=os.environ.get("PASSEL_TOKEN") or None,
-                            help="the API token, if one is set")
-        add_password_flag(parser)
+        add_api_flags(parser, what="the box's API")
 
 
 def _new_password(from_stdin: bool) -> str:
@@ -48,19 +36,18 @@ def _new_password(from_stdin: bool) -> str:
 
 
 def password_command(args: argparse.Namespace) -> int:
-    from appliance.cli import _api
-    is_set = bool(_api(args.api, args.token, "GET", "/-/password").get("set"))
+    client = AdminClient.from_args(args)
+    is_set = bool(client.call("GET", "/-/password").get("set"))
     old = args.password or ""
     if is_set and not old:
         old = getpass.getpass("Current admin password: ")
-    result = _api(args.api, args.token, "POST", "/-/password", {"old": old, "new": _new_password(args.stdin)})
+    result = client.call("POST", "/-/password", {"old": old, "new": _new_password(args.stdin)})
     for box, outcome in result.get("boxes", {}).items():
         print(f"{box}: {outcome}")
     return 0 if all(o == "changed" for o in result.get("boxes", {}).values()) else 1
 
 
 def priority_command(args: argparse.Namespace) -> int:
-    from appliance.cli import _api
-    result = _api(args.api, args.token, "POST", "/-/priority", {"priority": args.value}, args.password)
+    result = AdminClient.from_args(args).call("POST", "/-/priority", {"priority": args.value})
     print(f"Priority is now {result['priority']} ({result['note']})")
     return 0

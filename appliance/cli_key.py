@@ -7,14 +7,13 @@ new one. The running agent picks the new key up at once (it is told over loopbac
 from __future__ import annotations
 
 import argparse
-import json
-import urllib.error
-import urllib.request
 
-from appliance.config import ConfigError, load_config
+from appliance.admin_client import AdminClient, AdminError
+from appliance.config import Config, ConfigError, load_config
 from appliance.discovery.trust import KEY_FILE, Trust, load_or_create_key, new_key_code, save_key
 
 RELOAD_PATH = "/-/agent/v1/key"
+RELOAD_TIMEOUT_SECONDS = 5.0
 
 
 def add_key_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,15 +24,14 @@ def add_key_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     key.add_argument("--config", metavar="FILE", help="TOML file of settings (for the state directory and port)")
 
 
-def _tell_agent(port: int, code: str) -> bool:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{RELOAD_PATH}", method="POST",
-                                     data=json.dumps({"key": code}).encode(),
-                                     headers={"Content-Type": "application/json"})
+def _tell_agent(config: Config, code: str) -> bool:
+    """Hand the running agent its new key; False when none runs (or it will not take it), as it reads
+    the key file when it starts."""
     try:
-        with urllib.request.urlopen(request, timeout=5):
-            return True
-    except (urllib.error.URLError, OSError):
+        AdminClient.this_box(config, RELOAD_TIMEOUT_SECONDS).call("POST", RELOAD_PATH, {"key": code})
+    except AdminError:
         return False
+    return True
 
 
 def key_command(args: argparse.Namespace) -> int:
@@ -55,7 +53,7 @@ def key_command(args: argparse.Namespace) -> int:
         code = save_key(config.state_dir, args.code if args.action == "set" else new_key_code())
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    told = _tell_agent(config.port, code)
+    told = _tell_agent(config, code)
     print(f"Key saved in {path}. Fingerprint: {Trust(code, 'cli').fingerprint()}. "
           + ("The running agent uses it now." if told else "It is used when Passel starts."))
     return 0

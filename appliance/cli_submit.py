@@ -4,17 +4,17 @@ with progress bars for the upload, the processing and the download of the result
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from appliance.admin_client import add_api_flags
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".tif", ".tiff", ".png", ".dng"}
 EXTRA_FILES = {"gcp_list.txt", "geo.txt", "image_groups.txt", "align.tif", "align.laz", "align.las"}  # read by name
 BAR = "{desc:<12}{percentage:3.0f}%|{bar}| {elapsed}"
-DEFAULT_API = "http://127.0.0.1:3000"
 
 
 def add_submit_parser(sub: Any) -> None:
@@ -32,9 +32,7 @@ def add_submit_parser(sub: Any) -> None:
     submit.add_argument("--no-wait", action="store_true", help="upload, print the task's id, and return")
     submit.add_argument("--poll-seconds", type=float, default=2.0, help="how often to check progress")
     submit.add_argument("--parallel-uploads", type=int, default=4, help="uploads at once (PyODM's chunked upload)")
-    submit.add_argument("--api", default=os.environ.get("PASSEL_API", DEFAULT_API),
-                        help=f"any box's API (default {DEFAULT_API})")
-    submit.add_argument("--token", default=os.environ.get("PASSEL_TOKEN") or None, help="the API token, if one is set")
+    add_api_flags(submit, password=False)  # uploads go through the NodeODM API, which needs no admin password
 
 
 def option_value(raw: str) -> Any:

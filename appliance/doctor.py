@@ -4,16 +4,14 @@ say, for each problem, how to fix it. Exits 1 when something is wrong, so script
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.admin_client import AdminError, Unreachable, fetch_json
 from appliance.box_api import box_facts, own_addresses
 
 DEFAULT_NODEODM = "http://127.0.0.1:3001"
@@ -40,16 +38,19 @@ def add_doctor_parser(sub: Any) -> None:
     doctor.add_argument("--nodeodm", default=DEFAULT_NODEODM, help=f"this box's NodeODM (default {DEFAULT_NODEODM})")
 
 
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as reply:
-        return json.loads(reply.read())
+def _get_json(url: str) -> dict[str, Any]:
+    """The JSON object at `url`; any other answer is not the service being checked."""
+    reply = fetch_json("GET", url, timeout=HTTP_TIMEOUT)
+    if not isinstance(reply, dict):
+        raise Unreachable(url, "the answer is not a JSON object")
+    return reply
 
 
 def check_port(port: int) -> Finding:
     try:
         facts = _get_json(f"http://127.0.0.1:{port}/-/box.json")
         return Finding(True, f"port {port}", f"Passel answers here (box {facts.get('name')}, {facts.get('role')})")
-    except (urllib.error.URLError, OSError, ValueError):
+    except AdminError:
         pass
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -79,8 +80,8 @@ def check_mdns() -> Finding:
 def check_nodeodm(url: str) -> Finding:
     try:
         info = _get_json(url.rstrip("/") + "/info")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return Finding(False, "NodeODM", f"{url} does not answer ({getattr(exc, 'reason', exc)})",
+    except AdminError as exc:
+        return Finding(False, "NodeODM", f"{url} does not answer ({exc.detail})",
                        "start it: `systemctl start nodeodm` (or `docker run -p 3001:3000 opendronemap/nodeodm`); "
                        "a box without one can still coordinate")
     if "error" in info:
@@ -109,7 +110,7 @@ def check_clock(port: int, fetch: Callable[[str], Any] = _get_json) -> Finding:
                        "set it: `timedatectl set-time 'YYYY-MM-DD HH:MM'` (its RTC battery may be flat)")
     try:
         boxes = fetch(f"http://127.0.0.1:{port}/-/passel.json")["boxes"]
-    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+    except (AdminError, KeyError, TypeError):
         return Finding(True, "clock", f"{time.strftime('%Y-%m-%d %H:%M:%S')} (no passel to compare with)")
     offsets = {}
     for box in boxes:
@@ -119,7 +120,7 @@ def check_clock(port: int, fetch: Callable[[str], Any] = _get_json) -> Finding:
             sent = time.time()
             facts = fetch(f"http://{box['address']}:{box['port']}/-/box.json")
             offsets[box.get("name") or box["id"]] = facts["time"] - (sent + time.time()) / 2
-        except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+        except (AdminError, KeyError, TypeError):
             continue
     off = {name: o for name, o in offsets.items() if abs(o) > CLOCK_WARN_SECONDS}
     if off:

@@ -8,11 +8,10 @@ the goodbye to be sent instead of racing it, as a signal would.
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.parse
-import urllib.request
+import argparse
+from typing import Any
 
+from appliance.admin_client import AdminClient, Refused, Unreachable
 from appliance.config import ConfigError, load_config
 
 PATHS = {"sleep": "/-/agent/v1/sleep", "wake": "/-/agent/v1/wake"}
@@ -21,33 +20,28 @@ DONE = {"sleep": "Passel said goodbye to the passel; this box can sleep",
 TIMEOUT_SECONDS = 15  # below TimeoutSec= in passel-sleep.service, so a stuck agent cannot hold the suspend
 
 
-def _local_api(host: str, port: int) -> str:
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def add_power_parsers(sub: Any) -> None:
+    for name, text in (("sleep", "tell this box's agent to leave the passel; systemd runs it before a suspend"),
+                       ("wake", "tell this box's agent to rejoin the passel; systemd runs it after resume")):
+        power = sub.add_parser(name, help=text, description=text)
+        power.add_argument("--config", metavar="FILE", help="TOML file of settings, for the port and token")
 
 
-def tell_agent(action: str, config_file: str | None) -> int:
+def power_command(args: argparse.Namespace) -> int:
     """Ask this box's agent to leave (`sleep`) or rejoin (`wake`); an agent that is not running is fine."""
+    action = args.command
     try:
-        config = load_config(config_file)
+        config = load_config(args.config)
     except ConfigError as exc:
         raise SystemExit(f"passel: {exc}") from None
-    api = _local_api(config.host, config.port)
-    query = "?" + urllib.parse.urlencode({"token": config.token}) if config.token else ""
-    request = urllib.request.Request(api + PATHS[action] + query, data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json"})
+    agent = AdminClient.this_box(config, TIMEOUT_SECONDS)
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS):
-            pass
-    except urllib.error.HTTPError as exc:
-        try:
-            detail = json.loads(exc.read()).get("error") or exc.reason
-        except (ValueError, AttributeError):
-            detail = exc.reason
-        print(f"Passel at {api} refused to {action}: {detail}")
+        agent.call("POST", PATHS[action], {})
+    except Refused as exc:
+        print(f"Passel at {agent.api} refused to {action}: {exc.detail}")
         return 1
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"Passel is not answering at {api} ({getattr(exc, 'reason', exc)}); nothing to do")
+    except Unreachable as exc:
+        print(f"Passel is not answering at {agent.api} ({exc.detail}); nothing to do")
         return 0
     print(DONE[action])
     return 0

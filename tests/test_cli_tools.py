@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from appliance import cli, doctor
+from appliance.admin_client import AdminClient, Refused, Unreachable
 from tests.nodeodm_helpers import jcall, make_images
 from tests.test_coordinator import Api
 from tests.ui_support import free_port
@@ -103,3 +104,26 @@ def test_submit_results_zip_is_complete(simnode_factory, passel_factory, tmp_pat
     archive = zipfile.ZipFile(io.BytesIO(requests.get(f"{node.url}/task/{uuid}/download/all.zip", timeout=10).content))
     unpacked = {str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()}
     assert {n for n in archive.namelist() if not n.endswith("/")} == unpacked
+
+
+def test_a_box_that_does_not_answer_is_one_line_not_a_traceback():
+    silent = f"127.0.0.1:{free_port()}"  # typed without http://, as a technician might
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["nodes", "list", "--api", silent])
+    message = stopped.value.code
+    assert isinstance(message, str) and "\n" not in message
+    assert message.startswith(f"Cannot reach Passel at http://{silent}: ") and "Use --api" in message
+
+
+def test_the_client_says_in_one_line_why_a_call_did_not_work(simnode_factory, passel_factory):
+    api = Api(passel_factory([simnode_factory().url], token="field-token"))
+    client = AdminClient(api.url, token="field-token")
+    assert client.call("GET", "/-/nodes/best", params={"images": "3"})["best"] == 1  # a query and the token
+    with pytest.raises(Refused, match="^Passel refused: Invalid authentication token"):
+        AdminClient(api.url).call("GET", "/-/nodes")  # NodeODM's way: HTTP 200 and an error
+    with pytest.raises(Refused, match="^Passel refused: .*zzz"):
+        client.call("GET", "/-/tasks/zzz")  # an HTTP error with a JSON error
+    with pytest.raises(Refused, match="^Passel refused: HTTP 404 Not Found$"):
+        client.call("GET", "/-/no-such-thing")  # an HTTP error without one
+    with pytest.raises(Unreachable, match="the answer is not JSON"):
+        client.call("GET", "/")  # a page, not the API
