@@ -20,6 +20,7 @@ from appliance.admin_auth import setup_admin_auth
 from appliance.box_api import setup_box_routes
 from appliance.cluster.admin import setup_admin_routes
 from appliance.cluster.coordinator import Coordinator
+from appliance.role import Role
 from appliance.cluster.registry import NodeRegistry
 from appliance.cluster.routes import setup_routes
 from appliance.cluster.staging import Staging
@@ -28,16 +29,16 @@ from appliance.cluster.reconciler import Reconciler
 from appliance.cluster.tracker import TaskTracker
 from appliance.config import Config
 from appliance.discovery.agent_api import agent_auth_middleware, setup_agent_routes
-from appliance.discovery.relay import entry_point_middleware
 from appliance.discovery.service import discovery_ctx
 from appliance.discovery.identity import load_identity
+from appliance.http_rules import Middleware, gate_middleware, require_rules
 from appliance.keys import CONFIG, COORDINATOR, IDENTITY, RECONCILER
 from appliance.netaddr import default_public_url
 from appliance.openapi import setup_openapi_route
-from appliance.nodeodm.auth import setup_auth_routes, token_middleware
-from appliance.nodeodm.replies import error_middleware
+from appliance.nodeodm.auth import setup_auth_routes
 from appliance.sdnotify import systemd_ctx
 from appliance.store.database import Store
+from webui.render import failure_middleware
 from webui.routes import setup_ui_routes
 
 log = logging.getLogger("passel.agent")
@@ -69,13 +70,14 @@ def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx sign
         store = Store(config.database_path)
         await store.open()
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=64))
-        registry = NodeRegistry(store, session, config.poll_seconds)
-        await registry.load()
-        public_url = config.public_url or default_public_url(config.host, config.port)
         identity = load_identity(config.state_dir, config.name or None)
         app[IDENTITY] = identity
+        role = Role(identity.id)  # discovery attaches the passel's election to it; without, this box coordinates
+        registry = NodeRegistry(store, session, config.poll_seconds, role)
+        await registry.load()
+        public_url = config.public_url or default_public_url(config.host, config.port)
         coordinator = Coordinator(store, registry, Staging(config.staging_dir, config.min_free_disk_mb * 1024 * 1024),
-                                  public_url, config.dispatch_attempts, identity.id, config.speed_aware)
+                                  public_url, config.dispatch_attempts, role, config.speed_aware)
         await coordinator.recover()
         app[COORDINATOR] = coordinator
         for url in config.node:
@@ -87,7 +89,7 @@ def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx sign
         reconciler = app[RECONCILER] = Reconciler(coordinator, config.grace_seconds)
         lifecycle = StagingLifecycle(coordinator, config.staging_keep_hours)
         jobs = [_background("node-health", registry.poll_forever),
-                _background("dispatch", coordinator.run_dispatch_loop),
+                _background("dispatch", coordinator.dispatcher.run_dispatch_loop),
                 _background("task-tracker", tracker.run_forever),
                 _background("reconcile", reconciler.run_forever),
                 _background("staging-lifecycle", lifecycle.run_forever)]
@@ -99,7 +101,7 @@ def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx sign
         for job in jobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
-        await coordinator.shutdown()
+        await coordinator.dispatcher.shutdown()
         await session.close()
         await store.close()
     return ctx
@@ -111,16 +113,19 @@ async def _release_long_polls(app: web.Application) -> None:
         app[COORDINATOR].book.release()
 
 
+def _middlewares(config: Config) -> list[Middleware]:
+    """The route table's rules, applied in the order appliance/http_rules.py explains."""
+    return [failure_middleware, gate_middleware(config.token or None),
+            *([agent_auth_middleware] if config.discovery else [])]
+
+
 def create_app(config: Config) -> web.Application:
     """The whole box: NodeODM API, admin API and web UI on one port."""
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES,
-                          middlewares=[error_middleware, entry_point_middleware, token_middleware(config.token or None, exempt_prefixes=("/static/", "/-/agent/", "/ui/"),
-                                                       exempt_paths=frozenset({"/"}))])
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=_middlewares(config))
     app[CONFIG] = config
     app.cleanup_ctx.append(_coordinator_ctx(config))
     app.on_shutdown.append(_release_long_polls)
     if config.discovery:
-        app.middlewares.append(agent_auth_middleware)
         app.cleanup_ctx.append(discovery_ctx(config))
         setup_agent_routes(app)
     app.cleanup_ctx.append(systemd_ctx(config))  # last in, first out: STOPPING=1 before anything closes
@@ -131,4 +136,5 @@ def create_app(config: Config) -> web.Application:
     setup_admin_auth(app)
     setup_box_routes(app)
     setup_ui_routes(app)  # after setup_admin_auth: UI sessions are keyed from the admin password
+    require_rules(app.router)  # every route has its row in appliance/http_rules.py
     return app

@@ -13,6 +13,23 @@ from aiohttp import web
 T = TypeVar("T")
 
 
+class StubElection:
+    """The passel's answer about roles (appliance.role.RoleSource), fixed by a test."""
+
+    def __init__(self, is_coordinator: bool = True, followers: list[str] | None = None) -> None:
+        self.is_coordinator = is_coordinator
+        self.known = followers or []
+
+    def followers(self) -> list[str]:
+        return self.known
+
+    def handovers_pending(self) -> bool:
+        return False
+
+    def box_alive(self, box_id: str) -> bool:
+        return True
+
+
 class ServerThread:
     """An event loop in a thread serving one aiohttp app on 127.0.0.1 at an ephemeral port."""
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from appliance.role import Role
+from tests.support import StubElection
 from tests.nodeodm_helpers import Api, committed, init_task, jcall, upload, wait_for
 
 TOKEN = "node-secret"
@@ -168,7 +170,8 @@ async def test_lifecycle_releases_downloaded_and_expired_staging(tmp_path):
     store = Store(tmp_path / "db.sqlite3")
     await store.open()
     async with aiohttp.ClientSession() as session:
-        c = Coordinator(store, NodeRegistry(store, session, 1.0), Staging(tmp_path / "staging", 0), "", 3, "me")
+        role = Role("me")
+        c = Coordinator(store, NodeRegistry(store, session, 1.0, role), Staging(tmp_path / "staging", 0), "", 3, role)
         await c.recover()
         now = time.time()
         rows = {
@@ -209,13 +212,14 @@ async def test_a_task_given_up_for_lost_comes_back_with_its_box_unless_its_clien
     store = Store(tmp_path / "db.sqlite3")
     await store.open()
     async with aiohttp.ClientSession() as session:
-        c = Coordinator(store, NodeRegistry(store, session, 1.0), Staging(tmp_path / "staging", 0), "", 3, "me")
+        role = Role("me")
+        c = Coordinator(store, NodeRegistry(store, session, 1.0, role), Staging(tmp_path / "staging", 0), "", 3, role)
         await c.recover()
         kept, dropped = "00000000-0000-4000-8000-00000000000a", "00000000-0000-4000-8000-00000000000b"
         for uuid in (kept, dropped):
             await c.lose(Task(uuid=uuid, phase=Phase.ON_NODE, status=20, owner="me"), "its node is out of reach")
         assert c.book.visible(kept) is None
-        await c.abandoned(dropped)  # the client removed it after the not-found
+        await c.intake.abandoned(dropped)  # the client removed it after the not-found
         assert c.book.tasks[dropped].phase == Phase.REMOVED
         empty = tmp_path / "handed-over"
         empty.mkdir()
@@ -236,11 +240,11 @@ async def test_a_new_coordinator_counts_a_nodes_silence_from_when_it_took_over(t
     store = Store(tmp_path / "db.sqlite3")
     await store.open()
     async with aiohttp.ClientSession() as session:
-        registry = NodeRegistry(store, session, 1.0)
-        registry.active = lambda: False  # a follower
+        role = Role("me")
+        role.attach(StubElection(is_coordinator=False))  # a follower
+        registry = NodeRegistry(store, session, 1.0, role)
         state = await registry.add("http://127.0.0.1:9")
         state.last_answer -= 3600  # the box started an hour ago
-        registry.active = lambda: True
         registry.start_watching()
         await registry.poll_one(state, timeout=aiohttp.ClientTimeout(total=1))
         assert state.misses == 1 and state.silent_for() < 5

@@ -6,6 +6,8 @@ import asyncio
 
 from appliance.cluster import replication
 from appliance.cluster.replication import ReplicaProgress
+from appliance.role import Role
+from tests.support import StubElection
 
 
 def test_a_commit_waits_for_every_live_follower_then_stops_waiting_for_a_laggard(monkeypatch):
@@ -13,7 +15,8 @@ def test_a_commit_waits_for_every_live_follower_then_stops_waiting_for_a_laggard
     monkeypatch.setattr(replication, "boottime", lambda: now[0])
 
     async def scenario() -> None:
-        progress = ReplicaProgress()
+        passel = StubElection()
+        progress = ReplicaProgress(Role("me"))
         assert await progress.hold(5, timeout=0.01) == []  # no followers: nothing to wait for
         progress.applied("a", 4)
         progress.applied("b", 4)
@@ -34,7 +37,8 @@ def test_a_commit_waits_for_every_live_follower_then_stops_waiting_for_a_laggard
         progress.applied("a", 8)
         assert progress.live() == {"a": 8}, "a follower silent for longer than a long poll is gone"
         # a follower the election knows of is waited for before its first request
-        progress.expected = lambda: ["a", "c"]
+        progress.role.attach(passel)
+        passel.known = ["a", "c"]
         assert progress.live() == {"a": 8, "c": -1}
         waiting = asyncio.create_task(progress.hold(8, timeout=5))
         await asyncio.sleep(0.05)

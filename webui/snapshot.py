@@ -15,7 +15,6 @@ import aiohttp
 from aiohttp import web
 
 from appliance.cluster.coordinator import Coordinator
-from appliance.cluster.eta import coordinator_forecast
 from appliance.discovery.agent_api import passel_view
 from appliance.keys import CONFIG, COORDINATOR, PASSEL
 from appliance.store.models import Task
@@ -96,7 +95,7 @@ async def etas(request: web.Request, snap: Snapshot) -> dict[str, float | None]:
     """Seconds until each unfinished task should end: this box's forecast when it is the coordinator,
     the coordinator's otherwise (only it knows the nodes' speeds and backlogs); none when it is gone."""
     if snap.authoritative:
-        return coordinator_forecast(snap.coordinator).tasks
+        return snap.coordinator.forecast().tasks
     if not snap.leader_url:
         return {}
     try:

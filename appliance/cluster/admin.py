@@ -8,8 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from appliance import __version__
-from appliance.cluster.coordinator import Coordinator, TaskRefused, public_task
-from appliance.cluster.eta import coordinator_forecast
+from appliance.cluster.coordinator import Coordinator, public_task
+from appliance.cluster.intake import TaskRefused
 from appliance.cluster.registry import NodeNotFound
 from appliance.cluster.scheduler import Demand, rank, why_not
 from appliance.keys import CONFIG, COORDINATOR
@@ -28,7 +28,7 @@ def _nodes(c: Coordinator) -> list[dict[str, Any]]:
 async def status(request: web.Request) -> web.Response:
     """Everything a dashboard or `passel status` needs in one reply."""
     c = _c(request)
-    forecast = coordinator_forecast(c)
+    forecast = c.forecast()
     tasks = [public_task(t, c.registry, forecast.tasks.get(t.uuid)) for t in c.book.all_visible()]
     return web.json_response({
         "version": __version__, "time": time.time(), "public_url": c.public_url,
@@ -87,17 +87,18 @@ async def unlock_node(request: web.Request) -> web.Response:
 
 
 async def best_node(request: web.Request) -> web.Response:
-    """Which node a task of N images would go to now, and why the others would not."""
+    """Which node a task of N images would go to now (dispatch's own choice), the others that could
+    take it in order, and why the rest could not."""
     c = _c(request)
     try:
         demand = Demand(images=int(request.query.get("images", "1")))
     except ValueError:
         return web.json_response({"error": "images must be a whole number"}, status=400)
-    views = c.registry.views(c.book.busy_by_node())
-    ranked = rank(views, demand)
+    views = c.dispatcher.views()
+    choice = c.dispatcher.choice_for(demand)
     return web.json_response({
-        "best": ranked[0].id if ranked else None,
-        "ranking": [v.id for v in ranked],
+        "best": choice.id if choice else None,
+        "ranking": [v.id for v in rank(views, demand, c.speed_aware)],
         "refused": {str(v.id): why_not(v, demand) for v in views if why_not(v, demand)},
     })
 
@@ -105,7 +106,7 @@ async def best_node(request: web.Request) -> web.Response:
 async def list_tasks(request: web.Request) -> web.Response:
     """Every task, or with `unfinished=1` only those still to finish (what a follower's pages ask for ETAs)."""
     c = _c(request)
-    forecast = coordinator_forecast(c)
+    forecast = c.forecast()
     tasks = c.book.all_visible()
     if request.query.get("unfinished") == "1":
         tasks = [t for t in tasks if not TaskStatus(t.status).finished]
@@ -118,7 +119,7 @@ async def show_task(request: web.Request) -> web.Response:
     if task is None:
         return web.json_response({"error": f"{request.match_info['uuid']} not found"}, status=404)
     events = await c.store.events(task.uuid)
-    return web.json_response(public_task(task, c.registry, coordinator_forecast(c).tasks.get(task.uuid)) | {
+    return web.json_response(public_task(task, c.registry, c.forecast().tasks.get(task.uuid)) | {
         "events": [{"at": e.at, "kind": e.kind, "message": e.message} for e in events]})
 
 
@@ -135,11 +136,11 @@ async def task_action(request: web.Request) -> web.Response:
             target = await c.move(task, str(body.get("node", "")))
             return web.json_response({"success": True, "node": target.row.url})
         if action == "cancel":
-            await c.cancel(task)
+            await c.intake.cancel(task)
         elif action == "restart":
-            await c.restart(task, body.get("options"))
+            await c.intake.restart(task, body.get("options"))
         elif action == "remove":
-            await c.remove(task)
+            await c.intake.remove(task)
         else:
             return web.json_response({"error": f"Unknown action {action}"}, status=404)
     except TaskRefused as exc:

@@ -7,16 +7,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.cluster.scheduler import Demand, NodeView, dispatch_order, plan, run_ms
 from appliance.cluster.speed import task_kind
 from appliance.cluster.tasks import ACTIVE_PHASES
 from appliance.nodeodm.status import TaskStatus
 from appliance.store.models import Phase, Task
-
-if TYPE_CHECKING:
-    from appliance.cluster.coordinator import Coordinator
 
 OVERRUN_SHARE = 0.1  # a task past its estimate is given another tenth of its time so far
 
@@ -88,7 +85,3 @@ def forecast(views: Sequence[NodeView], tasks: Sequence[Task], speed_aware: bool
         })
     return Forecast({u: None if e is None else round(e, 1) for u, e in etas.items()}, summary)
 
-
-def coordinator_forecast(c: Coordinator) -> Forecast:
-    """The forecast for everything the coordinator's clients can see."""
-    return forecast(c._views(), c.book.all_visible(), c.speed_aware)

@@ -38,7 +38,7 @@ class StagingLifecycle:
                     await c.book.purge(task.uuid)
                     dropped += 1
             elif task.phase == Phase.UPLOADING and now - self._last_upload(task) > ABANDONED_UPLOAD_SECONDS:
-                await c.remove(task)
+                await c.intake.remove(task)
                 dropped += 1
             elif staged and task.phase == Phase.FINISHED and (
                     (task.status == TaskStatus.COMPLETED and task.downloaded_at)
@@ -57,7 +57,7 @@ class StagingLifecycle:
 
     async def run_forever(self) -> None:
         while True:
-            if self.coordinator.active():
+            if self.coordinator.role.coordinating:
                 dropped = await self.sweep()
                 if dropped:
                     log.info("Staging clean-up: released %d finished or abandoned upload(s)", dropped)

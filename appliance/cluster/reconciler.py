@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
 
 import aiohttp
 
@@ -35,21 +34,17 @@ SILENCE_CHECK_SECONDS = 1.0  # silent nodes and gone boxes: no network needed
 # node going silent cannot hold up the pass that would move its work
 COMPARE_TIMEOUT = aiohttp.ClientTimeout(total=2)
 
-BoxAlive = Callable[[str], bool]
-
-
 class Reconciler:
-    def __init__(self, coordinator: Coordinator, grace_seconds: float, box_alive: BoxAlive | None = None) -> None:
+    def __init__(self, coordinator: Coordinator, grace_seconds: float) -> None:
         self.coordinator = coordinator
         self.grace = grace_seconds
-        self.box_alive = box_alive or (lambda box_id: True)
         self._missing_since: dict[str, float] = {}
         self._box_gone_since: dict[str, float] = {}
 
     async def run_forever(self) -> None:
         compared_at = -math.inf
         while True:
-            if self.coordinator.active():
+            if self.coordinator.role.coordinating:
                 if boottime() - compared_at >= RECONCILE_SECONDS:
                     compared_at = boottime()
                     await self.reconcile()
@@ -112,7 +107,7 @@ class Reconciler:
             box = task.staged_on
             if not box or box == c.self_id:
                 continue
-            if self.box_alive(box):
+            if self.coordinator.role.box_alive(box):
                 self._box_gone_since.pop(box, None)
                 continue
             if now - self._box_gone_since.setdefault(box, now) >= self.grace:

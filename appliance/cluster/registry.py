@@ -22,6 +22,7 @@ from appliance.cluster.speed import Estimate, Hardware, Sample, blend, calibrati
 from appliance.discovery.clock import boottime
 from appliance.nodeodm.client import NodeClient, NodeError, NodeUnreachable, split_node_url
 from appliance.nodeodm.options import OptionSpec
+from appliance.role import Role
 from appliance.store.database import Store
 from appliance.store.models import Node
 
@@ -91,13 +92,13 @@ class NodeState:
 class NodeRegistry:
     """Keeps the node list in SQLite and its health in memory."""
 
-    def __init__(self, store: Store, session: aiohttp.ClientSession, poll_seconds: float) -> None:
+    def __init__(self, store: Store, session: aiohttp.ClientSession, poll_seconds: float, role: Role) -> None:
         self.store = store
         self.session = session
         self.poll_seconds = poll_seconds
         self.nodes: dict[int, NodeState] = {}
         self.on_change: list[Callable[[], None]] = []
-        self.active: Callable[[], bool] = lambda: True  # only the coordinator polls
+        self.role = role  # only the coordinator polls
 
     async def load(self) -> None:
         for row in await self.store.load(Node):
@@ -135,7 +136,7 @@ class NodeRegistry:
         state = self._state(row)
         self.nodes[row.id] = state
         await self.store.record("node-added", f"Node {base} added ({source})", node_id=row.id)
-        if self.active():
+        if self.role.coordinating:
             await self.poll_one(state)
         return state
 
@@ -215,7 +216,7 @@ class NodeRegistry:
 
     async def poll_forever(self) -> None:
         while True:
-            if self.active():
+            if self.role.coordinating:
                 await self.poll_all()
             await asyncio.sleep(self.poll_seconds)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
 
 from appliance.discovery.clock import boottime
+from appliance.role import Role
 
 log = logging.getLogger("passel.replica")
 LIVE_SECONDS = 8.0  # a follower that has not asked for this long (a long poll lasts 3 s) is gone
@@ -24,14 +24,12 @@ WAIT_SECONDS = 1.0  # the most a commit waits for a slow follower
 class ReplicaProgress:
     """The version of the task table each follower has applied, as its requests for more tell."""
 
-    def __init__(self) -> None:
+    def __init__(self, role: Role) -> None:
+        self.role = role
         self._applied: dict[str, int] = {}
         self._asked_at: dict[str, float] = {}
         self._lagging: set[str] = set()
         self._moved = asyncio.Event()
-        # the followers the election knows of: waited for even before their first request, so the
-        # commits of the first second after an election are covered too
-        self.expected: Callable[[], Iterable[str]] = lambda: ()
 
     def applied(self, box: str, rev: int) -> None:
         """`box` asked for the rows after `rev`, so it holds everything up to `rev`."""
@@ -46,7 +44,9 @@ class ReplicaProgress:
         for box in [b for b, at in self._asked_at.items() if now - at > LIVE_SECONDS]:
             del self._applied[box], self._asked_at[box]
             self._lagging.discard(box)
-        followers = dict.fromkeys(self.expected(), -1) | self._applied
+        # the followers the election knows of are waited for even before their first request, so
+        # the commits of the first second after an election are covered too
+        followers = dict.fromkeys(self.role.followers(), -1) | self._applied
         return {box: rev for box, rev in followers.items() if box not in self._lagging}
 
     async def hold(self, rev: int, timeout: float = WAIT_SECONDS) -> list[str]:

@@ -16,7 +16,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from appliance.cluster.coordinator import Coordinator, NewTask, TaskRefused
+from appliance.cluster.coordinator import Coordinator
+from appliance.cluster.intake import NewTask, TaskRefused
 from appliance.cluster.info_cache import Run, waiting_line
 from appliance.cluster.proxy import stream_from_node
 from appliance.cluster.tracker import refresh_from_node
@@ -67,7 +68,7 @@ async def task_new_init(request: web.Request) -> web.Response:
     try:
         await _check_disk(request)
         form = await receive_form(request, directory=None)
-        task = await _coordinator(request).init(NewTask.from_fields(form.fields), request.headers.get("set-uuid"))
+        task = await _coordinator(request).intake.init(NewTask.from_fields(form.fields), request.headers.get("set-uuid"))
     except (UploadError, TaskRefused) as exc:
         return replies.error(str(exc))
     return replies.ok({"uuid": task.uuid})
@@ -96,7 +97,7 @@ async def task_new_upload(request: web.Request) -> web.Response:
     if _uploading(request) is None:  # removed while the body was arriving
         c.staging.remove(task.uuid)
         return replies.error(replies.TASK_NOT_FOUND_UPLOAD)
-    c.uploaded(task, form.files)
+    c.intake.uploaded(task, form.files)
     return replies.success()
 
 
@@ -105,7 +106,7 @@ async def task_new_commit(request: web.Request) -> web.Response:
     if task is None:
         return replies.error(replies.TASK_NOT_FOUND_UPLOAD)
     try:
-        await _coordinator(request).commit(task)
+        await _coordinator(request).intake.commit(task)
     except TaskRefused as exc:
         return replies.error(str(exc))
     return replies.ok({"uuid": task.uuid})
@@ -122,9 +123,9 @@ async def task_new(request: web.Request) -> web.Response:
             raise TaskRefused("zipurl is not supported by Passel: upload the images instead")
         if not form.files:
             raise TaskRefused(replies.NEED_FILE_OR_ZIP)
-        task = await c.init(NewTask.from_fields(form.fields), request.headers.get("set-uuid"))
+        task = await c.intake.init(NewTask.from_fields(form.fields), request.headers.get("set-uuid"))
         c.staging.adopt(scratch, task.uuid)
-        await c.commit(task)
+        await c.intake.commit(task)
     except (UploadError, TaskRefused) as exc:
         return replies.error(str(exc))
     finally:
@@ -133,7 +134,7 @@ async def task_new(request: web.Request) -> web.Response:
 
 
 async def _visible(request: web.Request) -> Task | None:
-    return await _coordinator(request).find_visible(request.match_info["uuid"].lower())
+    return await _coordinator(request).intake.find_visible(request.match_info["uuid"].lower())
 
 
 def _info(task: Task, run: Run | None) -> dict[str, Any]:
@@ -245,18 +246,18 @@ async def _task_action(request: web.Request, action: str) -> web.Response:
     uuid = fields.get("uuid", "").lower()
     if not uuid:
         return replies.error(replies.UUID_MISSING)
-    task = await c.find_visible(uuid)
+    task = await c.intake.find_visible(uuid)
     if task is None:
         if action == "remove":
-            await c.abandoned(uuid)
+            await c.intake.abandoned(uuid)
         return replies.action_error(f"{fields.get('uuid', '')} not found")
     try:
         if action == "cancel":
-            await c.cancel(task)
+            await c.intake.cancel(task)
         elif action == "remove":
-            await c.remove(task)
+            await c.intake.remove(task)
         else:
-            await c.restart(task, fields.get("options"))
+            await c.intake.restart(task, fields.get("options"))
     except TaskRefused as exc:
         return replies.action_error(str(exc))
     return replies.success()

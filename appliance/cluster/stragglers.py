@@ -18,19 +18,37 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from appliance.cluster.eta import demand_of, running, task_remaining_ms, with_backlog
 from appliance.cluster.forwarding import Forwarder
-from appliance.cluster.registry import NodeState
+from appliance.cluster.info_cache import InfoCache
+from appliance.cluster.registry import NodeRegistry, NodeState
+from appliance.cluster.staging import Staging
 from appliance.cluster.scheduler import Demand, NodeView, run_ms, unfit
 from appliance.cluster.tasks import OUTPUT_TAIL_LINES, TaskBook, set_forwarded
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.status import TaskStatus
+from appliance.store.database import Store
 from appliance.store.models import Phase, Task, row_values
 
-if TYPE_CHECKING:
-    from appliance.cluster.coordinator import Coordinator
+
+
+class StragglerHost(Protocol):
+    """What straggler copies need of the coordinator: its table, nodes and staged files, to read,
+    and `observe`, to take in the winning copy's report."""
+
+    book: TaskBook
+    registry: NodeRegistry
+    staging: Staging
+    store: Store
+    info_cache: InfoCache
+    public_url: str
+    speed_aware: bool
+
+    def has_staged_files(self, task: Task) -> bool: ...
+
+    async def observe(self, task: Task, node: NodeState, info: dict[str, Any], tail: bool = False) -> None: ...
 
 log = logging.getLogger("passel.stragglers")
 MIN_GAIN_SHARE = 0.25  # a copy must be expected to finish at least a quarter sooner than the original
@@ -101,8 +119,8 @@ class Copy:
 class Stragglers:
     """The live copies; the task tracker's loop calls `tick` after each round of polls."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.c = coordinator
+    def __init__(self, host: StragglerHost) -> None:
+        self.c = host
         self.copies: dict[str, Copy] = {}
         self._bytes: dict[str, int] = {}
         self._failed: set[tuple[str, int]] = set()  # (task, node) pairs where a copy failed

@@ -87,7 +87,7 @@ class TaskTracker:
 
     async def run_forever(self) -> None:
         while True:
-            if self.coordinator.active():
+            if self.coordinator.role.coordinating:
                 active = [t for t in self.coordinator.book.in_phase(Phase.ON_NODE)
                           if not TaskStatus(t.status).finished]
                 await asyncio.gather(*(self.refresh(t) for t in active))

@@ -35,7 +35,7 @@ async def hand_over_all(coordinator: Coordinator, passel: Passel) -> int:
     taken = 0
     own = list(own_rows(coordinator))  # a snapshot: handing over writes rows
     for task in own:
-        await coordinator.settle(task.uuid)
+        await coordinator.dispatcher.settle(task.uuid)
         node = coordinator.registry.get(task.node_id)
         values: dict[str, Any] = row_values(task)
         row = json.dumps(values | {"node_url": node.row.url if node else None})

@@ -35,7 +35,7 @@ class Passel:
     """This box's membership and role, driven by a one-second tick."""
 
     def __init__(self, identity: BoxIdentity, state_dir: Path, priority: int, api_port: int,
-                 session: aiohttp.ClientSession, trust: Trust) -> None:
+                 session: aiohttp.ClientSession, trust: Trust, holds_rows_to_hand_over: Callable[[], bool]) -> None:
         self.identity = identity
         self.state_dir = state_dir
         self.priority = priority
@@ -53,12 +53,24 @@ class Passel:
         self.on_wake: list[Callable[[], Awaitable[None]]] = []
         self._changed = asyncio.Event()
         # whether this box holds task rows it wrote as coordinator, still to hand over (handover.py)
-        self.holds_rows_to_hand_over: Callable[[], bool] = lambda: False
+        self.holds_rows_to_hand_over = holds_rows_to_hand_over
 
     # -- what others see -------------------------------------------------------------------
     @property
     def is_coordinator(self) -> bool:
         return self.state.role == COORDINATOR
+
+    def followers(self) -> list[str]:
+        """The live boxes that follow this one (appliance.role.RoleSource)."""
+        return [p.id for p in self.membership.alive() if p.coordinator_id == self.identity.id]
+
+    def handovers_pending(self) -> bool:
+        """A live box says it still holds tasks it accepted as coordinator."""
+        return any(p.handover for p in self.membership.alive())
+
+    def box_alive(self, box_id: str) -> bool:
+        peer = self.membership.peers.get(box_id)
+        return peer is not None and peer.alive(boottime())
 
     def me(self) -> Member:
         return Member(id=self.identity.id, priority=self.priority, term=self.state.term, role=self.state.role)

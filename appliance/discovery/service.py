@@ -12,7 +12,6 @@ import aiohttp
 from aiohttp import web
 
 from appliance.config import Config
-from appliance.discovery.clock import boottime
 from appliance.discovery.election import COORDINATOR
 from appliance.discovery.handover import hand_over_all, own_rows
 from appliance.discovery.mdns import ALIAS_TYPE, NODEODM_TYPE, PASSEL_TYPE, PROTOCOL_VERSION, Mdns, Sighting
@@ -61,12 +60,11 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
         session = registry.session
         identity = app[IDENTITY]
         trust = Trust(load_or_create_key(config.key, config.state_dir), identity.id)
-        passel = Passel(identity, config.state_dir, config.priority, config.port, session, trust)
+        passel = Passel(identity, config.state_dir, config.priority, config.port, session, trust,
+                        holds_rows_to_hand_over=lambda: next(own_rows(coordinator), None) is not None)
         app[PASSEL] = passel
         app[RELAY_SESSION] = relay_session = aiohttp.ClientSession(auto_decompress=False)
-        coordinator.active = registry.active = lambda: passel.is_coordinator
-        app[RECONCILER].box_alive = lambda box_id: box_id == identity.id or (
-            (peer := passel.membership.peers.get(box_id)) is not None and peer.alive(boottime()))
+        coordinator.role.attach(passel)
         pending: set[asyncio.Task[None]] = set()
 
         def spawn(coro) -> None:  # noqa: ANN001
@@ -106,11 +104,11 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
             if after == COORDINATOR:
                 await mdns.publish("alias", ALIAS_TYPE, "Passel", config.port, {"path": "/"},
                                    server=config.alias.rstrip(".") + ".")
-                coordinator.wake()
+                coordinator.dispatcher.wake()
             else:
                 await mdns.withdraw("alias")
                 if before == COORDINATOR:
-                    await coordinator.pause()
+                    await coordinator.dispatcher.pause()
         passel.listeners.append(on_role)
         # Know which nodes answer before answering clients as coordinator (a dead box's node times out fast).
         async def take_over_nodes() -> None:
@@ -152,10 +150,6 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
         passel.on_sleep.append(goodbye)
         passel.on_wake.append(rejoin)
 
-        passel.holds_rows_to_hand_over = lambda: next(own_rows(coordinator), None) is not None
-        coordinator.handovers_pending = lambda: any(p.handover for p in passel.membership.alive())
-        coordinator.replicas.expected = lambda: [p.id for p in passel.membership.alive()
-                                                 if p.coordinator_id == identity.id]
         follower = app[REPLICA] = ReplicaFollower(coordinator, passel.peers)
 
         async def follow_forever() -> None:
