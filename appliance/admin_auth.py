@@ -19,7 +19,6 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,15 +28,10 @@ from aiohttp import web
 
 from appliance.keys import ADMIN_PASSWORD, CONFIG, COORDINATOR, PASSEL
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 PASSWORD_FILE = "admin-password.json"
 MIN_LENGTH = 8
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1  # ~16 MB and ~50 ms per check: slow for a guesser, fine for a person
 FAILURE_DELAY_SECONDS = 0.5  # after a wrong password, so guessing over the field Wi-Fi stays slow
-# box-to-box calls are signed with the passel key; /-/password checks the current password itself
-OPEN_PATHS = ("/-/agent/", "/-/password")
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 FAN_OUT_TIMEOUT = aiohttp.ClientTimeout(total=5)
 NEEDS_PASSWORD = ("An admin password is set on this passel: pass it with --password or PASSEL_ADMIN_PASSWORD "
                   "(HTTP Basic or 'Authorization: Bearer ...')")
@@ -149,17 +143,14 @@ def given_password(request: web.Request) -> str | None:
     return None
 
 
-@web.middleware
-async def admin_api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse `/-/` changes without the password once one is set; reads stay open."""
-    if request.method in SAFE_METHODS or not request.path.startswith("/-/") or request.path.startswith(OPEN_PATHS):
-        return await handler(request)
-    password = request.app[ADMIN_PASSWORD]
-    if not await password.check(given_password(request)):
-        await asyncio.sleep(FAILURE_DELAY_SECONDS)
-        return web.json_response({"error": NEEDS_PASSWORD}, status=401,
-                                 headers={"WWW-Authenticate": 'Bearer realm="passel admin"'})
-    return await handler(request)
+async def password_refusal(request: web.Request) -> web.Response | None:
+    """None when the request carries the admin password, or none is set; else a 401, after a delay.
+    Which routes ask for it is in appliance/http_rules.py."""
+    if await request.app[ADMIN_PASSWORD].check(given_password(request)):
+        return None
+    await asyncio.sleep(FAILURE_DELAY_SECONDS)
+    return web.json_response({"error": NEEDS_PASSWORD}, status=401,
+                             headers={"WWW-Authenticate": 'Bearer realm="passel admin"'})
 
 
 async def change_password(app: web.Application, old: str | None, new: str, salt: str | None, generation: int,
@@ -222,13 +213,12 @@ async def password_change(request: web.Request) -> web.Response:
 
 
 def setup_admin_auth(app: web.Application) -> None:
-    """The password endpoint and the guard on `/-/` changes; the stored hash is read at start-up."""
+    """The password endpoints; the stored hash is read at start-up."""
     password = app[ADMIN_PASSWORD] = AdminPassword(app[CONFIG].state_dir)
 
     async def load(_app: web.Application) -> None:
         await asyncio.to_thread(password.load)
 
     app.on_startup.append(load)
-    app.middlewares.append(admin_api_middleware)
     app.router.add_get("/-/password", password_state)
     app.router.add_post("/-/password", password_change)

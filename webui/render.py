@@ -12,15 +12,15 @@ import jinja2
 from aiohttp import web
 
 from appliance import __version__
+from appliance.http_rules import Audience, rules_of
 from appliance.keys import ADMIN_PASSWORD, IDENTITY
+from appliance.nodeodm.replies import internal_error
 from webui import security
 from webui.contexts import Chrome, ErrorPage
 
 log = logging.getLogger("passel.ui")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TEMPLATES_DIR = Path(__file__).parent / "templates"
-UI_PREFIX = "/ui/"
-API_PREFIXES = ("/-/", "/task/", "/info", "/options", "/auth/", "/static/")
 DONE = {  # outcomes shown after an action's redirect; fixed texts, so a crafted link cannot say anything else
     "move": "The task is being moved; it starts again from its uploaded images on the new node.",
     "cancel": "The task was canceled.", "restart": "The task was restarted.", "remove": "The task was removed.",
@@ -39,10 +39,6 @@ environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
 def context_of(page: Any) -> dict[str, Any]:
     """A page dataclass as template variables (shallow: no copying of thousands of rows)."""
     return {f.name: getattr(page, f.name) for f in fields(page)}
-
-
-def is_ui(path: str) -> bool:
-    return path == "/" or path.startswith(UI_PREFIX)
 
 
 def chrome(request: web.Request, page: str, title: str, banner: str | None = None, live: bool = True) -> Chrome:
@@ -70,27 +66,34 @@ def error_page(request: web.Request, status: int, heading: str, message: str, ba
                                       back_url=back_url), status)
 
 
-def _wants_html(request: web.Request) -> bool:
-    return is_ui(request.path) or (request.method == "GET" and not request.path.startswith(API_PREFIXES)
-                                   and "text/html" in request.headers.get("Accept", ""))
+def _for_people(request: web.Request) -> bool:
+    audience = rules_of(request).audience
+    return audience is Audience.PEOPLE or (audience is Audience.EITHER
+                                           and "text/html" in request.headers.get("Accept", ""))
 
 
 @web.middleware
-async def ui_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A person who mistypes an address or hits a bug sees a page that says so, not JSON."""
-    if not _wants_html(request):
-        return await handler(request)
+async def failure_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure is answered in its reader's language: a person who mistypes an address or hits a
+    bug sees a page that says so; a program gets NodeODM's JSON error. The route's rules are read only
+    once something failed, so an answered request pays nothing here but the `try`."""
     try:
         return await handler(request)
-    except web.HTTPNotFound:
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        if not _for_people(request):
+            raise
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            return error_page(request, 405, "Not allowed", "This address does not take that kind of request.")
         return error_page(request, 404, "Not found",
                           f"There is no page at {request.path}. It may have been removed, "
                           "or the address is mistyped.")
-    except web.HTTPMethodNotAllowed:
-        return error_page(request, 405, "Not allowed", "This address does not take that kind of request.")
     except web.HTTPException:
         raise
-    except Exception:  # noqa: BLE001 - the page must still say something useful
+    except Exception as exc:  # noqa: BLE001 - every request gets an answer
+        if not _for_people(request):
+            if isinstance(exc, ConnectionError):  # the client is gone: nobody to answer
+                raise
+            return internal_error(request, exc)
         log.exception("%s %s failed", request.method, request.path)
         return error_page(request, 500, "Something went wrong",
                           "Passel hit an error drawing this page; it is in this box's log "

@@ -1,7 +1,7 @@
 """The UI's route table, and the page handlers: each gathers a snapshot and fills its page's dataclass.
 
-Every UI path is answered by the box the browser talks to (they are in the relay's local paths), so
-a page renders even when the coordinator is gone; actions go to the coordinator (webui/actions.py).
+Every UI path is answered by the box the browser talks to (appliance/http_rules.py never relays them),
+so a page renders even when the coordinator is gone; actions go to the coordinator (webui/actions.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from webui import actions, snapshot
 from webui import format as fmt
 from webui.boxes import BoxFactsCache, box_cards, node_card
 from webui.contexts import AdminPage, EventRow, PasselPage, TaskPage, TasksPage, TimelinePage
-from webui.render import chrome, error_page, respond, ui_error_middleware
+from webui.render import chrome, error_page, respond
 from webui.task_views import (STATUS_CHOICES, can_move, counts, facts_of, labels_of, list_tasks, log_of, move_targets,
                               options_of, page_url, task_row)
 from webui.timeline import SPAN_CHOICES, SPANS, build
@@ -115,7 +115,6 @@ def setup_ui_routes(app: web.Application) -> None:
     """The whole UI; call after setup_admin_auth, whose password guards the UI's actions."""
     app[BOX_FACTS] = BoxFactsCache()
     app.on_cleanup.append(_close_facts)
-    app.middlewares.append(ui_error_middleware)
     app.router.add_get("/", passel_page)
     app.router.add_get("/ui/tasks", tasks_page)
     app.router.add_get("/ui/tasks/{uuid}", task_page)

@@ -15,6 +15,7 @@ from appliance.discovery.trust import H_BOX, H_SIG, UNSIGNED_BODY, Untrusted, bo
 from appliance.discovery.password_sync import receive as receive_password
 from appliance.discovery.password_sync import sealed
 from appliance.discovery.replica import export_since
+from appliance.http_rules import Peer, rules_of
 from appliance.keys import ADMIN_PASSWORD, COORDINATOR, PASSEL, REPLICA
 from appliance.nodeodm.uploads import UploadError, receive_form
 
@@ -23,22 +24,22 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 MAX_LONG_POLL_SECONDS = 10.0
-LOOPBACK_ONLY = (f"{AGENT_API}/sleep", f"{AGENT_API}/wake", f"{AGENT_API}/key")
 
 
 @web.middleware
 async def agent_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every call under /-/agent/v1/ must be signed with the passel key; replies are signed back.
-    sleep and wake come from this box's own systemd, so they are accepted from loopback only."""
-    if not request.path.startswith(AGENT_API + "/"):
+    """The box-to-box calls (Peer.SIGNED in appliance/http_rules.py) must be signed with the passel
+    key; replies are signed back. Sleep, wake and a new key come from this box's own systemd or CLI,
+    so they are accepted from loopback only."""
+    peer = rules_of(request).peer
+    if peer is Peer.ANY:
         return await handler(request)
-    if request.path in LOOPBACK_ONLY:
+    if peer is Peer.LOOPBACK:
         if request.remote not in ("127.0.0.1", "::1"):
             return web.json_response({"error": "only this box itself may ask it to sleep or wake"}, status=403)
         return await handler(request)
     passel = request.app[PASSEL]
-    streamed = request.path == f"{AGENT_API}/adopt"
-    digest = UNSIGNED_BODY if streamed else body_digest(await request.read())
+    digest = UNSIGNED_BODY if peer is Peer.SIGNED_STREAM else body_digest(await request.read())
     try:
         box, _ = passel.trust.verify_request(request.method, request.path_qs, digest, request.headers)
     except Untrusted as exc:

@@ -10,26 +10,16 @@ from aiohttp import web
 
 from appliance.discovery.membership import LEASE_SECONDS
 from appliance.discovery.passel import Passel
-from appliance.keys import PASSEL, RELAY_SESSION
+from appliance.keys import RELAY_SESSION
 from appliance.nodeodm import replies
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "host"}
-# The web UI (its pages render from this box's own view; its actions go to the coordinator by
-# themselves), and what only this box can answer: its facts, its priority and its admin password.
-LOCAL_PREFIXES = ("/-/agent/", "/-/passel.json", "/static/", "/auth/", "/ui/", "/-/box.json", "/-/priority",
-                  "/-/password")
-LOCAL_PATHS = frozenset({"/"})
 CHUNK_BYTES = 256 * 1024
 RELAY_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=120)
 NO_COORDINATOR = "This passel is choosing its coordinator; try again in a few seconds."
-
-
-def is_local(path: str) -> bool:
-    """Requests every box answers itself: the agent API and its own view of the passel."""
-    return path in LOCAL_PATHS or path.startswith(LOCAL_PREFIXES)
 
 
 async def relay(request: web.Request, base_url: str, session: aiohttp.ClientSession) -> web.StreamResponse:
@@ -48,16 +38,9 @@ async def relay(request: web.Request, base_url: str, session: aiohttp.ClientSess
         return reply
 
 
-@web.middleware
-async def entry_point_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Serve locally when coordinator (or alone); otherwise relay to the coordinator, waiting out an election."""
-    passel = request.app.get(PASSEL)
-    if passel is None or passel.is_coordinator or is_local(request.path):
-        return await handler(request)
-    return await _relay_to_coordinator(request, handler, passel)
-
-
-async def _relay_to_coordinator(request: web.Request, handler: Handler, passel: Passel) -> web.StreamResponse:
+async def relay_to_coordinator(request: web.Request, handler: Handler, passel: Passel) -> web.StreamResponse:
+    """Relay a request for the coordinator (appliance/http_rules.py says which) to it, waiting out an
+    election; `handler` answers it instead when this box becomes coordinator meanwhile."""
     failed: str | None = None
     for _ in range(2):  # a second try only after the first coordinator refused to connect
         if not await passel.wait_for_coordinator(LEASE_SECONDS + 2, not_id=failed):

@@ -57,8 +57,14 @@ async def error_middleware(request: web.Request,
     except (web.HTTPException, ConnectionError):
         raise
     except Exception as exc:  # noqa: BLE001 - the server must answer every request
-        log.exception("%s %s failed", request.method, request.path)
-        return error(f"Internal error: {exc}")
+        return internal_error(request, exc)
+
+
+def internal_error(request: web.Request, exc: Exception) -> web.Response:
+    """NodeODM's answer to an unexpected failure; call it where the exception is caught, so the log
+    holds its traceback."""
+    log.exception("%s %s failed", request.method, request.path)
+    return error(f"Internal error: {exc}")
 
 
 @web.middleware
