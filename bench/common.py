@@ -7,6 +7,7 @@ process), so the client, the node and the coordinator never share an event loop 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import importlib.metadata
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,6 +116,51 @@ def percentile(sorted_values: list[float], q: float) -> float:
         return float("nan")
     rank = max(1, min(len(sorted_values), int(-(-q * len(sorted_values) // 100))))
     return sorted_values[rank - 1]
+
+
+async def measure_info(url: str, status: int, concurrency: int, requests: int, duration: float,
+                       warmup: int) -> dict[str, Any]:
+    """Latency of `requests` GETs of a task's info (fewer if `duration` runs out) from `concurrency`
+    workers on one keep-alive pool, after `warmup` of them; the task must show `status` first."""
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        first = await (await session.get(url)).json()
+        if not isinstance(first, dict) or first.get("error") or (first.get("status") or {}).get("code") != status:
+            raise RuntimeError(f"{url} did not answer the info of a task with status {status}: {str(first)[:300]}")
+
+        async def run(count: int) -> tuple[list[float], int, float]:
+            latencies: list[float] = []
+            errors = issued = 0
+            deadline = time.perf_counter() + duration
+
+            async def worker() -> None:
+                nonlocal issued, errors
+                while issued < count and time.perf_counter() < deadline:
+                    issued += 1
+                    start = time.perf_counter()
+                    try:
+                        async with session.get(url) as reply:
+                            body = await reply.read()
+                        ok = reply.status == 200 and b'"error"' not in body
+                    except (aiohttp.ClientError, TimeoutError):
+                        ok = False
+                    latencies.append(time.perf_counter() - start)
+                    errors += not ok
+
+            began = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return latencies, errors, time.perf_counter() - began
+
+        await run(warmup)
+        latencies, errors, elapsed = await run(requests)
+    latencies.sort()
+    return {
+        "requests": len(latencies), "errors": errors, "seconds": round(elapsed, 3),
+        "rps": round(len(latencies) / elapsed, 1),
+        **{f"p{q}_ms": round(percentile(latencies, q) * 1000, 3) for q in (50, 90, 99)},
+        "mean_ms": round(sum(latencies) / len(latencies) * 1000, 3),
+        "max_ms": round(latencies[-1] * 1000, 3),
+    }
 
 
 def get_json(url: str, timeout: float = 5) -> Any:

@@ -53,48 +53,8 @@ def say(*parts: Any) -> None:
 
 
 async def measure(url: str, concurrency: int, requests: int, duration: float, warmup: int) -> dict[str, Any]:
-    """Latency of `requests` GETs (fewer if `duration` runs out) from `concurrency` workers; every
-    reply must be a RUNNING task's info."""
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
-        first = await (await session.get(url)).json()
-        if not isinstance(first, dict) or (first.get("status") or {}).get("code") != RUNNING:
-            raise RuntimeError(f"{url} did not answer a running task's info: {str(first)[:300]}")
-
-        async def run(count: int) -> tuple[list[float], int, float]:
-            latencies: list[float] = []
-            errors = issued = 0
-            deadline = time.perf_counter() + duration
-
-            async def worker() -> None:
-                nonlocal issued, errors
-                while issued < count and time.perf_counter() < deadline:
-                    issued += 1
-                    start = time.perf_counter()
-                    try:
-                        async with session.get(url) as reply:
-                            body = await reply.read()
-                        ok = reply.status == 200 and b'"error"' not in body
-                    except (aiohttp.ClientError, TimeoutError):
-                        ok = False
-                    latencies.append(time.perf_counter() - start)
-                    errors += not ok
-
-            began = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            return latencies, errors, time.perf_counter() - began
-
-        await run(warmup)
-        latencies, errors, elapsed = await run(requests)
-    latencies.sort()
-    return {
-        "requests": len(latencies), "errors": errors, "seconds": round(elapsed, 3),
-        "rps": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(common.percentile(latencies, 50) * 1000, 3),
-        "p90_ms": round(common.percentile(latencies, 90) * 1000, 3),
-        "p99_ms": round(common.percentile(latencies, 99) * 1000, 3),
-        "max_ms": round(latencies[-1] * 1000, 3),
-    }
+    """Latency of GETs of a running task's info (common.measure_info)."""
+    return await common.measure_info(url, RUNNING, concurrency, requests, duration, warmup)
 
 
 def start_passel(scratch: common.Scratch, node_url: str, task_poll_seconds: float) -> common.Server:

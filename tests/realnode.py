@@ -29,7 +29,10 @@ from typing import Any
 import requests
 
 REPO = Path(__file__).parent.parent
-KIT = Path(os.environ.get("PASSEL_NODEODM_KIT", REPO.parent / "shared" / "nodeodm"))
+# `../shared/nodeodm` beside the checkout (or beside a folder that holds it), unless told otherwise
+KIT = Path(os.environ.get("PASSEL_NODEODM_KIT") or next(
+    (p / "shared" / "nodeodm" for p in REPO.parents if (p / "shared" / "nodeodm" / "run.sh").is_file()),
+    REPO.parent / "shared" / "nodeodm"))
 REQUIRED = os.environ.get("PASSEL_REQUIRE_NODEODM") == "1"
 START_SECONDS = 30  # a cold start is under a second; npm's first install is done before this counts
 
