@@ -1,6 +1,6 @@
 """What only this box can answer or change: its own facts (`/-/box.json`) and its election priority.
 
-Every box answers these itself (they are in the relay's LOCAL_PREFIXES): the passel page shows each
+Every box answers these itself (their rules in appliance/http_rules.py do not relay them): the passel page shows each
 box's cores, memory and free disk from them, and `passel doctor` compares clocks with them.
 """
 

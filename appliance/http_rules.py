@@ -84,7 +84,7 @@ class Route:
     summary: str
 
 
-NODEODM_CALL = Rules(on_coordinator=True, client_token=True)  # NodeODM's API, and Passel's admin reads
+CLIENT_CALL = Rules(on_coordinator=True, client_token=True)  # NodeODM clients, and reads of the admin API
 ADMIN_ACTION = Rules(on_coordinator=True, client_token=True, admin=Admin.PASSWORD)
 BOX_READ = Rules(client_token=True)  # what only the box asked can answer
 BOX_ACTION = Rules(client_token=True, admin=Admin.PASSWORD)
@@ -105,37 +105,37 @@ def _rows(group: str, rows: Iterable[tuple[str, str, Rules, str]]) -> tuple[Rout
 
 ROUTES: tuple[Route, ...] = (
     *_rows(NODEODM, [  # at the root, because PyODM drops any path in a node's URL
-        ("GET", "/info", NODEODM_CALL, "The passel as one node: the summed capacity of its online nodes"),
-        ("GET", "/options", NODEODM_CALL, "The options the nodes accept"),
-        ("POST", "/task/new", NODEODM_CALL, "Create a task in one request (fields and images)"),
-        ("POST", "/task/new/init", NODEODM_CALL, "Start a chunked upload; the set-uuid header picks the uuid"),
-        ("POST", "/task/new/upload/{uuid}", NODEODM_CALL, "Upload one or more images"),
-        ("POST", "/task/new/commit/{uuid}", NODEODM_CALL, "Finish the upload; the task starts"),
-        ("GET", "/task/list", NODEODM_CALL, "Tasks"),
-        ("GET", "/task/{uuid}/info", NODEODM_CALL, "A task"),
-        ("GET", "/task/{uuid}/output", NODEODM_CALL, "A task's output lines"),
-        ("GET", "/task/{uuid}/download/{asset}", NODEODM_CALL, "Download all.zip"),
-        ("POST", "/task/cancel", NODEODM_CALL, "Cancel a task"),
-        ("POST", "/task/remove", NODEODM_CALL, "Remove a task and its files everywhere"),
-        ("POST", "/task/restart", NODEODM_CALL, "Restart a finished, failed or canceled task"),
+        ("GET", "/info", CLIENT_CALL, "The passel as one node: the summed capacity of its online nodes"),
+        ("GET", "/options", CLIENT_CALL, "The options the nodes accept"),
+        ("POST", "/task/new", CLIENT_CALL, "Create a task in one request (fields and images)"),
+        ("POST", "/task/new/init", CLIENT_CALL, "Start a chunked upload; the set-uuid header picks the uuid"),
+        ("POST", "/task/new/upload/{uuid}", CLIENT_CALL, "Upload one or more images"),
+        ("POST", "/task/new/commit/{uuid}", CLIENT_CALL, "Finish the upload; the task starts"),
+        ("GET", "/task/list", CLIENT_CALL, "Tasks"),
+        ("GET", "/task/{uuid}/info", CLIENT_CALL, "A task"),
+        ("GET", "/task/{uuid}/output", CLIENT_CALL, "A task's output lines"),
+        ("GET", "/task/{uuid}/download/{asset}", CLIENT_CALL, "Download all.zip"),
+        ("POST", "/task/cancel", CLIENT_CALL, "Cancel a task"),
+        ("POST", "/task/remove", CLIENT_CALL, "Remove a task and its files everywhere"),
+        ("POST", "/task/restart", CLIENT_CALL, "Restart a finished, failed or canceled task"),
         ("GET", "/auth/info", OPEN, "How to sign in: never, a passel has a static token at most"),
         ("POST", "/auth/login", OPEN, "Not available: a passel has a static token at most"),
         ("POST", "/auth/register", OPEN, "Not available: a passel has a static token at most"),
     ]),
     *_rows(ADMIN, [
-        ("GET", "/-/status.json", NODEODM_CALL, "Nodes, tasks and jobs in one reply"),
-        ("GET", "/-/settings.json", NODEODM_CALL, "The effective settings and where each came from"),
-        ("GET", "/-/nodes", NODEODM_CALL, "Nodes (never with their tokens)"),
+        ("GET", "/-/status.json", CLIENT_CALL, "Nodes, tasks and jobs in one reply"),
+        ("GET", "/-/settings.json", CLIENT_CALL, "The effective settings and where each came from"),
+        ("GET", "/-/nodes", CLIENT_CALL, "Nodes (never with their tokens)"),
         ("POST", "/-/nodes", ADMIN_ACTION, "Add a node"),
-        ("GET", "/-/nodes/best", NODEODM_CALL, "Where a task of N images would go, and why not elsewhere"),
+        ("GET", "/-/nodes/best", CLIENT_CALL, "Where a task of N images would go, and why not elsewhere"),
         ("DELETE", "/-/nodes/{ref}", ADMIN_ACTION, "Remove a node"),
         ("POST", "/-/nodes/{ref}/lock", ADMIN_ACTION, "Lock a node: it takes no new tasks"),
         ("POST", "/-/nodes/{ref}/unlock", ADMIN_ACTION, "Unlock a node"),
-        ("GET", "/-/tasks", NODEODM_CALL, "Tasks, with where they run and their ETA"),
-        ("GET", "/-/tasks/{uuid}", NODEODM_CALL, "A task and its history of events"),
+        ("GET", "/-/tasks", CLIENT_CALL, "Tasks, with where they run and their ETA"),
+        ("GET", "/-/tasks/{uuid}", CLIENT_CALL, "A task and its history of events"),
         ("POST", "/-/tasks/{uuid}/{action}", ADMIN_ACTION, "Move, cancel, restart or remove a task"),
-        ("GET", "/-/events", NODEODM_CALL, "The audit log"),
-        ("GET", "/-/openapi.json", NODEODM_CALL, "This description"),
+        ("GET", "/-/events", CLIENT_CALL, "The audit log"),
+        ("GET", "/-/openapi.json", CLIENT_CALL, "This description"),
         ("POST", "/-/transfer", ADMIN_ACTION, "Hand the coordinator role to another box"),
     ]),
     *_rows(BOX, [

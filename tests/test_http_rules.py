@@ -12,12 +12,14 @@ import requests
 from aiohttp import web
 
 from appliance.agent import create_app
+from appliance.cluster import routes as cluster_routes
 from appliance.config import Config, load_config
 from appliance.discovery.agent_api import agent_auth_middleware
 from appliance.http_rules import ROUTES, Rules, listed, require_rules, unlisted
 from appliance.nodeodm.replies import BAD_TOKEN
 from appliance.openapi import IO, openapi_path, spec
 from tests.ui_support import Browser, peer, start_box
+from webui import routes as ui_routes
 from webui.render import failure_middleware
 
 TOKEN = "s3cret"
@@ -98,3 +100,16 @@ def test_a_follower_relays_only_the_coordinators_routes(simnode_factory, passel_
         assert requests.get(box.url + "/-/box.json", timeout=10).json()["name"] == "follower"
     finally:
         box.stop()
+
+
+async def test_a_failure_is_answered_in_its_readers_language(tmp_path, aiohttp_client, monkeypatch):
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cluster_routes, "info", broken)
+    monkeypatch.setattr(ui_routes, "admin_page", broken)
+    client = await aiohttp_client(create_app(config(tmp_path, discovery=False)))
+    program = await client.get("/info")
+    assert program.status == 200 and await program.json() == {"error": "Internal error: boom"}
+    person = await client.get("/ui/admin")
+    assert person.status == 500 and "Something went wrong" in await person.text()

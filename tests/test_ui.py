@@ -147,7 +147,7 @@ def test_forms_without_the_token_are_refused(simnode_factory, passel_factory):
     node = simnode_factory()
     api = Api(passel_factory([node.url]))
     browser = Browser(api.url)
-    for form in ({}, {"csrf": "guessed"}):
+    for form in ({}, {"csrf": "guessed"}, {"csrf": "gu\u00e9ss\u00e9"}):  # non-ASCII once crashed the check
         reply = browser.session.post(f"{api.url}/ui/nodes/1/lock", data=form, timeout=5, allow_redirects=False)
         assert reply.status_code == 403 and "expired" in reply.text
     stranger = requests.post(f"{api.url}/ui/nodes/1/lock", data={"csrf": browser.csrf}, timeout=5)  # no cookie

@@ -47,7 +47,8 @@ def remember_csrf(request: web.Request, response: web.StreamResponse, token: str
 
 def token_matches(request: web.Request, form: Mapping[str, Any]) -> bool:
     cookie = request.cookies.get(CSRF_COOKIE, "")
-    return bool(cookie) and hmac.compare_digest(str(form.get("csrf", "")), cookie)
+    # as bytes: compare_digest refuses str with non-ASCII characters, which a hostile form may carry
+    return bool(cookie) and hmac.compare_digest(str(form.get("csrf", "")).encode(), cookie.encode())
 
 
 def _mac(record: PasswordRecord, payload: bytes) -> str:
