@@ -163,6 +163,15 @@ async def measure_info(url: str, status: int, concurrency: int, requests: int, d
     }
 
 
+def print_ratio_rows(label: str, width: int, row: dict[str, Any], tail: str, target: float) -> None:
+    """One measurement's direct and passel lines and their ratio: p50, `tail` (p90 or p99), req/s."""
+    for kind in ("direct", "passel"):
+        r = row[kind]
+        print(f"{label:>{width}} {kind:7}{r['p50_ms']:>9.2f}{r[f'{tail}_ms']:>9.2f}{r['rps']:>9.0f}")
+    print(f"{'':{width}} ratio  {row['ratio_p50']:>9.2f}{row[f'ratio_{tail}']:>9.2f}{row['ratio_rps']:>9.2f}"
+          f"   p50 target <= {target}: {'met' if row['meets_p50_target'] else 'NOT met'}")
+
+
 def get_json(url: str, timeout: float = 5) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as reply:
         return json.loads(reply.read())

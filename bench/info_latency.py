@@ -213,11 +213,7 @@ def main() -> int:
     for key, row in data.items():
         if not isinstance(row, dict) or "ratio_p50" not in row:
             continue
-        for kind in ("direct", "passel"):
-            r = row[kind]
-            print(f"{key:38} {kind:7}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}{r['rps']:>9.0f}")
-        print(f"{'':38} ratio  {row['ratio_p50']:>9.2f}{row['ratio_p90']:>9.2f}{row['ratio_rps']:>9.2f}"
-              f"   p50 target <= {TARGET_P50_RATIO}: {'met' if row['meets_p50_target'] else 'NOT met'}")
+        common.print_ratio_rows(f"{key:<38}", 38, row, "p90", TARGET_P50_RATIO)
     print(f"results: {path}")
     return 0
 

@@ -136,12 +136,7 @@ def main() -> int:
         print(f"\nGET /task/{{uuid}}/info, {args.requests} requests per measurement, {args.repeat} repeats (medians)")
         print(f"{'conc':>4} {'target':7}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
         for level in LEVELS:
-            row = data[f"c{level}"]
-            for kind in ("direct", "passel"):
-                r = row[kind]
-                print(f"{level:>4} {kind:7}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['rps']:>9.0f}")
-            print(f"{'':4} ratio  {row['ratio_p50']:>9.2f}{row['ratio_p99']:>9.2f}{row['ratio_rps']:>9.2f}"
-                  f"   p50 target <= {TARGET_P50_RATIO}: {'met' if row['meets_p50_target'] else 'NOT met'}")
+            common.print_ratio_rows(str(level), 4, data[f"c{level}"], "p99", TARGET_P50_RATIO)
         print(f"results: {path}")
     return 0
 
