@@ -33,7 +33,7 @@ RETRY_MAX_SECONDS = 3.0
 def worth_retrying(exc: Exception) -> bool:
     """A dropped connection or a server error may pass on the next try; an answer in NodeODM's error
     shape (unknown uuid, no file) will not."""
-    return isinstance(exc, NodeUnreachable) or (isinstance(exc, NodeError) and str(exc).startswith("HTTP 5"))
+    return isinstance(exc, NodeUnreachable) or (isinstance(exc, NodeError) and (exc.status or 0) >= 500)
 
 
 def init_fields(task: Task, node: NodeState, public_url: str) -> dict[str, str]:

@@ -17,7 +17,11 @@ QUICK_TIMEOUT = aiohttp.ClientTimeout(total=5)  # health polls must not pile up 
 
 
 class NodeError(Exception):
-    """The node answered, with NodeODM's `{"error": ...}` shape."""
+    """The node answered, with NodeODM's `{"error": ...}` shape, or with an HTTP error `status`."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class NodeUnreachable(Exception):
@@ -53,7 +57,7 @@ class NodeClient:
         try:
             async with self.session.request(method, self.url(path, **(query or {})), timeout=timeout, **kwargs) as resp:
                 if resp.status != 200:
-                    raise NodeError(f"HTTP {resp.status} from {self.base_url}{path}")
+                    raise NodeError(f"HTTP {resp.status} from {self.base_url}{path}", resp.status)
                 body = await resp.read()
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise NodeUnreachable(f"{self.base_url} did not answer {method} {path}: {exc or type(exc).__name__}") from None
@@ -112,7 +116,7 @@ class NodeClient:
         except UploadFailed as exc:
             raise NodeUnreachable(str(exc)) from None
         if status != 200:
-            raise NodeError(f"HTTP {status} from {self.base_url} uploading {path.name}")
+            raise NodeError(f"HTTP {status} from {self.base_url} uploading {path.name}", status)
         if not isinstance(data, dict) or data.get("error") or not data.get("success"):
             raise NodeError(str((data or {}).get("error", "upload refused")) if isinstance(data, dict) else "upload refused")
 
