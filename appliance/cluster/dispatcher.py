@@ -185,9 +185,6 @@ class Dispatcher:
         self._sending[task.uuid] = job
         job.add_done_callback(lambda _: self._sending.pop(task.uuid, None) if self._sending.get(task.uuid) is job else None)
 
-    def sending(self, uuid: str) -> bool:
-        return uuid in self._sending
-
     async def settle(self, uuid: str) -> None:
         """Stop a send that is still uploading; let one that is committing finish, so the node and
         the table agree on whether the task exists there before we act on it."""
