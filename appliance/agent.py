@@ -17,25 +17,25 @@ from aiohttp import web
 
 from appliance import __version__
 from appliance.admin_auth import setup_admin_auth
+from appliance.agent_api import agent_auth_middleware, setup_agent_routes
 from appliance.box_api import setup_box_routes
 from appliance.cluster.admin import setup_admin_routes
-from appliance.cluster.coordinator import Coordinator
-from appliance.role import Role
+from appliance.cluster.coordinator import COORDINATOR_KEY, Coordinator
+from appliance.cluster.lifecycle import StagingLifecycle
+from appliance.cluster.reconciler import RECONCILER_KEY, Reconciler
 from appliance.cluster.registry import NodeRegistry
 from appliance.cluster.routes import setup_routes
 from appliance.cluster.staging import Staging
-from appliance.cluster.lifecycle import StagingLifecycle
-from appliance.cluster.reconciler import Reconciler
 from appliance.cluster.tracker import TaskTracker
-from appliance.config import Config
-from appliance.discovery.agent_api import agent_auth_middleware, setup_agent_routes
-from appliance.discovery.service import discovery_ctx
-from appliance.discovery.identity import load_identity
+from appliance.config import CONFIG_KEY, Config
+from appliance.discovery.identity import IDENTITY_KEY, load_identity
 from appliance.http_rules import Middleware, gate_middleware, require_rules
-from appliance.keys import CONFIG, COORDINATOR, IDENTITY, RECONCILER
 from appliance.netaddr import default_public_url
-from appliance.openapi import setup_openapi_route
 from appliance.nodeodm.auth import setup_auth_routes
+from appliance.openapi import setup_openapi_route
+from appliance.passel_admin import setup_passel_admin_routes
+from appliance.passel_service import discovery_ctx
+from appliance.role import Role
 from appliance.sdnotify import systemd_ctx
 from appliance.store.database import Store
 from webui.render import failure_middleware
@@ -56,7 +56,7 @@ async def _supervise(name: str, job: Callable[[], Coroutine[Any, Any, None]]) ->
             await job()
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - logged with its traceback, then retried
+        except Exception:
             log.exception("Background job %s failed; restarting it in %.0f s", name, RESTART_DELAY_SECONDS)
         await asyncio.sleep(RESTART_DELAY_SECONDS)
 
@@ -65,13 +65,13 @@ def _background(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> asyn
     return asyncio.create_task(_supervise(name, job), name=name)
 
 
-def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx signature
+def _coordinator_ctx(config: Config):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         store = Store(config.database_path)
         await store.open()
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=64))
         identity = load_identity(config.state_dir, config.name or None)
-        app[IDENTITY] = identity
+        app[IDENTITY_KEY] = identity
         role = Role(identity.id)  # discovery attaches the passel's election to it; without, this box coordinates
         registry = NodeRegistry(store, session, config.poll_seconds, role)
         await registry.load()
@@ -79,14 +79,14 @@ def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx sign
         coordinator = Coordinator(store, registry, Staging(config.staging_dir, config.min_free_disk_mb * 1024 * 1024),
                                   public_url, config.dispatch_attempts, role, config.speed_aware)
         await coordinator.recover()
-        app[COORDINATOR] = coordinator
+        app[COORDINATOR_KEY] = coordinator
         for url in config.node:
             try:
                 await registry.add(url, source="config")
             except ValueError as exc:
                 log.error("Ignoring node %s: %s", url.split("?")[0], exc)
         tracker = TaskTracker(coordinator, config.task_poll_seconds, config.stall_seconds)
-        reconciler = app[RECONCILER] = Reconciler(coordinator, config.grace_seconds)
+        reconciler = app[RECONCILER_KEY] = Reconciler(coordinator, config.grace_seconds)
         lifecycle = StagingLifecycle(coordinator, config.staging_keep_hours)
         jobs = [_background("node-health", registry.poll_forever),
                 _background("dispatch", coordinator.dispatcher.run_dispatch_loop),
@@ -109,8 +109,8 @@ def _coordinator_ctx(config: Config):  # noqa: ANN202 - aiohttp cleanup_ctx sign
 
 async def _release_long_polls(app: web.Application) -> None:
     """Followers' held replica requests answer at once, so stopping does not wait out their poll."""
-    if COORDINATOR in app:
-        app[COORDINATOR].book.release()
+    if COORDINATOR_KEY in app:
+        app[COORDINATOR_KEY].book.release()
 
 
 def _middlewares(config: Config) -> list[Middleware]:
@@ -122,12 +122,13 @@ def _middlewares(config: Config) -> list[Middleware]:
 def create_app(config: Config) -> web.Application:
     """The whole box: NodeODM API, admin API and web UI on one port."""
     app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=_middlewares(config))
-    app[CONFIG] = config
+    app[CONFIG_KEY] = config
     app.cleanup_ctx.append(_coordinator_ctx(config))
     app.on_shutdown.append(_release_long_polls)
     if config.discovery:
         app.cleanup_ctx.append(discovery_ctx(config))
         setup_agent_routes(app)
+        setup_passel_admin_routes(app)
     app.cleanup_ctx.append(systemd_ctx(config))  # last in, first out: STOPPING=1 before anything closes
     setup_auth_routes(app)
     setup_routes(app)

@@ -18,7 +18,9 @@ import psutil
 from aiohttp import web
 
 from appliance import __version__
-from appliance.keys import CONFIG, IDENTITY, PASSEL
+from appliance.config import CONFIG_KEY
+from appliance.discovery.identity import IDENTITY_KEY
+from appliance.discovery.passel import PASSEL_KEY
 
 PRIORITY_NOTE = "until this box restarts; set --priority or PASSEL_PRIORITY to keep it"
 
@@ -50,18 +52,18 @@ def box_facts(state_dir: Path) -> dict[str, Any]:
 
 
 async def box_json(request: web.Request) -> web.Response:
-    identity = request.app.get(IDENTITY)
-    passel = request.app.get(PASSEL)
-    facts = box_facts(request.app[CONFIG].state_dir)
+    identity = request.app.get(IDENTITY_KEY)
+    passel = request.app.get(PASSEL_KEY)
+    facts = box_facts(request.app[CONFIG_KEY].state_dir)
     return web.json_response(facts | {
         "id": identity.id if identity else None, "name": identity.name if identity else None,
-        "priority": passel.priority if passel else request.app[CONFIG].priority,
+        "priority": passel.priority if passel else request.app[CONFIG_KEY].priority,
         "role": passel.state.role if passel else "coordinator"})
 
 
 async def set_priority(request: web.Request) -> web.Response:
     """Change this box's election priority now; heartbeats carry it from the next beat on."""
-    passel = request.app.get(PASSEL)
+    passel = request.app.get(PASSEL_KEY)
     if passel is None:
         return web.json_response({"error": "Discovery is off on this box, so it takes part in no election"}, status=409)
     try:

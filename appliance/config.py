@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 DEFAULT_CONFIG_PATHS = (Path("/etc/passel/passel.toml"),)
 
 
@@ -192,3 +194,6 @@ def add_setting_flags(parser: Any, names: Sequence[str]) -> None:
             parser.add_argument(s.flag, dest=name, action="append", default=None, metavar="URL", help=help_text)
         else:
             parser.add_argument(s.flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+
+
+CONFIG_KEY: web.AppKey[Config] = web.AppKey("config")  # where the app holds it

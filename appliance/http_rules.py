@@ -11,7 +11,7 @@ The rules are applied by these middlewares, outermost first (appliance/agent.py 
   2. `gate_middleware` (here) decides who answers and whether the caller may ask. A follower relays a
      coordinator's route untouched, before any check, so the coordinator checks it with its own token
      and password; then the client token, then the admin password (NodeODM refuses a bad token first).
-  3. `agent_auth_middleware` (discovery/agent_api.py, with discovery only) lets only the boxes of the
+  3. `agent_auth_middleware` (agent_api.py, with discovery only) lets only the boxes of the
      passel call the box-to-box API, and only this box itself call its loopback-only routes.
 The web UI's forms are checked by their actions (webui/security.py), on the coordinator after a relay.
 """
@@ -26,10 +26,10 @@ from enum import Enum
 from aiohttp import web
 
 from appliance.admin_auth import password_refusal
-from appliance.discovery.relay import relay_to_coordinator
-from appliance.keys import PASSEL
+from appliance.discovery.passel import PASSEL_KEY
 from appliance.nodeodm import replies
 from appliance.nodeodm.auth import token_matches
+from appliance.relay import relay_to_coordinator
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -223,7 +223,7 @@ def gate_middleware(token: str | None) -> Middleware:
     @web.middleware
     async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
         rules = rules_of(request)
-        passel = request.app.get(PASSEL) if rules.on_coordinator else None
+        passel = request.app.get(PASSEL_KEY) if rules.on_coordinator else None
         if passel is not None and not passel.is_coordinator:
             # this box may become coordinator while the request waits: then it is checked here
             return await relay_to_coordinator(request, functools.partial(checked, handler=handler, rules=rules),

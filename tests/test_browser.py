@@ -15,7 +15,8 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from appliance.keys import COORDINATOR, PASSEL
+from appliance.cluster.coordinator import COORDINATOR_KEY
+from appliance.discovery.passel import PASSEL_KEY
 from tests.nodeodm_helpers import jcall
 from tests.test_coordinator import Api, committed, status_of, wait_for
 from tests.ui_support import peer, start_box
@@ -70,7 +71,7 @@ def field(simnode_factory, passel_factory, tmp_path) -> Iterator[SimpleNamespace
     for label, node in nodes.items():
         jcall(api, "POST", "/-/nodes", json={"url": node.url, "label": label})
         if agents[label]:
-            box.call(box.app[COORDINATOR].registry.ensure(node.url, agent_url=agents[label]))
+            box.call(box.app[COORDINATOR_KEY].registry.ensure(node.url, agent_url=agents[label]))
     wait_for(lambda: all(n["online"] for n in jcall(api, "GET", "/-/nodes")), what="nodes online")
     job = [committed(api, images=4 + 3 * i, name=f"submodel_{i:04d}", **SUBMODEL) for i in range(6)]
     single = committed(api, images=5, name="Bridge inspection")
@@ -158,7 +159,7 @@ def test_arrivals_departures_and_a_new_coordinator_show_live(field, page):
     laptop, small = field.peers[0], field.peers[1]
 
     async def change() -> None:  # what heartbeats would do: a box arrives, one goes silent, one takes the role
-        passel = field.box.app[PASSEL]
+        passel = field.box.app[PASSEL_KEY]
         van = peer("drone-van", "127.0.0.1", small.port)
         passel.membership.peers[van.id] = van
         laptop.last_heard = None

@@ -79,7 +79,7 @@ def test_sleeping_coordinator_wakes_and_steps_down_to_newer_term():
 
 
 def test_clock_detector_sees_suspend(monkeypatch):
-    import appliance.discovery.clock as clock
+    from appliance import clock
     now = {"boot": 100.0, "mono": 50.0}
     monkeypatch.setattr(clock, "boottime", lambda: now["boot"])
     monkeypatch.setattr(clock.time, "monotonic", lambda: now["mono"])

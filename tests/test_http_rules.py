@@ -12,9 +12,9 @@ import requests
 from aiohttp import web
 
 from appliance.agent import create_app
+from appliance.agent_api import agent_auth_middleware
 from appliance.cluster import routes as cluster_routes
 from appliance.config import Config, load_config
-from appliance.discovery.agent_api import agent_auth_middleware
 from appliance.http_rules import ROUTES, Rules, listed, require_rules, unlisted
 from appliance.nodeodm.replies import BAD_TOKEN
 from appliance.openapi import IO, openapi_path, spec

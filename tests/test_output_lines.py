@@ -21,10 +21,10 @@ import pytest
 import requests
 
 from appliance.agent import create_app
+from appliance.cluster.coordinator import COORDINATOR_KEY
 from appliance.cluster.info_cache import InfoCache, OutputRestarted, _slice
 from appliance.cluster.tracker import TaskTracker
 from appliance.config import load_config
-from appliance.keys import COORDINATOR
 from appliance.simnode.app import ENGINE
 from appliance.store.models import Phase, Task
 from tests.nodeodm_helpers import Api, committed, jcall, wait_for
@@ -240,7 +240,7 @@ def test_info_comes_from_the_live_view_and_passels_own_changes_show_at_once(simn
     api = Api(server)
     uuid = committed(api, images=30)
     wait_for(lambda: phase_of(api, uuid) == "on_node", what="the task on its node")
-    coordinator = server.app[COORDINATOR]
+    coordinator = server.app[COORDINATOR_KEY]
     task = coordinator.book.tasks[uuid]
     client = coordinator.registry.get(task.node_id).client
     asked: list[int | None] = []
@@ -275,7 +275,7 @@ def test_a_stale_view_is_not_served_the_node_is_asked(simnode_factory, passel_fa
     api = Api(server)
     uuid = committed(api, images=30)
     wait_for(lambda: phase_of(api, uuid) == "on_node", what="the task on its node")
-    coordinator = server.app[COORDINATOR]
+    coordinator = server.app[COORDINATOR_KEY]
     coordinator.info_cache.keep_for = 0.0  # every reply is old at once
     task = coordinator.book.tasks[uuid]
     jcall(api, "GET", f"/task/{uuid}/info")

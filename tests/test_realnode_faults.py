@@ -18,8 +18,9 @@ from pyodm import Node
 from pyodm.exceptions import NodeResponseError, TaskFailedError
 from pyodm.types import TaskStatus
 
+from appliance.cluster.coordinator import COORDINATOR_KEY
 from appliance.cluster.lifecycle import StagingLifecycle
-from appliance.keys import COORDINATOR, RECONCILER
+from appliance.cluster.reconciler import RECONCILER_KEY
 from tests.nodeodm_helpers import Api, committed, init_task, jcall, make_images, upload, wait_for
 from tests.realnode import RealNode
 from tests.support import ServerThread
@@ -134,7 +135,7 @@ def test_a_failed_task_reaches_the_client_with_its_output_and_is_never_sent_agai
     assert task.output(line=-2) == node_output[-2:]
     # Passel's own passes over the nodes have had their chance to act on the failure
     for _ in range(2):
-        server.call(server.app[RECONCILER].reconcile())
+        server.call(server.app[RECONCILER_KEY].reconcile())
     time.sleep(1.0)  # five task polls
     assert task.info().status == TaskStatus.FAILED
     assert node_uuids(node) == [task.uuid] and runs_on(node, task.uuid) == 1, "the node saw the task once"
@@ -289,7 +290,7 @@ def test_an_upload_with_an_old_date_created_is_not_taken_for_abandoned(realnode_
     created = int((time.time() - 3 * 86400) * 1000)
     uuid = init_task(api, name="made three days ago", dateCreated=str(created), skipPostProcessing="true")
     assert upload(api, uuid, "IMG_0.JPG") == {"success": True}
-    server.call(StagingLifecycle(server.app[COORDINATOR], keep_hours=72).sweep())
+    server.call(StagingLifecycle(server.app[COORDINATOR_KEY], keep_hours=72).sweep())
     assert upload(api, uuid, "IMG_1.JPG") == {"success": True}, "the upload in progress was dropped"
     assert jcall(api, "POST", f"/task/new/commit/{uuid}") == {"uuid": uuid}
     info = wait_for(lambda: (i := jcall(api, "GET", f"/task/{uuid}/info"))["status"]["code"] in FINISHED and i,

@@ -18,12 +18,12 @@ import pytest
 import requests
 
 from appliance import cli
-from appliance.admin_auth import AdminPassword, PasswordRecord, PasswordRefused
-from appliance.keys import COORDINATOR
+from appliance.admin_password import AdminPassword, PasswordRecord, PasswordRefused
+from appliance.cluster.coordinator import COORDINATOR_KEY
 from appliance.nodeodm.status import TaskStatus
 from appliance.store.models import Phase, Task
-from tests.test_coordinator import Api, committed, status_of, wait_for
 from tests.nodeodm_helpers import jcall
+from tests.test_coordinator import Api, committed, status_of, wait_for
 from tests.ui_support import Browser, free_port, peer, start_box
 from webui import contexts
 from webui.render import environment
@@ -285,7 +285,7 @@ def test_a_followers_pages_show_the_coordinators_etas(simnode_factory, passel_fa
     box = start_box(tmp_path / "follower", [], [leader], leader)
     try:
         async def copy_row() -> None:  # what the replica feed would bring
-            box.app[COORDINATOR].book.tasks[uuid] = Task(
+            box.app[COORDINATOR_KEY].book.tasks[uuid] = Task(
                 uuid=uuid, name="submodel_0000", images_count=30, phase=Phase.ON_NODE, status=TaskStatus.RUNNING,
                 committed_at=time.time(), date_created_ms=int(time.time() * 1000))
         box.call(copy_row())
@@ -309,7 +309,7 @@ def test_priority_needs_a_passel(simnode_factory, passel_factory):
 def _fill(box, tasks: int) -> None:
     """Thousands of tasks, straight into the coordinator's memory (jobs of ten, a fifth still queued)."""
     async def fill() -> None:
-        c = box.app[COORDINATOR]
+        c = box.app[COORDINATOR_KEY]
         now = time.time()
         for i in range(tasks):
             done = i % 5 != 0

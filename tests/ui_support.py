@@ -17,12 +17,14 @@ import requests
 from aiohttp import web
 
 from appliance.agent import create_app
+from appliance.clock import boottime
 from appliance.config import load_config
-from appliance.discovery.clock import boottime
 from appliance.discovery.election import COORDINATOR, FOLLOWER
+from appliance.discovery.identity import IDENTITY_KEY
 from appliance.discovery.membership import Membership, Peer
+from appliance.discovery.passel import PASSEL_KEY
 from appliance.discovery.state import RoleState
-from appliance.keys import IDENTITY, PASSEL, RELAY_SESSION
+from appliance.relay import RELAY_SESSION_KEY
 from tests.support import ServerThread
 
 FOREVER = 10 ** 6  # seconds: a stand-in peer stays alive for the whole test
@@ -75,11 +77,11 @@ def start_box(state_dir: Path, nodes: list[str], peers: list[Peer], coordinator:
         app = create_app(config)
 
         async def join(app: web.Application) -> None:
-            app[PASSEL] = StandInPassel(app[IDENTITY], peers, coordinator, is_coordinator)  # type: ignore[assignment]
-            app[RELAY_SESSION] = aiohttp.ClientSession(auto_decompress=False)
+            app[PASSEL_KEY] = StandInPassel(app[IDENTITY_KEY], peers, coordinator, is_coordinator)  # type: ignore[assignment]
+            app[RELAY_SESSION_KEY] = aiohttp.ClientSession(auto_decompress=False)
 
         async def leave(app: web.Application) -> None:
-            await app[RELAY_SESSION].close()
+            await app[RELAY_SESSION_KEY].close()
 
         app.on_startup.append(join)
         app.on_cleanup.append(leave)

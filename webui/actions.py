@@ -15,12 +15,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from appliance.admin_auth import FAILURE_DELAY_SECONDS, PasswordRefused, change_password
+from appliance.admin_auth import change_password
+from appliance.admin_password import ADMIN_PASSWORD_KEY, FAILURE_DELAY_SECONDS, PasswordRefused
+from appliance.passel_admin import transfer as transfer_role
 from appliance.box_api import set_priority
 from appliance.cluster import admin
-from appliance.discovery.agent_api import transfer as transfer_role
-from appliance.discovery.relay import relay
-from appliance.keys import ADMIN_PASSWORD, PASSEL, RELAY_SESSION
+from appliance.discovery.passel import PASSEL_KEY
+from appliance.relay import RELAY_SESSION_KEY, relay
 from webui import security
 from webui.render import error_page
 
@@ -41,7 +42,7 @@ def _with_done(url: str, code: str) -> str:
 
 async def on_coordinator(request: web.Request, act: Act, done: str, back: str) -> web.StreamResponse:
     """Run the action here when this box is coordinator (or alone); otherwise relay the form there."""
-    passel = request.app.get(PASSEL)
+    passel = request.app.get(PASSEL_KEY)
     if passel is None or passel.is_coordinator:
         return await run_here(request, act, done, back)
     leader = passel.coordinator()
@@ -50,7 +51,7 @@ async def on_coordinator(request: web.Request, act: Act, done: str, back: str) -
                           "The passel is choosing a coordinator, which takes about ten seconds. "
                           "Go back and try the action again then.", back)
     try:
-        return await relay(request, leader.url, request.app[RELAY_SESSION])
+        return await relay(request, leader.url, request.app[RELAY_SESSION_KEY])
     except (aiohttp.ClientError, TimeoutError) as exc:
         return error_page(request, 503, "The coordinator did not answer",
                           f"{leader.name or leader.id} at {leader.url} did not answer ({exc or 'timeout'}). "
@@ -93,7 +94,7 @@ async def node_action(request: web.Request) -> web.StreamResponse:
 
 
 async def transfer(request: web.Request) -> web.StreamResponse:
-    if request.app.get(PASSEL) is None:
+    if request.app.get(PASSEL_KEY) is None:
         return error_page(request, 409, "No passel",
                           "Discovery is off on this box, so there is no role to hand over.", "/ui/admin")
     return await on_coordinator(request, transfer_role, "transfer", "/")
@@ -135,10 +136,10 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     back = _next(form, "/ui/admin")
     if not security.token_matches(request, form):
         return error_page(request, 403, "Not allowed", security.EXPIRED, "/ui/admin")
-    if not request.app[ADMIN_PASSWORD].is_set:
+    if not request.app[ADMIN_PASSWORD_KEY].is_set:
         return error_page(request, 409, "No password yet", "No admin password is set; set one first.",
                           "/ui/admin")
-    if not await request.app[ADMIN_PASSWORD].check(str(form.get("password", ""))):
+    if not await request.app[ADMIN_PASSWORD_KEY].check(str(form.get("password", ""))):
         await asyncio.sleep(FAILURE_DELAY_SECONDS)
         return error_page(request, 403, "Wrong password", "That is not the admin password. Try again.",
                           "/ui/admin")

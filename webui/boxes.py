@@ -14,8 +14,9 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from appliance.box_api import box_facts
-from appliance.discovery.clock import boottime
-from appliance.keys import CONFIG, IDENTITY
+from appliance.clock import boottime
+from appliance.config import CONFIG_KEY
+from appliance.discovery.identity import IDENTITY_KEY
 from webui import format as fmt
 from webui.contexts import BoxCard, NodeCard
 from webui.snapshot import FetchFailed, Snapshot, fetch_json
@@ -99,16 +100,16 @@ def _health(nodes: list[NodeCard]) -> tuple[str, str]:
 def _boxes(request: web.Request, snap: Snapshot) -> list[dict[str, Any]]:
     if snap.view is not None:
         return list(snap.view["boxes"])
-    identity = request.app[IDENTITY]
+    identity = request.app[IDENTITY_KEY]
     return [{"id": identity.id, "name": identity.name, "role": "coordinator", "address": None,
-             "port": request.app[CONFIG].port, "alive": True, "self": True,
-             "priority": request.app[CONFIG].priority}]
+             "port": request.app[CONFIG_KEY].port, "alive": True, "self": True,
+             "priority": request.app[CONFIG_KEY].priority}]
 
 
 def box_cards(request: web.Request, snap: Snapshot, cache: BoxFactsCache) -> tuple[list[BoxCard], list[NodeCard]]:
     """Cards for every box, and the nodes that belong to none."""
     boxes = _boxes(request, snap)
-    mine = box_facts(request.app[CONFIG].state_dir)
+    mine = box_facts(request.app[CONFIG_KEY].state_dir)
     cache.refresh(request.app, {str(b["id"]): f"http://{b['address']}:{b['port']}" for b in boxes[1:]
                                 if b.get("alive") and b.get("address")})
     leader = (snap.view or {}).get("coordinator") or boxes[0]
@@ -147,3 +148,5 @@ def _card(b: dict[str, Any], facts: dict[str, Any] | None, nodes: list[NodeCard]
         memory=(f"{fmt.size(facts.get('memory_available'))} free of {fmt.size(memory)}" if memory else "—"),
         disk_free=fmt.size(facts["disk_free"]) if "disk_free" in facts else "—", nodes=nodes)
 
+
+BOX_FACTS_KEY: web.AppKey[BoxFactsCache] = web.AppKey("box_facts")  # where the app holds it

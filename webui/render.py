@@ -12,8 +12,9 @@ import jinja2
 from aiohttp import web
 
 from appliance import __version__
+from appliance.admin_password import ADMIN_PASSWORD_KEY
+from appliance.discovery.identity import IDENTITY_KEY
 from appliance.http_rules import Audience, rules_of
-from appliance.keys import ADMIN_PASSWORD, IDENTITY
 from appliance.nodeodm.replies import internal_error
 from webui import security
 from webui.contexts import Chrome, ErrorPage
@@ -43,9 +44,9 @@ def context_of(page: Any) -> dict[str, Any]:
 
 def chrome(request: web.Request, page: str, title: str, banner: str | None = None, live: bool = True) -> Chrome:
     """The frame of a page, for this request (its form token, sign-in state and last outcome)."""
-    identity = request.app.get(IDENTITY)
+    identity = request.app.get(IDENTITY_KEY)
     return Chrome(version=__version__, box_name=identity.name if identity else "passel", page=page, title=title,
-                  csrf=security.csrf_token(request), password_set=request.app[ADMIN_PASSWORD].is_set,
+                  csrf=security.csrf_token(request), password_set=request.app[ADMIN_PASSWORD_KEY].is_set,
                   signed_in=security.signed_in(request), banner=banner,
                   notice=DONE.get(request.query.get("done", "")), live=live)
 
@@ -89,7 +90,7 @@ async def failure_middleware(request: web.Request, handler: Handler) -> web.Stre
                           "or the address is mistyped.")
     except web.HTTPException:
         raise
-    except Exception as exc:  # noqa: BLE001 - every request gets an answer
+    except Exception as exc:
         if not _for_people(request):
             if isinstance(exc, ConnectionError):  # the client is gone: nobody to answer
                 raise

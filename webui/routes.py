@@ -12,11 +12,14 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.keys import BOX_FACTS, CONFIG, COORDINATOR, IDENTITY, PASSEL
+from appliance.cluster.coordinator import COORDINATOR_KEY
+from appliance.config import CONFIG_KEY
+from appliance.discovery.identity import IDENTITY_KEY
+from appliance.discovery.passel import PASSEL_KEY
 from appliance.nodeodm.status import TaskStatus
 from webui import actions, snapshot
 from webui import format as fmt
-from webui.boxes import BoxFactsCache, box_cards, node_card
+from webui.boxes import BOX_FACTS_KEY, BoxFactsCache, box_cards, node_card
 from webui.contexts import AdminPage, EventRow, PasselPage, TaskPage, TasksPage, TimelinePage
 from webui.render import chrome, error_page, respond
 from webui.task_views import (STATUS_CHOICES, can_move, counts, facts_of, labels_of, list_tasks, log_of, move_targets,
@@ -35,9 +38,9 @@ def _events(rows: list[dict[str, Any]]) -> list[EventRow]:
 async def passel_page(request: web.Request) -> web.Response:
     """The passel at a glance: every box, its nodes, and what is running."""
     snap = await snapshot.take(request)
-    cards, others = box_cards(request, snap, request.app[BOX_FACTS])
+    cards, others = box_cards(request, snap, request.app[BOX_FACTS_KEY])
     page = PasselPage(chrome=chrome(request, "passel", "The passel", snap.banner),
-                      public_url=request.app[COORDINATOR].public_url, discovery=snap.view is not None,
+                      public_url=request.app[COORDINATOR_KEY].public_url, discovery=snap.view is not None,
                       term=int((snap.view or {}).get("term", 0)), boxes=cards, other_nodes=others,
                       nodes=[node_card(n) for n in snap.nodes], counts=counts(snap.tasks),
                       events=_events(await snapshot.events(request, snap, limit=EVENTS_SHOWN)))
@@ -80,7 +83,7 @@ async def task_page(request: web.Request) -> web.Response:
         log=log_of(task), events=_events(events),
         move_targets=move_targets(task, snap), can_move=can_move(task), can_restart=status.finished,
         download_url=f"/task/{uuid}/download/all.zip" if status == TaskStatus.COMPLETED else None,
-        token_needed=bool(request.app[CONFIG].token))
+        token_needed=bool(request.app[CONFIG_KEY].token))
     return respond(request, page)
 
 
@@ -96,9 +99,9 @@ async def timeline_page(request: web.Request) -> web.Response:
 
 async def admin_page(request: web.Request) -> web.Response:
     snap = await snapshot.take(request)
-    cards, _ = box_cards(request, snap, request.app[BOX_FACTS])
-    config, identity, passel = request.app[CONFIG], request.app[IDENTITY], request.app.get(PASSEL)
-    facts = [("Box", f"{identity.name} ({identity.id})"), ("Entry address", request.app[COORDINATOR].public_url),
+    cards, _ = box_cards(request, snap, request.app[BOX_FACTS_KEY])
+    config, identity, passel = request.app[CONFIG_KEY], request.app[IDENTITY_KEY], request.app.get(PASSEL_KEY)
+    facts = [("Box", f"{identity.name} ({identity.id})"), ("Entry address", request.app[COORDINATOR_KEY].public_url),
              ("State directory", str(config.state_dir)), ("Discovery", "on" if passel else "off (--no-discovery)"),
              ("API token", "required (?token=)" if config.token else "none")]
     page = AdminPage(chrome=chrome(request, "admin", "Settings", snap.banner, live=False),
@@ -108,12 +111,12 @@ async def admin_page(request: web.Request) -> web.Response:
 
 
 async def _close_facts(app: web.Application) -> None:
-    await app[BOX_FACTS].close()
+    await app[BOX_FACTS_KEY].close()
 
 
 def setup_ui_routes(app: web.Application) -> None:
     """The whole UI; call after setup_admin_auth, whose password guards the UI's actions."""
-    app[BOX_FACTS] = BoxFactsCache()
+    app[BOX_FACTS_KEY] = BoxFactsCache()
     app.on_cleanup.append(_close_facts)
     app.router.add_get("/", passel_page)
     app.router.add_get("/ui/tasks", tasks_page)

@@ -24,8 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.admin_auth import PasswordRecord
-from appliance.keys import ADMIN_PASSWORD
+from appliance.admin_password import ADMIN_PASSWORD_KEY, PasswordRecord
 
 CSRF_COOKIE = "passel_csrf"
 SESSION_COOKIE = "passel_session"
@@ -62,7 +61,7 @@ def _session_value(record: PasswordRecord, csrf: str) -> str:
 
 def signed_in(request: web.Request) -> bool:
     """A session signed under the current password, recent, and bound to this browser's form token."""
-    record = request.app[ADMIN_PASSWORD].record
+    record = request.app[ADMIN_PASSWORD_KEY].record
     encoded, _, mac = request.cookies.get(SESSION_COOKIE, "").partition(".")
     csrf = request.cookies.get(CSRF_COOKIE, "")
     if record is None or not mac or not csrf:
@@ -81,14 +80,14 @@ def refusal(request: web.Request, form: Mapping[str, Any]) -> str | None:
     """Why this form may not act, or None when it may."""
     if not token_matches(request, form):
         return EXPIRED
-    if request.app[ADMIN_PASSWORD].is_set and not signed_in(request):
+    if request.app[ADMIN_PASSWORD_KEY].is_set and not signed_in(request):
         return SIGN_IN
     return None
 
 
 def start_session(request: web.Request, response: web.StreamResponse) -> None:
     """Sign this browser in (its form token must already be set)."""
-    record = request.app[ADMIN_PASSWORD].record
+    record = request.app[ADMIN_PASSWORD_KEY].record
     if record is not None:
         response.set_cookie(SESSION_COOKIE, _session_value(record, request.cookies.get(CSRF_COOKIE, "")),
                             max_age=SESSION_SECONDS, httponly=True, samesite="Lax", path="/")

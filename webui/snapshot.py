@@ -14,9 +14,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from appliance.cluster.coordinator import Coordinator
-from appliance.discovery.agent_api import passel_view
-from appliance.keys import CONFIG, COORDINATOR, PASSEL
+from appliance.passel_admin import passel_view
+from appliance.cluster.coordinator import COORDINATOR_KEY, Coordinator
+from appliance.config import CONFIG_KEY
+from appliance.discovery.passel import PASSEL_KEY
 from appliance.store.models import Task
 
 COORDINATOR_TIMEOUT = aiohttp.ClientTimeout(total=1.5)  # a page must not hang on a closed lid
@@ -53,9 +54,9 @@ def local_nodes(c: Coordinator) -> list[dict[str, Any]]:
 
 async def fetch_json(app: web.Application, base_url: str, path: str) -> Any:
     """GET a JSON document from another box, quickly or not at all."""
-    token = app[CONFIG].token
+    token = app[CONFIG_KEY].token
     try:
-        async with app[COORDINATOR].registry.session.get(
+        async with app[COORDINATOR_KEY].registry.session.get(
                 base_url + path, params={"token": token} if token else None, timeout=COORDINATOR_TIMEOUT) as reply:
             data = await reply.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -68,8 +69,8 @@ async def fetch_json(app: web.Application, base_url: str, path: str) -> Any:
 async def take(request: web.Request) -> Snapshot:
     """The snapshot for one page; never raises because another box is gone."""
     app = request.app
-    c = app[COORDINATOR]
-    passel = app.get(PASSEL)
+    c = app[COORDINATOR_KEY]
+    passel = app.get(PASSEL_KEY)
     nodes, tasks = local_nodes(c), c.book.all_visible()
     if passel is None:
         return Snapshot(c, tasks, nodes, None, None, None, True)

@@ -8,16 +8,16 @@ from typing import Any
 from aiohttp import web
 
 from appliance import __version__
-from appliance.cluster.coordinator import Coordinator, public_task
+from appliance.cluster.coordinator import COORDINATOR_KEY, Coordinator, public_task
 from appliance.cluster.intake import TaskRefused
 from appliance.cluster.registry import NodeNotFound
 from appliance.cluster.scheduler import Demand, rank, why_not
-from appliance.keys import CONFIG, COORDINATOR
+from appliance.config import CONFIG_KEY
 from appliance.nodeodm.status import TaskStatus
 
 
 def _c(request: web.Request) -> Coordinator:
-    return request.app[COORDINATOR]
+    return request.app[COORDINATOR_KEY]
 
 
 def _nodes(c: Coordinator) -> list[dict[str, Any]]:
@@ -160,7 +160,7 @@ async def events(request: web.Request) -> web.Response:
 
 async def settings(request: web.Request) -> web.Response:
     """The effective configuration and where each value came from (secrets masked)."""
-    cfg = request.app[CONFIG]
+    cfg = request.app[CONFIG_KEY]
     shown = {k: ("***" if k == "token" and v else v) for k, v in vars(cfg).items() if k != "sources"}
     shown["node"] = [n.split("?")[0] for n in cfg.node]
     shown["state_dir"] = str(cfg.state_dir)

@@ -15,6 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from appliance.cluster.dispatcher import Dispatcher, tell_node
 from appliance.cluster.eta import Forecast, demand_of, forecast
 from appliance.cluster.info_cache import InfoCache
@@ -268,3 +270,6 @@ def public_task(task: Task, registry: NodeRegistry, eta_seconds: float | None = 
         "job_key": task.job_key, "committed_at": task.committed_at, "finished_at": task.finished_at,
         "eta_seconds": eta_seconds,
     }
+
+
+COORDINATOR_KEY: web.AppKey[Coordinator] = web.AppKey("coordinator")  # where the app holds it

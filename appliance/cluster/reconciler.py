@@ -19,10 +19,11 @@ import logging
 import math
 
 import aiohttp
+from aiohttp import web
 
+from appliance.clock import boottime
 from appliance.cluster.coordinator import Coordinator
 from appliance.cluster.registry import NodeState
-from appliance.discovery.clock import boottime
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.status import TaskStatus
 from appliance.store.models import Phase, Task
@@ -113,3 +114,6 @@ class Reconciler:
             if now - self._box_gone_since.setdefault(box, now) >= self.grace:
                 await c.lose(task, f"its uploaded images are on box {box}, which has been gone for "
                                    f"{now - self._box_gone_since[box]:.0f} s")
+
+
+RECONCILER_KEY: web.AppKey[Reconciler] = web.AppKey("reconciler")  # where the app holds it

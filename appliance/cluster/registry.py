@@ -16,10 +16,10 @@ from typing import Any
 
 import aiohttp
 
+from appliance.clock import boottime
 from appliance.cluster.scheduler import NodeView
-from appliance.cluster.speed import Estimate, Hardware, Sample, blend, calibrations, dump_samples, estimates, \
-    parse_samples, speed_key
-from appliance.discovery.clock import boottime
+from appliance.cluster.speed import (Estimate, Hardware, Sample, blend, calibrations, dump_samples, estimates,
+                                     parse_samples, speed_key)
 from appliance.nodeodm.client import NodeClient, NodeError, NodeUnreachable, split_node_url
 from appliance.nodeodm.options import OptionSpec
 from appliance.role import Role

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 
-from appliance.discovery.clock import boottime
+from appliance.clock import boottime
 from appliance.role import Role
 
 log = logging.getLogger("passel.replica")

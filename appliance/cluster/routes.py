@@ -16,15 +16,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from appliance.cluster.coordinator import Coordinator
-from appliance.cluster.intake import NewTask, TaskRefused
+from appliance.cluster.coordinator import COORDINATOR_KEY, Coordinator
 from appliance.cluster.info_cache import Run, waiting_line
+from appliance.cluster.intake import NewTask, TaskRefused
 from appliance.cluster.proxy import stream_from_node
 from appliance.cluster.tracker import refresh_from_node
-from appliance.keys import COORDINATOR
 from appliance.nodeodm import replies
-from appliance.nodeodm.status import TaskStatus
 from appliance.nodeodm.routes import add_nodeodm_routes
+from appliance.nodeodm.status import TaskStatus
 from appliance.nodeodm.uploads import UploadError, ensure_free_space, read_action_fields, receive_form
 from appliance.store.models import Phase, Task
 
@@ -33,7 +32,7 @@ API_VERSION = "2.2.4"  # the NodeODM API this implements; PyODM wants >= 1.4.0 f
 
 
 def _coordinator(request: web.Request) -> Coordinator:
-    return request.app[COORDINATOR]
+    return request.app[COORDINATOR_KEY]
 
 
 async def info(request: web.Request) -> web.Response:

@@ -8,11 +8,11 @@ import asyncio
 import logging
 from functools import partial
 
+from appliance.clock import boottime
 from appliance.cluster.coordinator import Coordinator
 from appliance.cluster.info_cache import OutputRestarted, Run
 from appliance.cluster.registry import NodeState
 from appliance.cluster.tasks import OUTPUT_TAIL_LINES
-from appliance.discovery.clock import boottime
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.status import TaskStatus
 from appliance.store.models import Phase, Task

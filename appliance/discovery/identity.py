@@ -10,6 +10,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiohttp import web
+
 IDENTITY_FILE = "box.json"
 
 
@@ -51,3 +53,6 @@ def load_identity(state_dir: Path, name: str | None = None) -> BoxIdentity:
         temporary.write_text(json.dumps({"id": identity.id, "name": identity.name}))
         os.replace(temporary, path)
     return identity
+
+
+IDENTITY_KEY: web.AppKey[BoxIdentity] = web.AppKey("identity")  # where the app holds it

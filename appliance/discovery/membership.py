@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.discovery.clock import boottime
+from appliance.clock import boottime
 from appliance.discovery.election import FOLLOWER, Member
 
 HEARTBEAT_SECONDS = 1.0

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from appliance import __version__
-from appliance.discovery.clock import JumpDetector, boottime
+from appliance.clock import JumpDetector, boottime
 from appliance.discovery.election import COORDINATOR, FOLLOWER, Decision, Member, elect
 from appliance.discovery.identity import BoxIdentity
 from appliance.discovery.membership import HEARTBEAT_SECONDS, LEASE_SECONDS, Membership, Peer
@@ -174,7 +175,7 @@ class Passel:
         while True:
             try:
                 await self.tick()
-            except Exception:  # noqa: BLE001 - one bad tick must not end the election
+            except Exception:
                 log.exception("Election tick failed")
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
@@ -230,3 +231,6 @@ class Passel:
             raise TransferRefused(f"Term {term} is not newer than {self.state.term}")
         await self.apply(Decision(COORDINATOR, self.identity.id, term))
         log.info("Took over the coordinator role from %s by hand", sender)
+
+
+PASSEL_KEY: web.AppKey[Passel] = web.AppKey("passel")  # where the app holds it

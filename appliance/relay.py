@@ -10,7 +10,6 @@ from aiohttp import web
 
 from appliance.discovery.membership import LEASE_SECONDS
 from appliance.discovery.passel import Passel
-from appliance.keys import RELAY_SESSION
 from appliance.nodeodm import replies
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -51,7 +50,7 @@ async def relay_to_coordinator(request: web.Request, handler: Handler, passel: P
         if peer is None:
             return replies.error(NO_COORDINATOR)
         try:
-            return await relay(request, peer.url, request.app[RELAY_SESSION])
+            return await relay(request, peer.url, request.app[RELAY_SESSION_KEY])
         except aiohttp.ClientConnectorError:
             # Nothing was sent: the coordinator's process is gone. Hold the request through the
             # election instead of failing it, then send it to the new coordinator.
@@ -60,3 +59,6 @@ async def relay_to_coordinator(request: web.Request, handler: Handler, passel: P
             return replies.error(f"The coordinator ({peer.name} at {peer.url}) stopped answering: "
                                  f"{exc or 'timeout'}; try again in a few seconds.")
     return replies.error(NO_COORDINATOR)
+
+
+RELAY_SESSION_KEY: web.AppKey[aiohttp.ClientSession] = web.AppKey("relay_session")  # where the app holds it

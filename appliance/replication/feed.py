@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from appliance.cluster.coordinator import Coordinator
 from appliance.cluster.tasks import forwarded, set_forwarded
@@ -101,3 +102,6 @@ class ReplicaFollower:
                     await book.purge(uuid)
                     dropped += 1
         return len(seen) + dropped
+
+
+REPLICA_KEY: web.AppKey[ReplicaFollower] = web.AppKey("replica")  # where the app holds it

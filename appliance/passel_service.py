@@ -11,17 +11,20 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from appliance.admin_password import ADMIN_PASSWORD_KEY
+from appliance.cluster.coordinator import COORDINATOR_KEY
+from appliance.cluster.reconciler import RECONCILER_KEY
 from appliance.config import Config
 from appliance.discovery.election import COORDINATOR
-from appliance.discovery.handover import hand_over_all, own_rows
+from appliance.discovery.identity import IDENTITY_KEY
 from appliance.discovery.mdns import ALIAS_TYPE, NODEODM_TYPE, PASSEL_TYPE, PROTOCOL_VERSION, Mdns, Sighting
-from appliance.discovery.passel import Passel
-from appliance.discovery.password_sync import agree
-from appliance.discovery.replica import ReplicaFollower
+from appliance.discovery.passel import PASSEL_KEY, Passel
 from appliance.discovery.trust import Trust, Untrusted, load_or_create_key
-from appliance.keys import COORDINATOR as COORDINATOR_KEY
-from appliance.keys import ADMIN_PASSWORD, IDENTITY, PASSEL, RECONCILER, RELAY_SESSION, REPLICA
 from appliance.nodeodm.client import NodeClient, NodeError, NodeUnreachable
+from appliance.relay import RELAY_SESSION_KEY
+from appliance.replication.feed import REPLICA_KEY, ReplicaFollower
+from appliance.replication.handover import hand_over_all, own_rows
+from appliance.replication.password import agree
 
 log = logging.getLogger("passel.discovery")
 DEFAULT_SHARE = "http://127.0.0.1:3001"
@@ -58,16 +61,16 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
         coordinator = app[COORDINATOR_KEY]
         registry = coordinator.registry
         session = registry.session
-        identity = app[IDENTITY]
+        identity = app[IDENTITY_KEY]
         trust = Trust(load_or_create_key(config.key, config.state_dir), identity.id)
         passel = Passel(identity, config.state_dir, config.priority, config.port, session, trust,
                         holds_rows_to_hand_over=lambda: next(own_rows(coordinator), None) is not None)
-        app[PASSEL] = passel
-        app[RELAY_SESSION] = relay_session = aiohttp.ClientSession(auto_decompress=False)
+        app[PASSEL_KEY] = passel
+        app[RELAY_SESSION_KEY] = relay_session = aiohttp.ClientSession(auto_decompress=False)
         coordinator.role.attach(passel)
         pending: set[asyncio.Task[None]] = set()
 
-        def spawn(coro) -> None:  # noqa: ANN001
+        def spawn(coro) -> None:
             job = asyncio.ensure_future(coro)
             pending.add(job)
             job.add_done_callback(pending.discard)
@@ -118,7 +121,7 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
 
         async def reconcile_on_win(before: str, after: str) -> None:
             if after == COORDINATOR:
-                spawn(app[RECONCILER].reconcile())
+                spawn(app[RECONCILER_KEY].reconcile())
         passel.listeners.append(reconcile_on_win)
 
         async def publish_shares() -> list[str]:
@@ -150,7 +153,7 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
         passel.on_sleep.append(goodbye)
         passel.on_wake.append(rejoin)
 
-        follower = app[REPLICA] = ReplicaFollower(coordinator, passel.peers)
+        follower = app[REPLICA_KEY] = ReplicaFollower(coordinator, passel.peers)
 
         async def follow_forever() -> None:
             """As a follower: hand over what this box accepted as coordinator, then catch up, again and
@@ -168,7 +171,7 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
                         caught_up = follower.synced_from == leader.id
                         changed = await follower.pull(leader, wait=LONG_POLL_SECONDS)
                         if changed is not None:
-                            await agree(app[ADMIN_PASSWORD], passel.trust, passel.peers, leader,
+                            await agree(app[ADMIN_PASSWORD_KEY], passel.trust, passel.peers, leader,
                                         follower.leader_password)
                     except (aiohttp.ClientError, TimeoutError, ValueError, TypeError, Untrusted) as exc:
                         log.debug("Replica sync with %s failed: %s", leader.name, exc)

@@ -16,11 +16,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from appliance.admin_auth import AdminPassword, PasswordRecord
-from appliance.discovery.passel import AGENT_API, Peer
+from appliance.admin_password import ADMIN_PASSWORD_KEY, AdminPassword, PasswordRecord
+from appliance.discovery.passel import AGENT_API, PASSEL_KEY, Peer
 from appliance.discovery.peer_client import PeerClient
 from appliance.discovery.trust import Trust, Untrusted
-from appliance.keys import ADMIN_PASSWORD, PASSEL
 
 log = logging.getLogger("passel.password")
 GIVE_TIMEOUT = aiohttp.ClientTimeout(total=5)
@@ -53,7 +52,7 @@ async def agree(password: AdminPassword, trust: Trust, peers: PeerClient, leader
 
 async def receive(request: web.Request) -> web.Response:
     """A follower gives the coordinator a newer record than its own."""
-    password, trust = request.app[ADMIN_PASSWORD], request.app[PASSEL].trust
+    password, trust = request.app[ADMIN_PASSWORD_KEY], request.app[PASSEL_KEY].trust
     try:
         body = await request.json()
         record = opened(body.get("record") if isinstance(body, dict) else None, trust)
