@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
 from appliance.admin_password import ADMIN_PASSWORD_KEY
-from appliance.clock import boottime
 from appliance.cluster.coordinator import COORDINATOR_KEY
-from appliance.discovery.passel import AGENT_API, PASSEL_KEY, Passel, TransferRefused
+from appliance.discovery.passel import AGENT_API, PASSEL_KEY, TransferRefused
 from appliance.discovery.trust import H_BOX, H_SIG, UNSIGNED_BODY, Untrusted, body_digest
 from appliance.http_rules import Peer, rules_of
 from appliance.nodeodm.uploads import UploadError, receive_form

@@ -41,7 +41,7 @@ from appliance.cluster.stragglers import ASSUMED_BYTES_PER_MS, Straggler, plan_c
 
 RECONSTRUCTION_OUTPUTS = ["opensfm/matches", "opensfm/features", "opensfm/reconstruction.json",
                           "opensfm/tracks.csv", "cameras.json"]  # what ODM asks back from a reconstruction submodel
-KIND = task_kind(json.dumps(RECONSTRUCTION_OUTPUTS), "[]")
+KIND = task_kind(RECONSTRUCTION_OUTPUTS, [])
 FASTEST_MS_PER_IMAGE = 1200.0  # reconstruction, one slot of the fastest box
 BYTES_PER_IMAGE = 8_000_000  # a drone JPEG: what a straggler copy uploads again
 TICK_MS = 2000.0  # the live coordinator re-plans every 1 s (dispatch) and 2 s (tracker); the simulation every 2 s

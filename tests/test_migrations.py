@@ -79,10 +79,20 @@ def _revision(path: Path) -> str:
 
 
 def _added_since_previous(model: type, old_columns: tuple[str, ...], key: str) -> dict[str, Any]:
-    """Columns a later revision added, with the default the model gives them (None when it gives none)."""
-    added = [c for c in model.__table__.columns if c.name not in old_columns and c.name != key]
-    return {c.name: c.default.arg if c.default is not None else None for c in added
-            if c.default is None or not callable(c.default.arg)}
+    """Columns a later revision added, with the default the model gives them: a plain value, or an
+    empty list or dict (a default computed at the time, such as a date, is left out)."""
+    factories = {name: f.default_factory for name, f in model.__dataclass_fields__.items()}  # type: ignore[attr-defined]
+    defaults: dict[str, Any] = {}
+    for column in model.__table__.columns:
+        if column.name in old_columns or column.name == key:
+            continue
+        if column.default is not None and not callable(column.default.arg):
+            defaults[column.name] = column.default.arg
+        elif factories.get(column.name) in (list, dict):
+            defaults[column.name] = factories[column.name]()
+        elif column.default is None:
+            defaults[column.name] = None
+    return defaults
 
 
 async def test_an_old_database_upgrades_in_place_without_losing_a_task(tmp_path: Path) -> None:
@@ -104,7 +114,11 @@ async def test_an_old_database_upgrades_in_place_without_losing_a_task(tmp_path:
     assert sorted(tasks) == sorted(t["uuid"] for t in OLD_TASKS), "a task was lost in the upgrade"
     for old in OLD_TASKS:
         new = tasks[old["uuid"]]
-        as_read = old | {"skip_post_processing": bool(old["skip_post_processing"])}  # SQLite stores 0/1
+        as_read = old | {"skip_post_processing": bool(old["skip_post_processing"]),  # SQLite stores 0/1
+                         "options": json.loads(old["options"]), "output_tail": json.loads(old["output_tail"]),
+                         "outputs": json.loads(old["outputs"]) if old["outputs"] else None,
+                         # 0001 kept a bare list of the files on node_id
+                         "forwarded_files": {"node_id": old["node_id"], "files": json.loads(old["forwarded_files"])}}
         assert {c: getattr(new, c) for c in TASK_COLUMNS_0001} == as_read
     assert sorted(nodes) == sorted(n["url"] for n in OLD_NODES)
     assert nodes["http://10.0.0.6:3001"].locked is True and nodes["http://10.0.0.5:3001"].token == "secret"
@@ -117,6 +131,28 @@ async def test_an_old_database_upgrades_in_place_without_losing_a_task(tmp_path:
         assert {c: getattr(task, c) for c in task_defaults} == task_defaults
     for node in nodes.values():
         assert {c: getattr(node, c) for c in node_defaults} == node_defaults
+        assert (node.last_info, node.last_options) == ({}, [])
+
+
+async def test_damaged_json_opens_as_the_empty_default(tmp_path: Path) -> None:
+    """A value that is not JSON of the column's shape cannot stop a box from starting."""
+    path = tmp_path / "passel.sqlite3"
+    _make_old_database(path)
+    engine = make_engine(path)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE tasks SET options = 'not json', outputs = '{}', output_tail = '{\"a\": 1}' "
+                                "WHERE uuid = :uuid"), {"uuid": OLD_TASKS[0]["uuid"]})
+        connection.execute(text("UPDATE nodes SET last_info = '[1]', last_options = 'x'"))
+    engine.dispose()
+    store = Store(path)
+    await store.open()
+    try:
+        task = next(t for t in await store.load(Task) if t.uuid == OLD_TASKS[0]["uuid"])
+        nodes = await store.load(Node)
+    finally:
+        await store.close()
+    assert (task.options, task.outputs, task.output_tail) == ([], None, [])
+    assert all((n.last_info, n.last_options, n.speeds) == ({}, [], {}) for n in nodes)
 
 
 async def test_the_upgraded_database_takes_new_tasks(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ node's own output in it as one ordered, unbroken run.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -343,28 +342,28 @@ def test_the_node_is_asked_only_for_what_is_new_and_a_restart_of_its_output_is_s
 
 
 def test_a_run_that_ends_keeps_only_the_lines_served_then_the_reason():
-    cache, task = _cache(), _task(notes=json.dumps(["Passel: waiting for a free node"]))
+    cache, task = _cache(), _task(notes=["Passel: waiting for a free node"])
     asyncio.run(cache.refresh(task, 1, _asker([["n0", "n1", "n2", "n3"]])))
     lines, pinned = cache.serve(task, cache.run(task), None, 0)
     assert lines[:3] == ["Passel: waiting for a free node", "n0", "n1"] and not pinned
     asyncio.run(cache.refresh(task, 1, _asker([["n0", "n1", "n2", "n3", "n4", "n5"]])))
     cache.end_run(task, "Passel: moved")
-    assert json.loads(task.notes) == ["Passel: waiting for a free node", "n0", "n1", "n2", "n3", "Passel: moved"]
-    assert cache.run(task) is None and task.output_tail == "[]"
+    assert task.notes == ["Passel: waiting for a free node", "n0", "n1", "n2", "n3", "Passel: moved"]
+    assert cache.run(task) is None and task.output_tail == []
     asyncio.run(cache.refresh(task, 1, _asker([["m0"]])))
     cache.end_run(task, "Passel: moved again")  # nothing of m's run was served: it is not kept
-    assert json.loads(task.notes)[-2:] == ["Passel: moved", "Passel: moved again"]
+    assert task.notes[-2:] == ["Passel: moved", "Passel: moved again"]
     asyncio.run(cache.refresh(task, 1, _asker([["k0", "k1"]])))
     cache.end_run(task, "Passel: Stopped", keep_all=True)
-    assert json.loads(task.notes)[-3:] == ["k0", "k1", "Passel: Stopped"]
+    assert task.notes[-3:] == ["k0", "k1", "Passel: Stopped"]
     cache.start_over(task)
-    assert task.notes == "[]" and cache.serve(task, None, None, 0) == ([], False)
+    assert task.notes == [] and cache.serve(task, None, None, 0) == ([], False)
 
 
 def test_the_waiting_line_is_kept_once_served_and_a_finished_run_stays_until_passel_acts():
     cache, task = _cache(keep_for=0), _task(phase=Phase.WAITING, node_id=None)
     assert cache.serve(task, None, "Passel: waiting for a free node", 5) == ([], False), "nothing served, nothing kept"
-    assert task.notes == "[]"
+    assert task.notes == []
     assert cache.serve(task, None, "Passel: waiting for a free node", 0) == (["Passel: waiting for a free node"], True)
     assert cache.serve(task, None, "Passel: waiting for a free node", 0) == (["Passel: waiting for a free node"], False)
     task.phase, task.node_id = Phase.FINISHED, 1

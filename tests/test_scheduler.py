@@ -1,7 +1,6 @@
 """The scheduler, the speed model, the ETA and the straggler decision as pure functions, including the
 cases ClusterODM gets wrong."""
 
-import json
 import random
 from dataclasses import dataclass, replace
 
@@ -15,10 +14,10 @@ from appliance.cluster.speed import (Hardware, Sample, blend, calibrations, dump
 from appliance.cluster.stragglers import MIN_GAIN_MS, Straggler, plan_copies
 from appliance.store.models import Phase, Task
 
-RECONSTRUCTION = json.dumps(["opensfm/matches", "opensfm/features", "opensfm/reconstruction.json",
-                             "opensfm/tracks.csv", "cameras.json"])
-TOOLCHAIN = json.dumps(["odm_orthophoto/odm_orthophoto.tif", "odm_orthophoto/cutline.gpkg", "odm_dem",
-                        "odm_report", "odm_georeferencing"])
+RECONSTRUCTION = ["opensfm/matches", "opensfm/features", "opensfm/reconstruction.json", "opensfm/tracks.csv",
+                  "cameras.json"]
+TOOLCHAIN = ["odm_orthophoto/odm_orthophoto.tif", "odm_orthophoto/cutline.gpkg", "odm_dem", "odm_report",
+             "odm_georeferencing"]
 
 
 def node(id: int, **kw) -> NodeView:
@@ -209,12 +208,12 @@ def test_dispatch_order_jobs_in_arrival_order_longest_first_within_a_job():
 
 # -- the speed model ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("outputs, options, kind", [
-    (RECONSTRUCTION, "[]", "reconstruction"),
-    (TOOLCHAIN, "[]", "toolchain"),
-    (None, "[]", "full"),
-    (json.dumps(["odm_orthophoto/odm_orthophoto.tif"]), "[]", "toolchain"),
-    (None, json.dumps([{"name": "split", "value": 200}]), "split"),
-    ("not json", "[]", "full"),
+    (RECONSTRUCTION, [], "reconstruction"),
+    (TOOLCHAIN, [], "toolchain"),
+    (None, [], "full"),
+    (["odm_orthophoto/odm_orthophoto.tif"], [], "toolchain"),
+    (None, [{"name": "split", "value": 200}], "split"),
+    (["cameras.json"], [{"name": "dsm", "value": True}], "full"),
 ])
 def test_task_kind(outputs, options, kind):
     assert task_kind(outputs, options) == kind
@@ -225,7 +224,7 @@ def test_blend_weighs_recent_tasks_more():
     assert first == Sample(1000.0, 1)
     assert blend(first, 2000.0) == Sample(1300.0, 2)
     assert parse_samples(dump_samples({"odm/full": first})) == {"odm/full": first}
-    assert parse_samples("garbage") == {} and parse_samples('{"odm/full": {"ms": -1}}') == {}
+    assert parse_samples({"odm/full": "garbage"}) == {} and parse_samples({"odm/full": {"ms": -1}}) == {}
 
 
 def test_prior_from_cores_and_memory():

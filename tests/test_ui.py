@@ -316,7 +316,7 @@ def _fill(box, tasks: int) -> None:
             task = Task(uuid=f"00000000-0000-4000-8000-{i:012d}", name=f"submodel_{i % 10:04d}", images_count=40,
                         phase=Phase.FINISHED if done else Phase.WAITING,
                         status=TaskStatus.COMPLETED if done else TaskStatus.QUEUED, progress=100.0 if done else 0.0,
-                        job_key=f"job{i // 10}", outputs='["cameras.json"]', committed_at=now - 3600 + i / 2,
+                        job_key=f"job{i // 10}", outputs=["cameras.json"], committed_at=now - 3600 + i / 2,
                         finished_at=now - 1800 + i / 2 if done else None, processing_time_ms=60_000 if done else -1,
                         date_created_ms=int((now - 3600 + i / 2) * 1000))
             c.book.tasks[task.uuid] = task

@@ -115,23 +115,13 @@ def page_url(status: str, node: str, text: str, page: int) -> str:
 
 
 def options_of(task: Task) -> list[tuple[str, str]]:
-    try:
-        options = json.loads(task.options or "[]")
-    except ValueError:
-        return []
     return [(str(o.get("name")), json.dumps(o.get("value")) if not isinstance(o.get("value"), str) else o["value"])
-            for o in options if isinstance(o, dict)]
+            for o in task.options]
 
 
 def log_of(task: Task) -> list[str]:
     """Passel's own notes (moves and why), then the last lines the node printed."""
-    lines: list[str] = []
-    for raw in (task.notes, task.output_tail):
-        try:
-            lines.extend(str(line) for line in json.loads(raw or "[]"))
-        except ValueError:
-            continue
-    return lines
+    return [*task.notes, *task.output_tail]
 
 
 def facts_of(task: Task, now: float) -> list[tuple[str, str]]:

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import replace
@@ -266,7 +265,7 @@ def public_task(task: Task, registry: NodeRegistry, eta_seconds: float | None = 
         "node_url": node.row.url if node else None, "date_created": task.date_created_ms,
         "processing_time": task.processing_time_ms, "attempts": task.attempts,
         "last_error": task.last_error, "error_message": task.error_message,
-        "options": json.loads(task.options or "[]"),
+        "options": task.options,
         "job_key": task.job_key, "committed_at": task.committed_at, "finished_at": task.finished_at,
         "eta_seconds": eta_seconds,
     }

@@ -8,7 +8,6 @@ node expected to finish it first; it is never piled onto a busy node. Sending go
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import replace
@@ -250,7 +249,7 @@ class Dispatcher:
             advance(task, Step.GIVE_UP)
             task.status, task.finished_at = TaskStatus.FAILED, time.time()
             task.error_message = f"Could not send the task to any node after {task.attempts} attempts: {exc}"
-            task.output_tail = json.dumps([task.error_message])
+            task.output_tail = [task.error_message]
             await self.book.save(task)
             await self.store.record("failed", f"Task {task.uuid} failed: {task.error_message}",
                                     task_uuid=task.uuid, node_id=node.id)

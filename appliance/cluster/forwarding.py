@@ -42,13 +42,13 @@ def init_fields(task: Task, node: NodeState, public_url: str) -> dict[str, str]:
     A split task sends its submodels back to `sm-cluster`: the agent of the box that runs it, when
     known, because that agent relays to whoever is coordinator and so survives a coordinator change.
     """
-    options = json.loads(task.options or "[]")
+    options = task.options
     if has_option(options, "split"):
         options = set_option(options, "sm-cluster", node.row.agent_url or public_url)
     fields = {"name": task.name, "options": json.dumps(options), "dateCreated": str(task.date_created_ms),
               "skipPostProcessing": "true" if task.skip_post_processing else "false"}
     if task.outputs is not None:
-        fields["outputs"] = task.outputs
+        fields["outputs"] = json.dumps(task.outputs)
     if task.webhook:
         fields["webhook"] = task.webhook
     return fields

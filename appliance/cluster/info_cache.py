@@ -23,7 +23,6 @@ NodeODM's does (and WebODM clears its own then).
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from collections import OrderedDict
@@ -148,7 +147,7 @@ class InfoCache:
         if console.served is not None:
             console.served = max(console.served, len(head) + len(body))
         if offered:
-            task.notes = json.dumps([*head, *offered])
+            task.notes = [*head, *offered]
         return lines, bool(offered)
 
     def end_run(self, task: Task, note: str, keep_all: bool = False) -> None:
@@ -160,13 +159,13 @@ class InfoCache:
         known = console.run.lines if console is not None and console.run is not None else _tail(task)
         served = None if keep_all or console is None else console.served
         kept = known if served is None else known[:max(0, served - len(head))]
-        task.notes, task.output_tail = json.dumps([*head, *kept, note]), "[]"
+        task.notes, task.output_tail = [*head, *kept, note], []
         self._consoles[task.uuid] = Console(served=0)
         self._finished.pop(task.uuid, None)
 
     def start_over(self, task: Task) -> None:
         """A restart through the API: a new, empty console, as on NodeODM. The caller saves."""
-        task.notes, task.output_tail = "[]", "[]"
+        task.notes, task.output_tail = [], []
         self._consoles[task.uuid] = Console(served=0)
         self._finished.pop(task.uuid, None)
 
@@ -199,12 +198,12 @@ def _append(run: Run, lines: Any) -> None:
 
 
 def _head(task: Task) -> list[str]:
-    return json.loads(task.notes or "[]")
+    return task.notes
 
 
 def _tail(task: Task) -> list[str]:
     """The last lines seen of a run that is out of reach, or Passel's reason for failing a send."""
-    return json.loads(task.output_tail or "[]")
+    return task.output_tail
 
 
 def _slice(head: list[str], body: list[str], start: int) -> list[str]:

@@ -67,7 +67,7 @@ class NewTask:
                    **({"date_created_ms": int(created.group(1))} if created else {}))
 
 
-def _check_outputs(raw: str | None) -> str | None:
+def _check_outputs(raw: str | None) -> list[str] | None:
     if raw is None or raw.strip() == "":
         return None
     try:
@@ -76,7 +76,7 @@ def _check_outputs(raw: str | None) -> str | None:
         raise TaskRefused("Invalid outputs: not valid JSON") from None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise TaskRefused("Invalid outputs: expected a JSON list of paths")
-    return json.dumps(value)
+    return value
 
 
 class Intake:
@@ -106,13 +106,14 @@ class Intake:
     def _prepare(self, new: NewTask) -> dict[str, Any]:
         """The task's columns from a client's init fields, validated."""
         try:
-            options = json.dumps(validate_options(new.options, self.registry.option_specs()))
+            options = validate_options(new.options, self.registry.option_specs())
         except OptionsError as exc:
             raise TaskRefused(str(exc)) from None
         outputs = _check_outputs(new.outputs)
         # NodeODM names an unnamed task this way, and PyODM shows the name.
         name = new.name or "Task of " + datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        job = hashlib.sha1(f"{options}|{outputs}|{new.skip_post_processing}".encode()).hexdigest()[:16]
+        job = hashlib.sha1(f"{json.dumps(options)}|{json.dumps(outputs) if outputs is not None else None}|"
+                          f"{new.skip_post_processing}".encode()).hexdigest()[:16]
         return {"name": name, "options": options, "outputs": outputs, "skip_post_processing": new.skip_post_processing,
                 "webhook": new.webhook, "date_created_ms": new.date_created_ms, "job_key": job}
 
@@ -227,11 +228,11 @@ class Intake:
         if not TaskStatus(task.status).restartable:
             raise TaskRefused("Task cannot be restarted")
         if options_field is not None:
-            task.options = self._prepare(NewTask(options=options_field, outputs=task.outputs))["options"]
+            task.options = self._prepare(NewTask(options=options_field))["options"]
         if node is not None and node.online and task.phase in (Phase.ON_NODE, Phase.FINISHED) \
                 and forwarded(task)[0] == node.id:
             try:
-                await node.client.task_restart(task.uuid, options_field and task.options)
+                await node.client.task_restart(task.uuid, json.dumps(task.options) if options_field is not None else None)
                 advance(task, Step.RESTART_ON_NODE)
             except (NodeError, NodeUnreachable) as exc:
                 log.info("Task %s: restart on %s failed (%s); sending it again from staging",

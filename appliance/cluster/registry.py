@@ -7,7 +7,6 @@ long to notice a closed lid, so the default here is a poll every 3 s and offline
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -58,7 +57,7 @@ class NodeState:
     def hardware(self) -> Hardware:
         """The node as the speed model sees it; a figure from before speeds were kept per kind counts
         as one whole run."""
-        info = self.info or json.loads(self.row.last_info or "{}")
+        info = self.info or self.row.last_info
         engine = str(info.get("engine") or "odm")
         samples = parse_samples(self.row.speeds)
         if not samples and self.row.ms_per_image:
@@ -72,7 +71,7 @@ class NodeState:
     def public(self, active_tasks: int) -> dict[str, Any]:
         """What the admin API shows: never the token. `ms_per_image` is for a whole ODM run; `speeds`
         has each task kind and where its figure comes from (learned, other kinds, prior)."""
-        info = self.info or json.loads(self.row.last_info or "{}")
+        info = self.info or self.row.last_info
         speeds = self.speeds()
         return {
             "id": self.id, "url": self.row.url, "label": self.row.label or self.row.url,
@@ -191,8 +190,8 @@ class NodeRegistry:
         was_online = state.online
         try:
             info = await state.client.info(timeout)
-            if not was_online or state.row.last_options in ("", "[]"):
-                state.row.last_options = json.dumps(await state.client.options())
+            if not was_online or not state.row.last_options:
+                state.row.last_options = await state.client.options()
         except (NodeUnreachable, NodeError) as exc:
             state.misses += 1
             state.last_error = str(exc)
@@ -202,7 +201,7 @@ class NodeRegistry:
                 self._changed()
             return
         state.info, state.misses, state.last_error, state.last_answer = info, 0, "", boottime()
-        state.row.last_info = json.dumps(info)
+        state.row.last_info = info
         state.row.last_seen = time.time()
         state.online = True
         await self.store.save(state.row)
@@ -234,7 +233,7 @@ class NodeRegistry:
         `hidden` the tasks a node counts that placement may ignore (straggler copies, which give way)."""
         views = []
         for s in self.nodes.values():
-            info = s.info or json.loads(s.row.last_info or "{}")
+            info = s.info or s.row.last_info
             views.append(NodeView(
                 id=s.id, online=s.online, locked=s.row.locked,
                 slots=int(info.get("maxParallelTasks") or 1),
@@ -249,7 +248,7 @@ class NodeRegistry:
         """The options of the nodes: the union by name, online nodes first."""
         seen: dict[str, OptionSpec] = {}
         for state in sorted(self.nodes.values(), key=lambda s: (not s.online, s.id)):
-            for data in json.loads(state.row.last_options or "[]"):
+            for data in state.row.last_options:
                 spec = OptionSpec.from_json(data)
                 seen.setdefault(spec.name, spec)
         return list(seen.values())

@@ -6,7 +6,6 @@ split-merge executor, WebODM and curl cannot tell Passel from a single NodeODM.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -148,7 +147,7 @@ def _info(task: Task, run: Run | None) -> dict[str, Any]:
     row = {"processingTime": task.processing_time_ms, "progress": task.progress}
     if run is not None:
         return {**run.reply, **own, **row}
-    return {**own, **row, "options": json.loads(task.options or "[]"), "imagesCount": task.images_count}
+    return {**own, **row, "options": task.options, "imagesCount": task.images_count}
 
 
 async def _live_run(c: Coordinator, task: Task) -> Run | None:

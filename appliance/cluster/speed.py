@@ -8,11 +8,10 @@ the samples as JSON in `nodes.speeds`, and the makespan simulation calls the sam
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import Any
 
 KINDS = ("reconstruction", "toolchain", "full", "split")
 PRIOR_MS_PER_IMAGE_PER_CORE = 8000.0  # roughly ODM's default pipeline on one laptop core; calibrated by data
@@ -44,15 +43,10 @@ class Estimate:
     samples: int
 
 
-@lru_cache(maxsize=1024)
-def task_kind(outputs: str | None, options: str | None) -> str:
+def task_kind(outputs: list[str] | None, options: list[dict[str, Any]]) -> str:
     """The part of ODM's pipeline a task runs, from the outputs it asks back and its options."""
-    try:
-        opts = json.loads(options or "[]")
-        paths = json.loads(outputs) if outputs else []
-    except ValueError:
-        return "full"
-    if any(isinstance(o, dict) and o.get("name") == "split" for o in opts):
+    paths = outputs or []
+    if any(o.get("name") == "split" for o in options):
         return "split"
     tops = {str(p).strip("/").split("/")[0] for p in paths if isinstance(p, str)}
     if "opensfm" in tops:
@@ -66,14 +60,8 @@ def speed_key(engine: str, kind: str) -> str:
     return f"{engine or 'odm'}/{kind}"
 
 
-def parse_samples(raw: str | None) -> dict[str, Sample]:
-    """The `nodes.speeds` column; a damaged value counts as nothing learned."""
-    try:
-        data = json.loads(raw or "{}")
-    except ValueError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
+def parse_samples(data: Mapping[str, Any]) -> dict[str, Sample]:
+    """The `nodes.speeds` column; a damaged entry counts as nothing learned."""
     samples = {}
     for key, value in data.items():
         if isinstance(value, dict) and isinstance(value.get("ms"), (int, float)) and value["ms"] > 0:
@@ -81,8 +69,8 @@ def parse_samples(raw: str | None) -> dict[str, Sample]:
     return samples
 
 
-def dump_samples(samples: Mapping[str, Sample]) -> str:
-    return json.dumps({k: {"ms": round(s.ms, 3), "n": s.n} for k, s in sorted(samples.items())})
+def dump_samples(samples: Mapping[str, Sample]) -> dict[str, dict[str, float]]:
+    return {k: {"ms": round(s.ms, 3), "n": s.n} for k, s in sorted(samples.items())}
 
 
 def blend(old: Sample | None, ms_per_image: float) -> Sample:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -140,14 +139,12 @@ def move_status(task: Task, code: int) -> bool:
 
 def forwarded(task: Task) -> tuple[int | None, set[str]]:
     """Which node already holds a pending upload of this task, and which files it surely has."""
-    data = json.loads(task.forwarded_files or "{}")
-    if not isinstance(data, dict):
-        return None, set()
+    data = task.forwarded_files
     return data.get("node_id"), set(data.get("files", []))
 
 
 def set_forwarded(task: Task, node_id: int | None, files: Iterable[str]) -> None:
-    task.forwarded_files = json.dumps({"node_id": node_id, "files": sorted(files)})
+    task.forwarded_files = {"node_id": node_id, "files": sorted(files)}
 
 
 def apply_node_info(task: Task, info: dict[str, Any], tail: bool) -> bool:
@@ -164,5 +161,5 @@ def apply_node_info(task: Task, info: dict[str, Any], tail: bool) -> bool:
         task.processing_time_ms = int(raw_time) if raw_time is not None else -1
         task.error_message = str(status.get("errorMessage") or "")
         if tail and "output" in info:
-            task.output_tail = json.dumps(list(info["output"])[-OUTPUT_TAIL_LINES:])
+            task.output_tail = list(info["output"])[-OUTPUT_TAIL_LINES:]
     return before != (task.status, task.progress, task.processing_time_ms, task.error_message, task.output_tail)

@@ -1,11 +1,17 @@
 """The tables. Rows double as the in-memory records (SQLAlchemy dataclass mapping), never attached
-to a long-lived session, so the event loop reads them without touching SQLite."""
+to a long-lived session, so the event loop reads them without touching SQLite.
+
+Structured columns are JSON, parsed by SQLAlchemy in one place: in memory they are lists and dicts.
+They are never changed in place (a row is saved by value, and replicas may share them): assign a
+new value."""
 
 from __future__ import annotations
 
 import time
 
-from sqlalchemy import Boolean, Float, Integer, String, Text
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
 
 
@@ -35,8 +41,8 @@ class Task(Base):
     node_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     images_count: Mapped[int] = mapped_column(Integer, default=0)
-    options: Mapped[str] = mapped_column(Text, default="[]")  # validated JSON, as sent to the node
-    outputs: Mapped[str | None] = mapped_column(Text, default=None)
+    options: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default_factory=list)  # validated, as sent to the node
+    outputs: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), default=None)  # None: the node's default, all of them
     skip_post_processing: Mapped[bool] = mapped_column(Boolean, default=False)
     webhook: Mapped[str] = mapped_column(Text, default="")
     date_created_ms: Mapped[int] = mapped_column(Integer, default_factory=lambda: int(time.time() * 1000))
@@ -47,13 +53,14 @@ class Task(Base):
     error_message: Mapped[str] = mapped_column(Text, default="")
     last_error: Mapped[str] = mapped_column(Text, default="")
     staging_path: Mapped[str] = mapped_column(Text, default="")
-    forwarded_files: Mapped[str] = mapped_column(Text, default="[]")  # JSON list already on node_id
-    output_tail: Mapped[str] = mapped_column(Text, default="[]")  # last lines seen, for a lost node
+    # {"node_id": N, "files": [...]}: the node that holds a pending upload, and the files it surely has
+    forwarded_files: Mapped[dict[str, Any]] = mapped_column(JSON, default_factory=dict)
+    output_tail: Mapped[list[str]] = mapped_column(JSON, default_factory=list)  # last lines seen, for a lost node
     job_key: Mapped[str] = mapped_column(String(64), default="")
     rev: Mapped[int] = mapped_column(Integer, default=0, index=True)
     owner: Mapped[str] = mapped_column(String(16), default="")
     staged_on: Mapped[str] = mapped_column(String(16), default="")
-    notes: Mapped[str] = mapped_column(Text, default="[]")
+    notes: Mapped[list[str]] = mapped_column(JSON, default_factory=list)  # Passel's own lines in the task's log
     downloaded_at: Mapped[float | None] = mapped_column(Float, default=None)
 
 
@@ -66,11 +73,11 @@ class Node(Base):
     source: Mapped[str] = mapped_column(String(16), default="manual")  # manual, config or mdns
     locked: Mapped[bool] = mapped_column(Boolean, default=False)
     label: Mapped[str] = mapped_column(Text, default="")
-    last_info: Mapped[str] = mapped_column(Text, default="{}")
-    last_options: Mapped[str] = mapped_column(Text, default="[]")
+    last_info: Mapped[dict[str, Any]] = mapped_column(JSON, default_factory=dict)  # the node's /info, as last seen
+    last_options: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default_factory=list)  # its /options
     last_seen: Mapped[float | None] = mapped_column(Float, default=None)
     ms_per_image: Mapped[float | None] = mapped_column(Float, default=None)  # before 0004: one figure, all kinds
-    speeds: Mapped[str] = mapped_column(Text, default="{}")  # learned ms per image by "engine/kind", JSON
+    speeds: Mapped[dict[str, Any]] = mapped_column(JSON, default_factory=dict)  # {"engine/kind": {"ms": .., "n": ..}}
     agent_url: Mapped[str] = mapped_column(Text, default="")  # the Passel agent on the node's own box
 
 
