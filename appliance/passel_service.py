@@ -92,7 +92,7 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
             trusted = {p.id for p in passel.membership.alive()} | {identity.id}
             for box in trusted & offered.keys():
                 for url, agent in offered.pop(box, set()):
-                    await registry.ensure(url, source="mdns", agent_url=agent)
+                    await registry.ensure(url, source="mdns", agent_url=agent, box=box)
 
         mdns = Mdns(identity, config.host, sighted, lambda kind, name: None)
         await mdns.start()

@@ -8,7 +8,8 @@ import pytest
 
 from appliance.cluster.eta import forecast, remaining_ms
 from appliance.cluster.scheduler import (Demand, NodeView, choose_node, could_ever_run, could_start_now,
-                                         dispatch_order, keeps_reservation, plan, rank, shows_running, why_not)
+                                         dispatch_order, keeps_reservation, move_ms, plan, rank, shows_running,
+                                         why_not)
 from appliance.cluster.speed import (Hardware, Sample, blend, calibrations, dump_samples, estimate, parse_samples,
                                      prior_ms_per_image, task_kind)
 from appliance.cluster.stragglers import MIN_GAIN_MS, Straggler, plan_copies
@@ -157,6 +158,49 @@ def test_a_reservation_made_before_the_size_was_known_is_kept_only_when_it_is_ne
     assert not keeps_reservation(nodes[:2], big, reserved=2)  # waiting 2.5 s for node 1 beats 16 s
     assert keeps_reservation(nodes[:2], big, reserved=2, speed_aware=False)
     assert not keeps_reservation(nodes, big, reserved=1), "no free slot"
+
+
+# -- where the images are: each byte crosses the field network once, or not at all --------------------
+# 200 MB at 100 Mbit/s takes 16 s to move; 40 images at 1 s each take 40 s to run.
+@pytest.mark.parametrize("near_speed, far_speed, near_busy, data_mb, expected", [
+    (1000.0, 1000.0, 0, 200.0, 1),     # equal nodes: the one beside the images, nothing moves
+    (1000.0, 700.0, 0, 200.0, 1),      # 12 s faster run < 16 s move: stay
+    (1000.0, 500.0, 0, 200.0, 2),      # 20 s faster run > 16 s move: go
+    (1000.0, 500.0, 0, 1000.0, 1),     # but not with 1 GB to move (80 s)
+    (1000.0, 1000.0, 1, 200.0, 2),     # the near node is busy: move rather than wait a whole run
+    (1000.0, 1000.0, 0, 0.0, 1),       # size not known yet (reserved at init): the near one,
+    (2000.0, 500.0, 0, 0.0, 1),        # even when slower: the commit weighs the real move and run
+    (1000.0, 1000.0, 1, 0.0, 2),       # but never a busy one
+])
+def test_the_node_beside_the_images_wins_unless_another_is_faster_by_more_than_the_move(
+        near_speed, far_speed, near_busy, data_mb, expected):
+    nodes = [node(1, speeds=fast(near_speed), busy=near_busy, backlog_ms=(40_000.0,) * near_busy),
+             node(2, speeds=fast(far_speed))]
+    demand = Demand(images=40 if data_mb else 0, data_mb=data_mb, near=frozenset({1}))
+    chosen = choose_node(nodes, demand)
+    assert chosen is not None and chosen.id == expected
+
+
+def test_the_move_is_timed_at_the_nodes_own_link_rate():
+    demand = Demand(images=40, data_mb=200.0, near=frozenset({1}))
+    assert move_ms(node(2), demand) == pytest.approx(16_000.0)
+    assert move_ms(node(2, link_mbps=1000.0), demand) == pytest.approx(1_600.0)
+    assert move_ms(node(1), demand) == 0.0
+    on_gigabit = [node(1, speeds=fast(1000.0)), node(2, speeds=fast(900.0), link_mbps=1000.0)]
+    assert choose_node(on_gigabit, demand).id == 2  # 4 s faster run > 1.6 s move
+
+
+def test_a_reservation_beside_the_images_is_kept_when_the_move_would_cost_more():
+    nodes = [node(1, speeds=fast(1000.0)), node(2, speeds=fast(1000.0))]
+    demand = Demand(images=40, data_mb=200.0, near=frozenset({1}))
+    assert keeps_reservation(nodes, demand, reserved=1)
+    assert not keeps_reservation(nodes, demand, reserved=2)  # 16 s + 40 s against 40 s: more than the slack
+    assert keeps_reservation(nodes, Demand(images=40, data_mb=50.0, near=frozenset({1})), reserved=2)  # 4 s: within
+
+
+def test_speed_blind_placement_still_prefers_the_node_beside_the_images():
+    nodes = [node(1), node(2)]
+    assert choose_node(nodes, Demand(images=5, data_mb=50.0, near=frozenset({2})), speed_aware=False).id == 2
 
 
 def test_unknown_tasks_on_a_node_count_as_busy_slots():

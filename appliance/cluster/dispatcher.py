@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("passel.tasks")
 DISPATCH_RECHECK_SECONDS = 1.0
+MB = 1024 * 1024
 
 
 async def tell_node(node: NodeState, action: str, task: Task) -> None:
@@ -76,17 +77,21 @@ class Dispatcher:
         views = self.registry.views(busy, same_job, copies)
         return with_backlog(views, self.book.tasks.values(), exclude=task.uuid if task is not None else "")
 
+    def demand(self, task: Task) -> Demand:
+        """What the task needs from a node, and where its images are: moving them costs time."""
+        return replace(demand_of(task), data_mb=task.data_bytes / MB, near=self.registry.near(task.staged_on))
+
     def _ahead_of(self, task: Task) -> list[Demand]:
         """The queued tasks that the dispatch order puts before this one: they get their slots first."""
         queue = [t for t in self.book.in_phase(Phase.WAITING) if t.uuid != task.uuid and t.uuid not in self._sending]
         order = dispatch_order([*queue, task], self.speed_aware)
-        return [demand_of(t) for t in order[:next(i for i, t in enumerate(order) if t is task)]]
+        return [self.demand(t) for t in order[:next(i for i, t in enumerate(order) if t is task)]]
 
     def pick(self, task: Task, images: int, ahead: list[Demand] | None = None) -> NodeState | None:
         """The best node for the task now, preferring nodes it has not just failed on; None to wait."""
         views = self.views(task)
         avoid = self._avoid.get(task.uuid, set())
-        demand = replace(demand_of(task), images=images)
+        demand = replace(self.demand(task), images=images)
         ahead = self._ahead_of(task) if ahead is None else ahead
         choice = choose_node([v for v in views if v.id not in avoid], demand, ahead, self.speed_aware) \
             or choose_node(views, demand, ahead, self.speed_aware)
@@ -95,7 +100,7 @@ class Dispatcher:
     def choice_for(self, demand: Demand) -> NodeView | None:
         """Where a new task of this size would go now, behind the queue: what dispatch itself would
         pick (None: it would wait in the queue)."""
-        queue = [demand_of(t) for t in dispatch_order(self.book.in_phase(Phase.WAITING), self.speed_aware)
+        queue = [self.demand(t) for t in dispatch_order(self.book.in_phase(Phase.WAITING), self.speed_aware)
                  if t.uuid not in self._sending]
         return choose_node(self.views(), demand, queue, self.speed_aware)
 
@@ -147,7 +152,7 @@ class Dispatcher:
             return
         node = None
         reserved = self.registry.get(task.node_id) if keep_reserved else None
-        if reserved is not None and keeps_reservation(self.views(task), demand_of(task), reserved.id,
+        if reserved is not None and keeps_reservation(self.views(task), self.demand(task), reserved.id,
                                                       self._ahead_of(task), self.speed_aware):
             node = reserved
         if node is None:
@@ -161,7 +166,7 @@ class Dispatcher:
 
     def waiting_status(self, task: Task) -> TaskStatus:
         """QUEUED, except for an ODM submodel held back for a faster node (scheduler.shows_running)."""
-        demand = demand_of(task)  # the views cost a pass over the tasks: only submodels need them
+        demand = self.demand(task)  # the views cost a pass over the tasks: only submodels need them
         held = demand.impatient and shows_running(self.views(task), demand, task.status)
         return TaskStatus.RUNNING if held else TaskStatus.QUEUED
 
@@ -276,7 +281,7 @@ class Dispatcher:
             queue = [t for t in dispatch_order(self.book.in_phase(Phase.WAITING), self.speed_aware)
                      if t.uuid not in self._sending
                      and (t.status == TaskStatus.QUEUED or not TaskStatus(t.status).finished)]
-            startable = could_start_now(self.views(), [demand_of(t) for t in queue], self.speed_aware)
+            startable = could_start_now(self.views(), [self.demand(t) for t in queue], self.speed_aware)
             ahead: list[Demand] = []  # tasks this round left waiting, which keep their claim on the nodes
             for task, now in zip(queue, startable):
                 if task.phase != Phase.WAITING or self.book.tasks.get(task.uuid) is not task:
@@ -288,7 +293,7 @@ class Dispatcher:
                     if task.phase == Phase.FORWARDING:  # not canceled or removed while it was saved
                         self._start_sending(task)
                     continue
-                ahead.append(demand_of(task))
+                ahead.append(self.demand(task))
                 shown = self.waiting_status(task)
                 if task.status != shown:
                     task.status = shown

@@ -165,6 +165,7 @@ class Intake:
             await self._discard(task)
             raise TaskRefused("Need at least 1 file.")
         task.images_count = sum(1 for f in files if is_image(f.name))
+        task.data_bytes = sum(f.stat().st_size for f in files)
         views = self.dispatcher.views(task)
         if views and not could_ever_run(views, Demand(images=task.images_count)):
             largest = max((v.max_images or 0) for v in views)

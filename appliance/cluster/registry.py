@@ -7,11 +7,13 @@ long to notice a closed lid, so the default here is a poll every 3 s and offline
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -86,6 +88,14 @@ class NodeState:
             "speeds": {kind: {"ms_per_image": round(e.ms_per_image, 1), "source": e.source, "samples": e.samples}
                        for kind, e in speeds.items()},
         }
+
+
+def _on_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class NodeRegistry:
@@ -219,13 +229,21 @@ class NodeRegistry:
                 await self.poll_all()
             await asyncio.sleep(self.poll_seconds)
 
-    async def ensure(self, url: str, source: str = "handover", agent_url: str = "") -> NodeState:
-        """A node by URL, added when unknown (handed-over tasks and mDNS bring nodes this box never saw)."""
+    async def ensure(self, url: str, source: str = "handover", agent_url: str = "", box: str = "") -> NodeState:
+        """A node by URL, added when unknown (handed-over tasks and mDNS bring nodes this box never saw);
+        `agent_url` and `box` say which box shares it, when known."""
         state = await self.add(url, source=source)
-        if agent_url and state.row.agent_url != agent_url:
-            state.row.agent_url = agent_url
+        if (agent_url and state.row.agent_url != agent_url) or (box and state.row.box != box):
+            state.row.agent_url = agent_url or state.row.agent_url
+            state.row.box = box or state.row.box
             await self.store.save(state.row)
         return state
+
+    def near(self, box: str) -> frozenset[int]:
+        """The nodes on `box`, which get its staged files without crossing the network; on this box
+        itself, a node on loopback too (one given by hand as 127.0.0.1)."""
+        return frozenset(s.id for s in self.nodes.values()
+                         if (box and s.row.box == box) or (box == self.role.self_id and _on_loopback(s.row.url)))
 
     def views(self, busy: dict[int, int], same_job: dict[int, int] | None = None,
               hidden: dict[int, int] | None = None) -> list[NodeView]:

@@ -4,14 +4,19 @@ snapshot of the nodes.
 The order of preference, and why:
 1. Hard filters: online, not locked, `maxImages` allows the task, the engine matches, the memory fits.
 2. The earliest expected finish (images × the node's ms per image for the task's kind, after the
-   node's current backlog and after the queued tasks ahead of this one). When that is on a node with
+   node's current backlog and after the queued tasks ahead of this one). Moving the task's images
+   counts: a node on the box that already holds them gets them for free, any other node after
+   `data_mb` has crossed the field network at the node's link rate (`move_ms`). So a task whose
+   images sit on a box with a free node runs there, unless another node is faster by more than the
+   move costs. The move overlaps the wait for a slot (NodeODM takes files before it runs a task). When that is on a node with
    no free slot, the task waits in the coordinator's queue as QUEUED: it never piles onto a busy node
    (ClusterODM does, and ODM then sees QUEUED from a node it thought had room), and a slow free node
    does not get a task that a fast node would finish sooner even after its current work.
    ODM's split-merge submodels that wait like this show RUNNING, not QUEUED (`shows_running`): ODM
    takes QUEUED as "task limit reached", takes the task back, and caps its remote tasks for the rest
    of the job at the number then running, although a slot is free. QUEUED means every node is full.
-3. While the task's size is not known yet (reserved at init), the node that takes the most images.
+3. The node beside the images (the same box), then, while the task's size is not known yet
+   (reserved at init), the node that takes the most images.
 4. Fewest tasks of the same job on the node: equal nodes share a job's submodels.
 5. Most free slots, then most memory, then shortest queue, then the node id, so equal nodes always
    give the same answer.
@@ -35,6 +40,7 @@ from appliance.nodeodm.status import TaskStatus
 MIN_MB_PER_IMAGE = 16.0  # below this the node would swap on a task of this size
 MIN_BUSY_MS = 1.0  # a busy slot is never free "now", even when its task is overdue
 RESERVATION_SLACK = 0.2  # the files already sent to a reserved node are worth this much of the run
+FIELD_LINK_MBPS = 100.0  # a field switch's port, until a node's own rate is measured
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class NodeView:
     speeds: tuple[tuple[str, float], ...] = ()  # expected ms per image by task kind (learned or prior)
     backlog_ms: tuple[float, ...] = ()  # expected remaining ms of each of our tasks active on it
     same_job: int = 0  # active tasks of the job being placed
+    link_mbps: float = FIELD_LINK_MBPS  # how fast files reach it from another box
 
     @property
     def free_slots(self) -> int:
@@ -73,6 +80,8 @@ class Demand:
     images: int
     engine: str | None = None
     kind: str = "full"
+    data_mb: float = 0.0  # the task's files, which a node away from them must receive first
+    near: frozenset[int] = frozenset()  # the nodes on the box that holds the files: nothing to move
 
     @property
     def impatient(self) -> bool:
@@ -92,6 +101,13 @@ class Placement:
 def run_ms(node: NodeView, demand: Demand) -> float:
     """How long the node is expected to take for the task."""
     return node.ms_per_image(demand.kind) * max(1, demand.images)
+
+
+def move_ms(node: NodeView, demand: Demand) -> float:
+    """How long the task's files take to reach the node: nothing on the box that holds them."""
+    if node.id in demand.near or demand.data_mb <= 0:
+        return 0.0
+    return demand.data_mb * 8.0 / max(node.link_mbps, 0.001) * 1000.0
 
 
 def unfit(node: NodeView, demand: Demand) -> str | None:
@@ -145,7 +161,7 @@ def plan(nodes: Sequence[NodeView], demands: Sequence[Demand]) -> list[Placement
     same_job = {n.id: n.same_job for n in nodes}
     placements = []
     for demand in demands:
-        best: tuple[tuple[float, float, float, int, int, int, int], NodeView] | None = None
+        best: tuple[tuple[bool, float, float, bool, float, int, int, int, int], NodeView] | None = None
         for node in nodes:
             if unfit(node, demand) is not None:
                 continue
@@ -154,13 +170,18 @@ def plan(nodes: Sequence[NodeView], demands: Sequence[Demand]) -> list[Placement
                 heaps[node.id] = slot_free_times(node, statistics.median(node.backlog_ms) if node.backlog_ms else run)
             start = heaps[node.id][0]
             free_now = sum(1 for t in heaps[node.id] if t == 0.0)
-            key = (start + run, start, headroom(node, demand), same_job[node.id], -free_now, -node.memory_mb, node.id)
+            far = node.id not in demand.near
+            # size unknown (reserved at init): a free node beside the images first, whatever its speed;
+            # the commit weighs the real move against the real run (keeps_reservation)
+            away = not demand.images and (far or start > 0)
+            key = (away, max(start, move_ms(node, demand)) + run, start, far, headroom(node, demand),
+                   same_job[node.id], -free_now, -node.memory_mb, node.id)
             if best is None or key < best[0]:
                 best = (key, node)
         if best is None:
             placements.append(Placement(None))
             continue
-        (finish, start, *_), node = best
+        (_, finish, start, *_), node = best
         heapq.heapreplace(heaps[node.id], finish)
         same_job[node.id] += 1
         placements.append(Placement(node.id, start, finish))
@@ -172,8 +193,8 @@ def rank(nodes: Sequence[NodeView], demand: Demand, speed_aware: bool = True) ->
     eligible = [n for n in nodes if why_not(n, demand) is None]
 
     def key(n: NodeView) -> tuple[float, ...]:
-        tail = (headroom(n, demand), n.same_job, -n.free_slots, -n.memory_mb, n.busy, n.id)
-        return (run_ms(n, demand), *tail) if speed_aware else tail
+        tail = (n.id not in demand.near, headroom(n, demand), n.same_job, -n.free_slots, -n.memory_mb, n.busy, n.id)
+        return (move_ms(n, demand) + run_ms(n, demand), *tail) if speed_aware else tail
     return sorted(eligible, key=key)
 
 
@@ -203,7 +224,8 @@ def keeps_reservation(nodes: Sequence[NodeView], demand: Demand, reserved: int, 
     if not speed_aware:
         return True
     best = plan(nodes, [*ahead, demand])[-1]
-    return best.node_id == reserved or run_ms(node, demand) <= best.finish_ms * (1 + RESERVATION_SLACK)
+    return best.node_id == reserved or move_ms(node, demand) + run_ms(node, demand) <= best.finish_ms * (
+        1 + RESERVATION_SLACK)
 
 
 def could_start_now(nodes: Sequence[NodeView], queue: Sequence[Demand], speed_aware: bool = True) -> list[bool]:

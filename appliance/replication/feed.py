@@ -40,7 +40,7 @@ def export_since(coordinator: Coordinator, since: int, trust: Trust) -> dict[str
         values["forwarded_node_url"] = fwd_node.row.url if fwd_node else None
         rows.append(values)
     nodes = [{"url": s.row.url, "sealed_token": trust.seal(s.row.token), "source": s.row.source, "locked": s.row.locked,
-              "label": s.row.label, "agent_url": s.row.agent_url} for s in registry.nodes.values()]
+              "label": s.row.label, "agent_url": s.row.agent_url, "box": s.row.box} for s in registry.nodes.values()]
     return {"rev": book.rev, "full": full, "tasks": rows, "nodes": nodes}
 
 
@@ -75,7 +75,8 @@ class ReplicaFollower:
         for node in nodes:
             token = self.peers.trust.unseal(node.get("sealed_token", ""))
             url = node["url"] + (f"?token={token}" if token else "")
-            state = await registry.ensure(url, source=node.get("source", "manual"), agent_url=node.get("agent_url", ""))
+            state = await registry.ensure(url, source=node.get("source", "manual"), agent_url=node.get("agent_url", ""),
+                                          box=node.get("box", ""))
             if state.row.locked != bool(node.get("locked")):
                 state.row.locked = bool(node.get("locked"))
                 await registry.store.save(state.row)

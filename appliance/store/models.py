@@ -62,6 +62,7 @@ class Task(Base):
     staged_on: Mapped[str] = mapped_column(String(16), default="")
     notes: Mapped[list[str]] = mapped_column(JSON, default_factory=list)  # Passel's own lines in the task's log
     downloaded_at: Mapped[float | None] = mapped_column(Float, default=None)
+    data_bytes: Mapped[int] = mapped_column(Integer, default=0)  # the staged files, counted at commit
 
 
 class Node(Base):
@@ -79,6 +80,7 @@ class Node(Base):
     ms_per_image: Mapped[float | None] = mapped_column(Float, default=None)  # before 0004: one figure, all kinds
     speeds: Mapped[dict[str, Any]] = mapped_column(JSON, default_factory=dict)  # {"engine/kind": {"ms": .., "n": ..}}
     agent_url: Mapped[str] = mapped_column(Text, default="")  # the Passel agent on the node's own box
+    box: Mapped[str] = mapped_column(String(16), default="")  # that box's id, when it shares the node over mDNS
 
 
 class Event(Base):
