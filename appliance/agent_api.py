@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from appliance.admin_password import ADMIN_PASSWORD_KEY
 from appliance.cluster.coordinator import COORDINATOR_KEY
+from appliance.cluster.intake import NewTask, TaskRefused
 from appliance.discovery.passel import AGENT_API, PASSEL_KEY, TransferRefused
 from appliance.discovery.trust import H_BOX, H_SIG, UNSIGNED_BODY, Untrusted, body_digest
 from appliance.http_rules import Peer, rules_of
+from appliance.nodeodm import replies
+from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.uploads import UploadError, receive_form
 from appliance.replication.feed import REPLICA_KEY, export_since
 from appliance.replication.handover import parse_task
 from appliance.replication.password import receive as receive_password
 from appliance.replication.password import sealed
+from appliance.store.models import Phase, row_values
 
 log = logging.getLogger("passel.trust")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -131,6 +136,65 @@ async def tasks_since(request: web.Request) -> web.Response:
     return web.json_response(feed)
 
 
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object")
+    return body
+
+
+async def intake_init(request: web.Request) -> web.Response:
+    """A follower takes a client's upload in itself: validate the fields and reserve a node here;
+    the files stay on that box (cluster/receiving.py)."""
+    coordinator = request.app[COORDINATOR_KEY]
+    if not request.app[PASSEL_KEY].is_coordinator:
+        return web.json_response({"error": "this box is not the coordinator"}, status=409)
+    try:
+        body = await _json_body(request)
+        fields = {str(k): str(v) for k, v in dict(body["fields"]).items()}
+        set_uuid = body.get("set_uuid")
+        task = await coordinator.intake.init(NewTask.from_fields(fields), str(set_uuid) if set_uuid else None,
+                                             staged_on=request["peer"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return web.json_response({"error": f"bad intake call: {exc}"}, status=400)
+    except TaskRefused as exc:
+        return web.json_response({"error": str(exc)})
+    node = coordinator.registry.get(task.node_id)
+    return web.json_response({"task": row_values(task), "node_url": node.row.url if node else None})
+
+
+async def intake_commit(request: web.Request) -> web.Response:
+    """The box that took an upload in says it is complete: names and sizes, never the bytes."""
+    coordinator = request.app[COORDINATOR_KEY]
+    if not request.app[PASSEL_KEY].is_coordinator:
+        return web.json_response({"error": "this box is not the coordinator"}, status=409)
+    try:
+        body = await _json_body(request)
+        files = {str(k): int(v) for k, v in dict(body["files"]).items()}
+        task = coordinator.book.get(str(body["uuid"]).lower())
+        if task is None or task.phase != Phase.UPLOADING or task.staged_on != request["peer"]:
+            return web.json_response({"error": replies.TASK_NOT_FOUND_UPLOAD})
+        await coordinator.intake.commit_received(task, files, body.get("node_url"), [str(f) for f in body.get("on_node", [])])
+    except (ValueError, KeyError, TypeError) as exc:
+        return web.json_response({"error": f"bad intake call: {exc}"}, status=400)
+    except TaskRefused as exc:
+        return web.json_response({"error": str(exc)})
+    return web.json_response({"uuid": task.uuid})
+
+
+async def deliver(request: web.Request) -> web.Response:
+    """The coordinator placed a task whose images are on this box: send them to the node from here."""
+    try:
+        body = await _json_body(request)
+        files = await request.app[COORDINATOR_KEY].receiver.deliver(dict(body["task"]), str(body["node_url"]),
+                                                                    [str(f) for f in body.get("on_node", [])])
+    except (ValueError, KeyError, TypeError) as exc:
+        return web.json_response({"error": f"bad deliver call: {exc}"}, status=400)
+    except (NodeError, NodeUnreachable, OSError) as exc:
+        return web.json_response({"error": str(exc)})
+    return web.json_response({"files": files})
+
+
 async def sleep(request: web.Request) -> web.Response:
     """Called by systemd before a suspend (passel-sleep.service); answers once the goodbye is sent."""
     await request.app[PASSEL_KEY].sleep()
@@ -158,6 +222,9 @@ def setup_agent_routes(app: web.Application) -> None:
     app.router.add_post(f"{AGENT_API}/adopt", adopt)
     app.router.add_get(f"{AGENT_API}/tasks", tasks_since)
     app.router.add_post(f"{AGENT_API}/password", receive_password)
+    app.router.add_post(f"{AGENT_API}/intake/init", intake_init)
+    app.router.add_post(f"{AGENT_API}/intake/commit", intake_commit)
+    app.router.add_post(f"{AGENT_API}/deliver", deliver)
     app.router.add_post(f"{AGENT_API}/sleep", sleep)
     app.router.add_post(f"{AGENT_API}/wake", wake)
     app.router.add_post(f"{AGENT_API}/key", set_key)

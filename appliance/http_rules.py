@@ -26,6 +26,7 @@ from enum import Enum
 from aiohttp import web
 
 from appliance.admin_auth import password_refusal
+from appliance.cluster.coordinator import COORDINATOR_KEY
 from appliance.discovery.passel import PASSEL_KEY
 from appliance.nodeodm import replies
 from appliance.nodeodm.auth import token_matches
@@ -67,6 +68,7 @@ class Rules:
     """The rules of one route."""
 
     on_coordinator: bool = False  # the coordinator answers: a follower relays the request there
+    received_here: bool = False  # an upload: the box the client talks to keeps the files (receiving.py)
     client_token: bool = False  # NodeODM's `?token=`, when the passel has one (--token)
     admin: Admin = Admin.NONE
     peer: Peer = Peer.ANY
@@ -85,6 +87,7 @@ class Route:
 
 
 CLIENT_CALL = Rules(on_coordinator=True, client_token=True)  # NodeODM clients, and reads of the admin API
+UPLOAD_CALL = Rules(on_coordinator=True, client_token=True, received_here=True)  # the coordinator hears names only
 ADMIN_ACTION = Rules(on_coordinator=True, client_token=True, admin=Admin.PASSWORD)
 BOX_READ = Rules(client_token=True)  # what only the box asked can answer
 BOX_ACTION = Rules(client_token=True, admin=Admin.PASSWORD)
@@ -108,9 +111,9 @@ ROUTES: tuple[Route, ...] = (
         ("GET", "/info", CLIENT_CALL, "The passel as one node: the summed capacity of its online nodes"),
         ("GET", "/options", CLIENT_CALL, "The options the nodes accept"),
         ("POST", "/task/new", CLIENT_CALL, "Create a task in one request (fields and images)"),
-        ("POST", "/task/new/init", CLIENT_CALL, "Start a chunked upload; the set-uuid header picks the uuid"),
-        ("POST", "/task/new/upload/{uuid}", CLIENT_CALL, "Upload one or more images"),
-        ("POST", "/task/new/commit/{uuid}", CLIENT_CALL, "Finish the upload; the task starts"),
+        ("POST", "/task/new/init", UPLOAD_CALL, "Start a chunked upload; the set-uuid header picks the uuid"),
+        ("POST", "/task/new/upload/{uuid}", UPLOAD_CALL, "Upload one or more images"),
+        ("POST", "/task/new/commit/{uuid}", UPLOAD_CALL, "Finish the upload; the task starts"),
         ("GET", "/task/list", CLIENT_CALL, "Tasks"),
         ("GET", "/task/{uuid}/info", CLIENT_CALL, "A task"),
         ("GET", "/task/{uuid}/output", CLIENT_CALL, "A task's output lines"),
@@ -152,6 +155,9 @@ ROUTES: tuple[Route, ...] = (
         ("POST", "/-/agent/v1/adopt", Rules(peer=Peer.SIGNED_STREAM),
          "Take a task and its staged files from a box that is no longer coordinator"),
         ("GET", "/-/agent/v1/tasks", PEER_CALL, "The replica feed: task rows newer than a version"),
+        ("POST", "/-/agent/v1/intake/init", PEER_CALL, "A task whose upload another box takes in: its fields"),
+        ("POST", "/-/agent/v1/intake/commit", PEER_CALL, "That upload is complete: its files' names and sizes"),
+        ("POST", "/-/agent/v1/deliver", PEER_CALL, "Send a task's staged files from this box to a node"),
         ("POST", "/-/agent/v1/password", PEER_CALL, "A newer admin password record, from a box that has it"),
         ("POST", "/-/agent/v1/sleep", THIS_BOX_ONLY, "Say goodbye before a suspend"),
         ("POST", "/-/agent/v1/wake", THIS_BOX_ONLY, "Rejoin after a suspend"),
@@ -210,6 +216,13 @@ def rules_of(request: web.Request) -> Rules:
     return _RULES[route.method, route.resource.canonical]
 
 
+def _takes_in(request: web.Request) -> bool:
+    """Whether this follower handles an upload call itself: a new task's init, and the files and the
+    commit of a task whose upload it took in (cluster/receiving.py)."""
+    uuid = request.match_info.get("uuid")
+    return uuid is None or request.app[COORDINATOR_KEY].receiver.holds(uuid)
+
+
 def gate_middleware(token: str | None) -> Middleware:
     """Relay to the coordinator, or check the client token and the admin password, as the route's rules say."""
 
@@ -224,7 +237,7 @@ def gate_middleware(token: str | None) -> Middleware:
     async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
         rules = rules_of(request)
         passel = request.app.get(PASSEL_KEY) if rules.on_coordinator else None
-        if passel is not None and not passel.is_coordinator:
+        if passel is not None and not passel.is_coordinator and not (rules.received_here and _takes_in(request)):
             # this box may become coordinator while the request waits: then it is checked here
             return await relay_to_coordinator(request, functools.partial(checked, handler=handler, rules=rules),
                                               passel)

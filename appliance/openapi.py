@@ -141,6 +141,11 @@ IO: dict[tuple[str, str], Io] = {
         params=(_query("term", {"type": "integer"}), _query("digest", TEXT), _query("from", TEXT)),
         body=_multipart({"task": TEXT}, files=True)),
     ("GET", "/-/agent/v1/tasks"): Io(params=(_query("since", {"type": "integer"}), _query("wait", {"type": "number"}))),
+    ("POST", "/-/agent/v1/intake/init"): Io(body=_json({"fields": {"type": "object"}, "set_uuid": TEXT}, ["fields"])),
+    ("POST", "/-/agent/v1/intake/commit"): Io(body=_json(
+        {"uuid": TEXT, "files": {"type": "object"}, "node_url": TEXT, "on_node": {"type": "array"}}, ["uuid", "files"])),
+    ("POST", "/-/agent/v1/deliver"): Io(body=_json({"task": {"type": "object"}, "node_url": TEXT, "on_node": {"type": "array"}},
+                                                    ["task", "node_url"])),
     ("POST", "/-/agent/v1/password"): Io(body=_json({"record": TEXT}, ["record"])),
     ("POST", "/-/agent/v1/key"): Io(body=_json({"key": TEXT}, ["key"])),
     ("GET", "/ui/tasks"): Io(params=(_query("status", TEXT), _query("node", TEXT), _query("q", TEXT),
@@ -200,6 +205,9 @@ def _replies(rules: Rules, io: Io, method: str, group: str) -> dict[str, Schema]
 def _description(rules: Rules) -> str:
     where = ("Answered by the coordinator: a follower relays it there." if rules.on_coordinator
              else "Answered by the box asked.")
+    if rules.received_here:
+        where = ("Answered by the coordinator, but a follower keeps the uploaded files itself and tells the "
+                 "coordinator only their names and sizes.")
     return where + (" Only from this box itself (loopback)." if rules.peer is Peer.LOOPBACK else "")
 
 
@@ -216,7 +224,8 @@ def operation(route: Route, path: str) -> Schema:
     op: Schema = {"summary": route.summary, "description": _description(rules), "tags": [route.group],
                   "parameters": [*_path_parameters(path, io), *io.params],
                   "responses": _replies(rules, io, route.method, route.group), "security": _security(rules),
-                  "x-passel-rules": {"on_coordinator": rules.on_coordinator, "client_token": rules.client_token,
+                  "x-passel-rules": {"on_coordinator": rules.on_coordinator, "received_here": rules.received_here,
+                                     "client_token": rules.client_token,
                                      "admin": rules.admin.value, "peer": rules.peer.value,
                                      "audience": rules.audience.value}}
     if io.body is not None:

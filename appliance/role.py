@@ -8,7 +8,11 @@ membership and election answer (`discovery.passel.Passel` is the source), attach
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
+
+
+class BoxUnreachable(Exception):
+    """Another box of the passel did not answer a box-to-box call (or refused it); the message says why."""
 
 
 class RoleSource(Protocol):
@@ -22,6 +26,8 @@ class RoleSource(Protocol):
     def handovers_pending(self) -> bool: ...
 
     def box_alive(self, box_id: str) -> bool: ...
+
+    async def call(self, box_id: str | None, path: str, body: dict[str, Any], timeout: float | None) -> dict[str, Any]: ...
 
 
 class Role:
@@ -51,3 +57,13 @@ class Role:
     def box_alive(self, box_id: str) -> bool:
         """Whether a box (one holding staged images, say) is still heard from."""
         return box_id == self.self_id or self._source is None or self._source.box_alive(box_id)
+
+    async def call(self, box_id: str | None, path: str, body: dict[str, Any],
+                   timeout: float | None = 30.0) -> dict[str, Any]:
+        """A signed box-to-box call to `box_id`, or to the coordinator when None; raises BoxUnreachable.
+
+        The data path uses it: a box that received an upload tells the coordinator what it holds, and
+        the coordinator asks that box to send the files to the node it chose."""
+        if self._source is None:
+            raise BoxUnreachable("this box is not in a passel")
+        return await self._source.call(box_id, path, body, timeout)

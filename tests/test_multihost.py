@@ -206,6 +206,11 @@ def every_field_reaches_the_real_node(bridge, leader: str, tmp_path: Path) -> No
         wait_until(lambda: any(c.get("uuid") == uuid for c in calls), 30, "the node to call the client's webhook")
     assert (info["name"], info["dateCreated"], info["imagesCount"]) == (fields["name"], 1700000000123, 3)
     assert requests.get(f"{entry.api}/-/tasks/{uuid}", timeout=5).json()["node_url"] == real_url
+    # The entry kept the images and sent them straight to the node; none went through the coordinator.
+    leader_box = next(box for box in bridge.boxes if view(box)["self"]["id"] == leader)
+    assert sorted(p.name for p in (entry.workdir / "state" / "staging" / uuid).iterdir()) == [
+        f"IMG_{i}.JPG" for i in range(3)]
+    assert not (leader_box.workdir / "state" / "staging" / uuid).exists()
     zipped = requests.get(f"{entry.api}/task/{uuid}/download/all.zip", timeout=30)
     names = [n for n in zipfile.ZipFile(io.BytesIO(zipped.content)).namelist() if not n.endswith("/")]
     assert "odm_orthophoto/odm_orthophoto.png" in names and any(n.startswith("odm_georeferencing/") for n in names)

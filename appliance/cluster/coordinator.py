@@ -20,6 +20,7 @@ from appliance.cluster.dispatcher import Dispatcher, tell_node
 from appliance.cluster.eta import Forecast, demand_of, forecast
 from appliance.cluster.info_cache import InfoCache
 from appliance.cluster.intake import Intake, TaskRefused
+from appliance.cluster.receiving import Receiver
 from appliance.cluster.registry import NodeRegistry, NodeState
 from appliance.cluster.replication import ReplicaProgress
 from appliance.cluster.scheduler import Demand, why_not
@@ -53,6 +54,7 @@ class Coordinator:
                                      speed_aware, role)
         self.intake = Intake(self.book, registry, staging, store, self.dispatcher, self.info_cache, self.replicas,
                              role, observe=self.observe)
+        self.receiver = Receiver(self.book, staging, registry, role, public_url)
         self.stragglers = Stragglers(self)
         self.dispatcher.stragglers = self.stragglers
 

@@ -21,12 +21,12 @@ from appliance.cluster.scheduler import (Demand, NodeView, choose_node, could_st
                                          keeps_reservation, shows_running)
 from appliance.cluster.staging import Staging
 from appliance.cluster.task_states import Step, advance
-from appliance.cluster.tasks import TaskBook
+from appliance.cluster.tasks import TaskBook, forwarded, set_forwarded
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.status import TaskStatus
-from appliance.role import Role
+from appliance.role import BoxUnreachable, Role
 from appliance.store.database import Store
-from appliance.store.models import Phase, Task
+from appliance.store.models import Phase, Task, row_values
 
 if TYPE_CHECKING:
     from appliance.cluster.stragglers import Stragglers
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("passel.tasks")
 DISPATCH_RECHECK_SECONDS = 1.0
 MB = 1024 * 1024
+DELIVER_TIMEOUT_SECONDS = 120.0  # plus the time the images take on the slowest link worth waiting for
+SLOWEST_LINK_BYTES_PER_SECOND = 1_000_000.0
 
 
 async def tell_node(node: NodeState, action: str, task: Task) -> None:
@@ -105,12 +107,14 @@ class Dispatcher:
         return choose_node(self.views(), demand, queue, self.speed_aware)
 
     # -- the early forward, while the client still uploads ------------------------------------
-    def reserve(self, task: Task) -> None:
-        """Pre-open the task on the best node at init, so files go on while the client uploads."""
+    def reserve(self, task: Task, send_early: bool) -> None:
+        """Choose a node at init, so files go on to it while the client uploads: from here with
+        `send_early`, else from the box that receives them (receiving.py)."""
         node = self.pick(task, images=0)
         if node is not None:
             task.node_id = node.id
-            self._early[task.uuid] = EarlyForward(Forwarder(self.book, self.staging, task, node, self.public_url))
+            if send_early:
+                self._early[task.uuid] = EarlyForward(Forwarder(self.book, self.staging, task, node, self.public_url))
 
     async def refresh_reservation(self, task: Task) -> None:
         """The client initialised its pending upload again: a node that holds it gets the new fields."""
@@ -123,13 +127,14 @@ class Dispatcher:
         if early is not None:
             early.push(paths)
 
-    def enqueue(self, task: Task) -> EarlyForward | None:
+    def enqueue(self, task: Task, reserved_elsewhere: bool = False) -> EarlyForward | None:
         """A committed task: place it (on its reserved node while that is still the best) or queue it.
+        `reserved_elsewhere`: the box that holds the files sent them to the reserved node.
 
         Returns the early forward to finish the send with, once the commit is saved (`start`).
         """
         early = self._early.pop(task.uuid, None)
-        reserved = task.node_id if early is not None and early.error is None else None
+        reserved = task.node_id if (early is not None and early.error is None) or reserved_elsewhere else None
         advance(task, Step.COMMIT)
         self._place(task, keep_reserved=reserved is not None)
         if early is not None and task.node_id != reserved:
@@ -232,8 +237,18 @@ class Dispatcher:
         task.attempts += 1
         await self.book.save(task)
         try:
-            await Forwarder(self.book, self.staging, task, node, self.public_url).deliver(
-                on_commit=lambda: self._committing.add(task.uuid))
+            if task.staged_on in ("", self.role.self_id):
+                await Forwarder(self.book, self.staging, task, node, self.public_url).deliver(
+                    on_commit=lambda: self._committing.add(task.uuid))
+            else:
+                await self._send_from(task.staged_on, task, node)
+        except BoxUnreachable as exc:  # not the node's fault: wait for the box (the reconciler's grace)
+            task.attempts -= 1
+            log.info("Task %s: box %s, which holds its images, cannot send them now (%s)", task.uuid[:8],
+                     task.staged_on, exc)
+            self.requeue(task)
+            await self.book.save(task)
+            return
         except (NodeError, NodeUnreachable, OSError) as exc:
             await self._send_failed(task, node, exc)
             return
@@ -246,6 +261,18 @@ class Dispatcher:
         self._pinned.pop(task.uuid, None)
         await self.store.record("dispatched", f"Task {task.uuid} is now on node {node.row.url}",
                                 task_uuid=task.uuid, node_id=node.id)
+
+    async def _send_from(self, box: str, task: Task, node: NodeState) -> None:
+        """Ask the box that holds the images to send them straight to the node and commit them there
+        (receiving.Receiver.deliver): they never pass through this box."""
+        self._committing.add(task.uuid)  # the other box commits on the node: never cut it off mid-way
+        node_id, on_node = forwarded(task)  # row ids are this box's own: name the node and its files
+        reply = await self.role.call(box, "/deliver", {"task": row_values(task), "node_url": node.row.url,
+                                                       "on_node": sorted(on_node) if node_id == node.id else []},
+                                     timeout=DELIVER_TIMEOUT_SECONDS + task.data_bytes / SLOWEST_LINK_BYTES_PER_SECOND)
+        if "error" in reply:
+            raise NodeError(f"box {box} could not send it: {reply['error']}")
+        set_forwarded(task, node.id, reply.get("files", []))
 
     async def _send_failed(self, task: Task, node: NodeState, exc: Exception) -> None:
         task.last_error = f"{node.row.url}: {exc}"

@@ -11,10 +11,11 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from appliance.cluster.registry import NodeState
 from appliance.cluster.staging import Staging, is_image
-from appliance.cluster.tasks import TaskBook, forwarded, set_forwarded
+from appliance.cluster.tasks import forwarded, set_forwarded
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.options import has_option, set_option
 from appliance.store.models import Task
@@ -28,6 +29,13 @@ _PENDING_EXISTS = ("Invalid set-uuid", "Directory exists")  # the node already h
 UPLOAD_TRIES = 8
 RETRY_FIRST_SECONDS = 0.2  # doubled after each failed try, up to RETRY_MAX_SECONDS
 RETRY_MAX_SECONDS = 3.0
+
+
+class KeepsTasks(Protocol):
+    """Where a sender records what reached the node: the task table on the coordinator, nothing on a
+    box that only holds the files (it reports them instead)."""
+
+    async def save(self, task: Task) -> None: ...
 
 
 def worth_retrying(exc: Exception) -> bool:
@@ -57,7 +65,7 @@ def init_fields(task: Task, node: NodeState, public_url: str) -> dict[str, str]:
 class Forwarder:
     """Moves one task's staged files to one node."""
 
-    def __init__(self, book: TaskBook, staging: Staging, task: Task, node: NodeState, public_url: str) -> None:
+    def __init__(self, book: KeepsTasks, staging: Staging, task: Task, node: NodeState, public_url: str) -> None:
         self.book, self.staging, self.task, self.node = book, staging, task, node
         self.public_url = public_url
         self._init_lock = asyncio.Lock()

@@ -26,7 +26,7 @@ from appliance.cluster.replication import ReplicaProgress
 from appliance.cluster.scheduler import Demand, could_ever_run
 from appliance.cluster.staging import Staging, is_image
 from appliance.cluster.task_states import Step, advance
-from appliance.cluster.tasks import TaskBook, forwarded
+from appliance.cluster.tasks import TaskBook, forwarded, set_forwarded
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.options import OptionsError, validate_options
 from appliance.nodeodm.status import TaskStatus
@@ -117,26 +117,29 @@ class Intake:
         return {"name": name, "options": options, "outputs": outputs, "skip_post_processing": new.skip_post_processing,
                 "webhook": new.webhook, "date_created_ms": new.date_created_ms, "job_key": job}
 
-    async def init(self, new: NewTask, set_uuid: str | None) -> Task:
-        """Accept a new task: validate, create its staging directory, and pre-open it on a node."""
+    async def init(self, new: NewTask, set_uuid: str | None, staged_on: str | None = None) -> Task:
+        """Accept a new task: validate, and reserve a node. The files go to `staged_on`, the box the
+        client uploads to (receiving.py); on this box, its staging directory is made here and each
+        file is pre-sent to the reserved node as it arrives."""
+        box = staged_on or self.self_id
         fields = self._prepare(new)
-        pending = self._pending_upload(set_uuid)
+        pending = self._pending_upload(set_uuid, box)
         if pending is not None:
             return await self._reinit(pending, fields)
         uuid = self._claim_uuid(set_uuid)
         if uuid in self.book.tasks:  # a tombstone: NodeODM lets a removed task's uuid be used again
             await self.book.purge(uuid)
             self.staging.remove(uuid)
-        path = self.staging.create(uuid)
-        task = Task(uuid=uuid, staging_path=str(path), staged_on=self.self_id, **fields)
-        self.dispatcher.reserve(task)
+        path = str(self.staging.create(uuid)) if box == self.self_id else ""
+        task = Task(uuid=uuid, staging_path=path, staged_on=box, **fields)
+        self.dispatcher.reserve(task, send_early=box == self.self_id)
         await self.book.save(task)
         return task
 
-    def _pending_upload(self, set_uuid: str | None) -> Task | None:
+    def _pending_upload(self, set_uuid: str | None, box: str) -> Task | None:
         """The uncommitted task a client initialises again with its set-uuid, as NodeODM allows."""
         task = self.book.known(set_uuid.lower()) if set_uuid else None
-        return task if task is not None and task.phase == Phase.UPLOADING and task.staged_on == self.self_id else None
+        return task if task is not None and task.phase == Phase.UPLOADING and task.staged_on == box else None
 
     async def _reinit(self, task: Task, fields: dict[str, Any]) -> Task:
         """New fields replace the old ones; files already uploaded stay, on Passel and on the node."""
@@ -161,11 +164,23 @@ class Intake:
         """Make the task visible and place it; the reply waits for the replicas (replication.py), not
         for the node."""
         files = self.staging.files(task.uuid)
+        await self._commit(task, {f.name: f.stat().st_size for f in files}, reserved_elsewhere=False)
+
+    async def commit_received(self, task: Task, files: dict[str, int], node_url: str | None,
+                              on_node: list[str]) -> None:
+        """The box that holds the upload says it is complete: names and sizes, and which files it
+        already sent to which node (receiving.py). No byte comes here."""
+        node = self.registry.find_url(node_url) if node_url else None
+        if node is not None:
+            set_forwarded(task, node.id, on_node)
+        await self._commit(task, files, reserved_elsewhere=node is not None and node.id == task.node_id)
+
+    async def _commit(self, task: Task, files: dict[str, int], reserved_elsewhere: bool) -> None:
         if not files:
             await self._discard(task)
             raise TaskRefused("Need at least 1 file.")
-        task.images_count = sum(1 for f in files if is_image(f.name))
-        task.data_bytes = sum(f.stat().st_size for f in files)
+        task.images_count = sum(1 for name in files if is_image(name))
+        task.data_bytes = sum(files.values())
         views = self.dispatcher.views(task)
         if views and not could_ever_run(views, Demand(images=task.images_count)):
             largest = max((v.max_images or 0) for v in views)
@@ -173,7 +188,7 @@ class Intake:
             raise TaskRefused(f"{task.images_count} images uploaded, but the largest node in this passel "
                               f"can only process up to {largest}.")
         task.committed_at = time.time()
-        early = self.dispatcher.enqueue(task)
+        early = self.dispatcher.enqueue(task, reserved_elsewhere)
         await self.book.save(task)
         await self.store.record("accepted", f"Task {task.uuid} accepted: {task.images_count} images, "
                                 f"{self._describe(task)}", task_uuid=task.uuid, node_id=task.node_id)

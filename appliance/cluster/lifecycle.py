@@ -21,28 +21,41 @@ ABANDONED_UPLOAD_SECONDS = 24 * 3600.0
 TOMBSTONE_SECONDS = 3600.0
 
 
+def done_with(task: Task) -> bool:
+    """A staged copy that will never be sent again: its task was removed or lost, or completed and
+    its results downloaded."""
+    return task.phase in (Phase.REMOVED, Phase.LOST) or (
+        task.phase == Phase.FINISHED and task.status == TaskStatus.COMPLETED and bool(task.downloaded_at))
+
+
 class StagingLifecycle:
     def __init__(self, coordinator: Coordinator, keep_hours: float) -> None:
         self.coordinator = coordinator
         self.keep_seconds = keep_hours * 3600.0
 
     async def sweep(self, now: float | None = None) -> int:
-        """One pass; returns how many staged copies or rows were dropped."""
+        """One pass; returns how many staged copies or rows were dropped. The coordinator purges
+        tombstones and abandoned uploads; every box releases the staged copies it holds (a box that
+        took an upload in keeps it, cluster/receiving.py) once its replica says they are done with."""
         c = self.coordinator
         now = time.time() if now is None else now
+        coordinating = c.role.coordinating
         dropped = 0
         for task in list(c.book.tasks.values()):
             staged = c.staging.path(task.uuid).exists()
             if task.phase in (Phase.REMOVED, Phase.LOST):
-                if task.finished_at and now - task.finished_at > TOMBSTONE_SECONDS:
+                if staged and task.staged_on == c.self_id and not c.receiver.holds(task.uuid):
+                    c.staging.remove(task.uuid)
+                    dropped += 1
+                if coordinating and task.finished_at and now - task.finished_at > TOMBSTONE_SECONDS:
                     await c.book.purge(task.uuid)
                     dropped += 1
-            elif task.phase == Phase.UPLOADING and now - self._last_upload(task) > ABANDONED_UPLOAD_SECONDS:
+            elif coordinating and task.phase == Phase.UPLOADING \
+                    and now - self._last_upload(task) > ABANDONED_UPLOAD_SECONDS:
                 await c.intake.remove(task)
                 dropped += 1
             elif staged and task.phase == Phase.FINISHED and (
-                    (task.status == TaskStatus.COMPLETED and task.downloaded_at)
-                    or (task.finished_at and now - task.finished_at > self.keep_seconds)):
+                    done_with(task) or (task.finished_at and now - task.finished_at > self.keep_seconds)):
                 c.staging.remove(task.uuid)
                 dropped += 1
         return dropped
@@ -57,8 +70,7 @@ class StagingLifecycle:
 
     async def run_forever(self) -> None:
         while True:
-            if self.coordinator.role.coordinating:
-                dropped = await self.sweep()
-                if dropped:
-                    log.info("Staging clean-up: released %d finished or abandoned upload(s)", dropped)
+            dropped = await self.sweep()
+            if dropped:
+                log.info("Staging clean-up: released %d finished or abandoned upload(s)", dropped)
             await asyncio.sleep(SWEEP_SECONDS)

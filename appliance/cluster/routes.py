@@ -63,13 +63,18 @@ async def _check_disk(request: web.Request) -> None:
 
 
 async def task_new_init(request: web.Request) -> web.Response:
+    """On the coordinator, or on a follower that takes the upload in itself (receiving.py)."""
+    c = _coordinator(request)
     try:
         await _check_disk(request)
         form = await receive_form(request, directory=None)
-        task = await _coordinator(request).intake.init(NewTask.from_fields(form.fields), request.headers.get("set-uuid"))
+        if c.role.coordinating:
+            uuid = (await c.intake.init(NewTask.from_fields(form.fields), request.headers.get("set-uuid"))).uuid
+        else:
+            uuid = await c.receiver.init(form.fields, request.headers.get("set-uuid"))
     except (UploadError, TaskRefused) as exc:
         return replies.error(str(exc))
-    return replies.ok({"uuid": task.uuid})
+    return replies.ok({"uuid": uuid})
 
 
 def _uploading(request: web.Request) -> Task | None:
@@ -80,34 +85,54 @@ def _uploading(request: web.Request) -> Task | None:
     return task if ok else None
 
 
+def _received_here(request: web.Request) -> bool:
+    """An upload this box takes in for a coordinator on another box (receiving.py)."""
+    return _coordinator(request).receiver.holds(request.match_info["uuid"])
+
+
 async def task_new_upload(request: web.Request) -> web.Response:
     c = _coordinator(request)
+    uuid = request.match_info["uuid"].lower()
+    here = _received_here(request)
     task = _uploading(request)
-    if task is None:
+    if task is None and not here:
         return replies.error(replies.TASK_NOT_FOUND_UPLOAD)
     try:
         await _check_disk(request)
-        form = await receive_form(request, directory=c.staging.path(task.uuid))
+        form = await receive_form(request, directory=c.staging.path(uuid))
     except UploadError as exc:
         return replies.error(str(exc), **({"noRetry": True} if exc.no_retry else {}))
     if not form.files:
         return replies.error(replies.NEED_ONE_FILE, noRetry=True)
-    if _uploading(request) is None:  # removed while the body was arriving
-        c.staging.remove(task.uuid)
+    if here and _received_here(request):
+        c.receiver.uploaded(uuid, form.files)
+        return replies.success()
+    if task is None or _uploading(request) is None:  # removed while the body was arriving
+        c.staging.remove(uuid)
         return replies.error(replies.TASK_NOT_FOUND_UPLOAD)
     c.intake.uploaded(task, form.files)
     return replies.success()
 
 
 async def task_new_commit(request: web.Request) -> web.Response:
-    task = _uploading(request)
-    if task is None:
-        return replies.error(replies.TASK_NOT_FOUND_UPLOAD)
+    c = _coordinator(request)
+    uuid = request.match_info["uuid"].lower()
     try:
-        await _coordinator(request).intake.commit(task)
+        if _received_here(request) and not c.role.coordinating:
+            await c.receiver.commit(uuid)
+            return replies.ok({"uuid": uuid})
+        task = _uploading(request)
+        if task is None:
+            return replies.error(replies.TASK_NOT_FOUND_UPLOAD)
+        if _received_here(request):  # taken in here while another box coordinated; this one does now
+            report = await c.receiver.report(uuid)
+            c.receiver.done(uuid)
+            await c.intake.commit_received(task, report["files"], report["node_url"], report["on_node"])
+        else:
+            await c.intake.commit(task)
     except TaskRefused as exc:
         return replies.error(str(exc))
-    return replies.ok({"uuid": task.uuid})
+    return replies.ok({"uuid": uuid})
 
 
 async def task_new(request: web.Request) -> web.Response:

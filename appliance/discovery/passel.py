@@ -19,6 +19,7 @@ from appliance.discovery.membership import HEARTBEAT_SECONDS, LEASE_SECONDS, Mem
 from appliance.discovery.peer_client import PeerClient
 from appliance.discovery.state import RoleState, load_term, save_term
 from appliance.discovery.trust import Trust, Untrusted
+from appliance.role import BoxUnreachable
 
 log = logging.getLogger("passel.election")
 AGENT_API = "/-/agent/v1"
@@ -72,6 +73,33 @@ class Passel:
     def box_alive(self, box_id: str) -> bool:
         peer = self.membership.peers.get(box_id)
         return peer is not None and peer.alive(boottime())
+
+    async def call(self, box_id: str | None, path: str, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        """A signed JSON call to a box's agent API: `box_id`, or the coordinator when None, waiting out
+        an election as a relayed request does (a box that is gone is tried once more after it)."""
+        failed: str | None = None
+        for _ in range(2 if box_id is None else 1):
+            if box_id is None and not await self.wait_for_coordinator(LEASE_SECONDS + 2, not_id=failed):
+                raise BoxUnreachable("the passel is choosing its coordinator")
+            if box_id is None and self.is_coordinator:
+                raise BoxUnreachable("this box has just become the coordinator")
+            peer = self.coordinator() if box_id is None else self.membership.peers.get(box_id)
+            if peer is None or not peer.alive(boottime()):
+                raise BoxUnreachable("no coordinator is known" if box_id is None else f"box {box_id} is not heard from")
+            try:
+                status, data = await self.peers.call("POST", f"{peer.url}{AGENT_API}{path}", json_body=body,
+                                                     timeout=aiohttp.ClientTimeout(total=timeout, connect=5))
+            except aiohttp.ClientConnectorError as exc:
+                failed = peer.id  # nothing was sent: its process is gone; the next coordinator gets it
+                error = f"{peer.name or peer.id} at {peer.url} did not answer: {exc}"
+                continue
+            except (aiohttp.ClientError, TimeoutError, Untrusted) as exc:
+                raise BoxUnreachable(f"{peer.name or peer.id} at {peer.url} did not answer: {exc or 'timeout'}") from None
+            if status != 200 or not isinstance(data, dict):
+                refusal = data.get("error") if isinstance(data, dict) else None
+                raise BoxUnreachable(f"{peer.name or peer.id} refused: {refusal or f'HTTP {status}'}")
+            return data
+        raise BoxUnreachable(error)
 
     def me(self) -> Member:
         return Member(id=self.identity.id, priority=self.priority, term=self.state.term, role=self.state.role)

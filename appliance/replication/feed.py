@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from appliance.cluster.coordinator import Coordinator
+from appliance.cluster.lifecycle import done_with
 from appliance.cluster.tasks import forwarded, set_forwarded
 from appliance.discovery.passel import AGENT_API, Peer
 from appliance.discovery.peer_client import PeerClient
@@ -96,6 +97,9 @@ class ReplicaFollower:
                 continue  # this box's own newer version is still to be handed over
             seen.add(task.uuid)
             await book.save_replica(task)
+            if task.staged_on == book.self_id and done_with(task):  # this box took the upload in: release it now
+                self.coordinator.receiver.done(task.uuid)
+                self.coordinator.staging.remove(task.uuid)
         dropped = 0
         if full:
             for uuid, task in list(book.tasks.items()):

@@ -1,0 +1,148 @@
+"""Uploads that a box takes in while another box coordinates: the images cross the field network once.
+
+The box a client uploads to keeps the files (its staging is what makes a re-dispatch possible) and
+sends each one straight on to the node the coordinator reserved, while the client is still
+uploading. The coordinator hears only names and sizes: the task's fields at init, the files at
+commit. When the coordinator then places the task, it asks this box to send what the chosen node
+lacks and commit it there (`deliver`), so no byte ever passes through the coordinator.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.cluster.forwarding import EarlyForward, Forwarder
+from appliance.cluster.intake import TaskRefused
+from appliance.cluster.registry import NodeRegistry
+from appliance.cluster.staging import Staging
+from appliance.cluster.tasks import TaskBook, forwarded, set_forwarded
+from appliance.nodeodm.client import NodeError
+from appliance.role import BoxUnreachable, Role
+from appliance.store.models import Phase, Task, row_values
+
+log = logging.getLogger("passel.receive")
+INTAKE_TIMEOUT_SECONDS = 30.0
+
+
+class CoordinatorUnreachable(TaskRefused):
+    """The coordinator did not answer: the client may try again, and the upload stays here."""
+
+
+def task_from_row(values: dict[str, Any]) -> Task:
+    """A task row as another box sent it (its columns only)."""
+    return Task(**{k: v for k, v in values.items() if k in Task.__table__.columns.keys()})
+
+
+class _NotInTable:
+    """A receiving box keeps no row of its own: what reached the node goes to the coordinator instead."""
+
+    async def save(self, task: Task) -> None:
+        return None
+
+
+@dataclass
+class Upload:
+    """One task this box is taking in: the coordinator's copy of its fields, and the early send."""
+
+    task: Task
+    early: EarlyForward | None
+
+
+class Receiver:
+    """The uploads held here for a coordinator on another box, and the sends it asks for."""
+
+    def __init__(self, book: TaskBook, staging: Staging, registry: NodeRegistry, role: Role, public_url: str) -> None:
+        self.book, self.staging, self.registry, self.role = book, staging, registry, role
+        self.public_url = public_url
+        self.uploads: dict[str, Upload] = {}
+
+    def holds(self, uuid: str) -> bool:
+        """Whether an upload in progress is taken in here. After a restart of this box, its replica
+        still says which uploads it was taking in: the client goes on, and the files sent before stay."""
+        uuid = uuid.lower()
+        if uuid in self.uploads:
+            return True
+        row = self.book.get(uuid)
+        if row is None or row.phase != Phase.UPLOADING or row.staged_on != self.role.self_id \
+                or self.role.coordinating or not self.staging.path(uuid).exists():
+            return False
+        self.uploads[uuid] = Upload(task_from_row(row_values(row)), early=None)
+        return True
+
+    async def init(self, fields: dict[str, str], set_uuid: str | None) -> str:
+        """The coordinator validates the fields and reserves a node; the files will stay here."""
+        reply = await self._ask_coordinator("/intake/init", {"fields": fields, "set_uuid": set_uuid})
+        task = task_from_row(reply["task"])
+        upload = self.uploads.get(task.uuid)
+        if upload is not None:  # initialised again with its set-uuid: new fields, the files stay
+            upload.task.__dict__.update({k: getattr(task, k) for k in reply["task"] if hasattr(task, k)})
+            if upload.early is not None:
+                await upload.early.forwarder.refresh_init()
+            return task.uuid
+        task.staging_path = str(self.staging.create(task.uuid))
+        node = self.registry.find_url(reply["node_url"]) if reply.get("node_url") else None
+        early = EarlyForward(Forwarder(_NotInTable(), self.staging, task, node, self.public_url)) if node else None
+        self.uploads[task.uuid] = Upload(task, early)
+        log.info("Task %s: taking its upload here; the coordinator reserved %s", task.uuid[:8],
+                 node.row.url if node else "no node yet")
+        return task.uuid
+
+    def uploaded(self, uuid: str, names: list[str]) -> None:
+        upload = self.uploads.get(uuid.lower())
+        if upload is None:
+            return
+        if upload.early is not None:
+            upload.early.push([self.staging.path(upload.task.uuid) / n for n in names])
+
+    async def report(self, uuid: str) -> dict[str, Any]:
+        """What the coordinator needs at commit: every file's size, and which are on which node."""
+        upload = self.uploads[uuid.lower()]
+        if upload.early is not None:
+            await upload.early.finish()
+        node_id, on_node = forwarded(upload.task)
+        node = self.registry.get(node_id)
+        return {"uuid": upload.task.uuid, "files": {f.name: f.stat().st_size for f in self.staging.files(upload.task.uuid)},
+                "node_url": node.row.url if node is not None else None, "on_node": sorted(on_node)}
+
+    async def commit(self, uuid: str) -> dict[str, Any]:
+        """Tell the coordinator the upload is complete; it places the task and answers the client."""
+        report = await self.report(uuid)
+        try:
+            reply = await self._ask_coordinator("/intake/commit", report)
+        except CoordinatorUnreachable:
+            raise
+        except TaskRefused:  # refused for good (no image, too many): the coordinator dropped the task
+            self.done(uuid)
+            self.staging.remove(uuid.lower())
+            raise
+        self.done(uuid)
+        return reply
+
+    def done(self, uuid: str) -> None:
+        """The coordinator has the upload (committed, or refused and discarded)."""
+        upload = self.uploads.pop(uuid.lower(), None)
+        if upload is not None and upload.early is not None:
+            upload.early.cancel()
+
+    async def deliver(self, row: dict[str, Any], node_url: str, on_node: list[str]) -> list[str]:
+        """The coordinator placed a task whose files are here: send what the node lacks (`on_node`: what
+        it holds already), then commit it there. Returns the files the node holds."""
+        task = task_from_row(row)
+        if not self.staging.files(task.uuid):
+            raise NodeError(f"this box holds no files of task {task.uuid}")
+        node = await self.registry.ensure(node_url)
+        set_forwarded(task, node.id if on_node else None, on_node)
+        await Forwarder(_NotInTable(), self.staging, task, node, self.public_url).deliver()
+        log.info("Task %s: sent from this box straight to %s", task.uuid[:8], node.row.url)
+        return sorted(forwarded(task)[1])
+
+    async def _ask_coordinator(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            reply = await self.role.call(None, path, body, timeout=INTAKE_TIMEOUT_SECONDS)
+        except BoxUnreachable as exc:
+            raise CoordinatorUnreachable(f"The coordinator cannot be reached ({exc}); try again in a few seconds.") from None
+        if "error" in reply:
+            raise TaskRefused(str(reply["error"]))
+        return reply
