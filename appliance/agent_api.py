@@ -195,6 +195,18 @@ async def deliver(request: web.Request) -> web.Response:
     return web.json_response({"files": files})
 
 
+async def downloaded(request: web.Request) -> web.Response:
+    """A follower streamed a task's whole all.zip to its client, from the node."""
+    coordinator = request.app[COORDINATOR_KEY]
+    try:
+        task = coordinator.book.get(str((await _json_body(request))["uuid"]).lower())
+    except (ValueError, KeyError, TypeError) as exc:
+        return web.json_response({"error": f"bad call: {exc}"}, status=400)
+    if task is not None:
+        await coordinator.downloaded(task)
+    return web.json_response({"success": True})
+
+
 async def sleep(request: web.Request) -> web.Response:
     """Called by systemd before a suspend (passel-sleep.service); answers once the goodbye is sent."""
     await request.app[PASSEL_KEY].sleep()
@@ -225,6 +237,7 @@ def setup_agent_routes(app: web.Application) -> None:
     app.router.add_post(f"{AGENT_API}/intake/init", intake_init)
     app.router.add_post(f"{AGENT_API}/intake/commit", intake_commit)
     app.router.add_post(f"{AGENT_API}/deliver", deliver)
+    app.router.add_post(f"{AGENT_API}/downloaded", downloaded)
     app.router.add_post(f"{AGENT_API}/sleep", sleep)
     app.router.add_post(f"{AGENT_API}/wake", wake)
     app.router.add_post(f"{AGENT_API}/key", set_key)

@@ -69,6 +69,7 @@ class Rules:
 
     on_coordinator: bool = False  # the coordinator answers: a follower relays the request there
     received_here: bool = False  # an upload: the box the client talks to keeps the files (receiving.py)
+    served_near: bool = False  # a download: a follower whose replica knows the node streams it from there
     client_token: bool = False  # NodeODM's `?token=`, when the passel has one (--token)
     admin: Admin = Admin.NONE
     peer: Peer = Peer.ANY
@@ -88,6 +89,7 @@ class Route:
 
 CLIENT_CALL = Rules(on_coordinator=True, client_token=True)  # NodeODM clients, and reads of the admin API
 UPLOAD_CALL = Rules(on_coordinator=True, client_token=True, received_here=True)  # the coordinator hears names only
+DOWNLOAD_CALL = Rules(on_coordinator=True, client_token=True, served_near=True)  # node to asker, never a third box
 ADMIN_ACTION = Rules(on_coordinator=True, client_token=True, admin=Admin.PASSWORD)
 BOX_READ = Rules(client_token=True)  # what only the box asked can answer
 BOX_ACTION = Rules(client_token=True, admin=Admin.PASSWORD)
@@ -117,7 +119,7 @@ ROUTES: tuple[Route, ...] = (
         ("GET", "/task/list", CLIENT_CALL, "Tasks"),
         ("GET", "/task/{uuid}/info", CLIENT_CALL, "A task"),
         ("GET", "/task/{uuid}/output", CLIENT_CALL, "A task's output lines"),
-        ("GET", "/task/{uuid}/download/{asset}", CLIENT_CALL, "Download all.zip"),
+        ("GET", "/task/{uuid}/download/{asset}", DOWNLOAD_CALL, "Download all.zip"),
         ("POST", "/task/cancel", CLIENT_CALL, "Cancel a task"),
         ("POST", "/task/remove", CLIENT_CALL, "Remove a task and its files everywhere"),
         ("POST", "/task/restart", CLIENT_CALL, "Restart a finished, failed or canceled task"),
@@ -158,6 +160,7 @@ ROUTES: tuple[Route, ...] = (
         ("POST", "/-/agent/v1/intake/init", PEER_CALL, "A task whose upload another box takes in: its fields"),
         ("POST", "/-/agent/v1/intake/commit", PEER_CALL, "That upload is complete: its files' names and sizes"),
         ("POST", "/-/agent/v1/deliver", PEER_CALL, "Send a task's staged files from this box to a node"),
+        ("POST", "/-/agent/v1/downloaded", PEER_CALL, "A follower served a task's whole all.zip to its client"),
         ("POST", "/-/agent/v1/password", PEER_CALL, "A newer admin password record, from a box that has it"),
         ("POST", "/-/agent/v1/sleep", THIS_BOX_ONLY, "Say goodbye before a suspend"),
         ("POST", "/-/agent/v1/wake", THIS_BOX_ONLY, "Rejoin after a suspend"),
@@ -223,6 +226,12 @@ def _takes_in(request: web.Request) -> bool:
     return uuid is None or request.app[COORDINATOR_KEY].receiver.holds(uuid)
 
 
+def _results_known(request: web.Request) -> bool:
+    """Whether this follower's replica says where a completed task's results are: it streams them from
+    that node itself, so the bytes never pass through the coordinator."""
+    return request.app[COORDINATOR_KEY].results_node(request.match_info["uuid"]) is not None
+
+
 def gate_middleware(token: str | None) -> Middleware:
     """Relay to the coordinator, or check the client token and the admin password, as the route's rules say."""
 
@@ -237,7 +246,8 @@ def gate_middleware(token: str | None) -> Middleware:
     async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
         rules = rules_of(request)
         passel = request.app.get(PASSEL_KEY) if rules.on_coordinator else None
-        if passel is not None and not passel.is_coordinator and not (rules.received_here and _takes_in(request)):
+        if passel is not None and not passel.is_coordinator and not (rules.received_here and _takes_in(request)) \
+                and not (rules.served_near and _results_known(request)):
             # this box may become coordinator while the request waits: then it is checked here
             return await relay_to_coordinator(request, functools.partial(checked, handler=handler, rules=rules),
                                               passel)

@@ -144,6 +144,7 @@ IO: dict[tuple[str, str], Io] = {
     ("POST", "/-/agent/v1/intake/init"): Io(body=_json({"fields": {"type": "object"}, "set_uuid": TEXT}, ["fields"])),
     ("POST", "/-/agent/v1/intake/commit"): Io(body=_json(
         {"uuid": TEXT, "files": {"type": "object"}, "node_url": TEXT, "on_node": {"type": "array"}}, ["uuid", "files"])),
+    ("POST", "/-/agent/v1/downloaded"): Io(body=_json({"uuid": TEXT}, ["uuid"])),
     ("POST", "/-/agent/v1/deliver"): Io(body=_json({"task": {"type": "object"}, "node_url": TEXT, "on_node": {"type": "array"}},
                                                     ["task", "node_url"])),
     ("POST", "/-/agent/v1/password"): Io(body=_json({"record": TEXT}, ["record"])),
@@ -205,6 +206,9 @@ def _replies(rules: Rules, io: Io, method: str, group: str) -> dict[str, Schema]
 def _description(rules: Rules) -> str:
     where = ("Answered by the coordinator: a follower relays it there." if rules.on_coordinator
              else "Answered by the box asked.")
+    if rules.served_near:
+        where = ("Answered by the coordinator, but a follower that knows which node holds the results streams "
+                 "them from that node itself.")
     if rules.received_here:
         where = ("Answered by the coordinator, but a follower keeps the uploaded files itself and tells the "
                  "coordinator only their names and sizes.")
@@ -225,6 +229,7 @@ def operation(route: Route, path: str) -> Schema:
                   "parameters": [*_path_parameters(path, io), *io.params],
                   "responses": _replies(rules, io, route.method, route.group), "security": _security(rules),
                   "x-passel-rules": {"on_coordinator": rules.on_coordinator, "received_here": rules.received_here,
+                                     "served_near": rules.served_near,
                                      "client_token": rules.client_token,
                                      "admin": rules.admin.value, "peer": rules.peer.value,
                                      "audience": rules.audience.value}}

@@ -215,12 +215,72 @@ def every_field_reaches_the_real_node(bridge, leader: str, tmp_path: Path) -> No
     names = [n for n in zipfile.ZipFile(io.BytesIO(zipped.content)).namelist() if not n.endswith("/")]
     assert "odm_orthophoto/odm_orthophoto.png" in names and any(n.startswith("odm_georeferencing/") for n in names)
     assert all(n == outputs[0] or n.startswith(outputs[1] + "/") for n in names), names
+    # The follower streamed all.zip from the node itself, told the coordinator, and so released its copy.
+    wait_until(lambda: requests.get(f"{leader_box.api}/-/tasks/{uuid}", timeout=5).json()["status"] == 40
+               and not (entry.workdir / "state" / "staging" / uuid).exists(), 20,
+               "the entry to release the images once the results were downloaded")
 
     stored = real_box.realnode.stored_tasks()[uuid]  # a graceful restart: the node's own tasks.json
     real_box.realnode.wait_ready()
     assert {k: stored[k] for k in ("name", "options", "webhook", "skipPostProcessing", "outputs", "dateCreated")} == {
         "name": fields["name"], "options": options, "webhook": hook, "skipPostProcessing": True,
         "outputs": outputs, "dateCreated": 1700000000123}
+
+
+def test_images_kept_by_a_box_that_dies_are_answered_not_found_at_once(passel3, tmp_path):
+    """A follower keeps the images of the uploads it takes in. When it dies before a node has them, a
+    client that asks is told not-found as soon as the box is declared gone, not after the 90 s grace,
+    so ODM sends the task again at once; no second copy of every upload costs the field network."""
+    from pyodm import Node
+    boxes = passel3.boxes
+    leader = box_by_id(passel3, wait_until(lambda: settled_on_one(boxes), 40, "one coordinator"))
+    entry = next(box for box in boxes if box is not leader)
+    wait_until(lambda: len(requests.get(leader.api + "/-/nodes", timeout=5).json()) == 3, 30, "three nodes")
+    for node in requests.get(leader.api + "/-/nodes", timeout=5).json():  # the task waits in the queue
+        assert requests.post(f"{leader.api}/-/nodes/{node['id']}/lock", timeout=10).json()["locked"] is True
+    files = []
+    for i in range(4):
+        path = tmp_path / f"IMG_{i}.JPG"
+        path.write_bytes(b"\xff\xd8" + bytes([i]) * 20000)
+        files.append(str(path))
+    uuid = Node(entry.address, 3000).create_task(files, skip_post_processing=True).uuid
+    assert len(list((entry.workdir / "state" / "staging" / uuid).iterdir())) == 4
+    assert requests.get(f"{leader.api}/task/{uuid}/info", timeout=5).json()["status"]["code"] == 10
+
+    entry.signal("agent", signal.SIGKILL)
+    killed = time.monotonic()
+    reply = wait_until(lambda: "error" in (r := requests.get(f"{leader.api}/task/{uuid}/info", timeout=5).json()) and r,
+                       30, "not-found for the task whose images died with their box")
+    assert "not found" in reply["error"].lower()
+    assert time.monotonic() - killed < 30, "well before the 90 s grace"
+    assert uuid not in [t["uuid"] for t in requests.get(f"{leader.api}/task/list", timeout=5).json()]
+
+
+def test_a_follower_serves_results_from_the_node_itself(passel3, tmp_path):
+    """all.zip goes from the node to the box the client asked, never through a third box: a follower
+    serves it even while the coordinator is frozen."""
+    from pyodm import Node
+    boxes = passel3.boxes
+    leader = box_by_id(passel3, wait_until(lambda: settled_on_one(boxes), 40, "one coordinator"))
+    entry = next(box for box in boxes if box is not leader)
+    wait_until(lambda: sum(n["online"] for n in requests.get(entry.api + "/-/nodes", timeout=5).json()) == 3, 30,
+               "three nodes online")
+    files = []
+    for i in range(4):
+        path = tmp_path / f"IMG_{i}.JPG"
+        path.write_bytes(b"\xff\xd8" + bytes([i]) * 20000)
+        files.append(str(path))
+    task = Node(entry.address, 3000).create_task(files, skip_post_processing=True, outputs=["cameras.json"])
+    task.wait_for_completion(interval=0.5)
+    first = requests.get(f"{entry.api}/task/{task.uuid}/download/all.zip", timeout=10)  # the replica has it by now
+    assert first.status_code == 200
+    leader.signal("agent", signal.SIGSTOP)
+    try:  # well within a lease: no other coordinator yet, so a relay would hang on the frozen one
+        zipped = requests.get(f"{entry.api}/task/{task.uuid}/download/all.zip", timeout=3)
+        assert zipped.content == first.content
+        assert "cameras.json" in zipfile.ZipFile(io.BytesIO(zipped.content)).namelist()
+    finally:
+        leader.signal("agent", signal.SIGCONT)
 
 
 def test_kill9_of_coordinator_fails_over_and_old_one_rejoins_as_follower(passel3):

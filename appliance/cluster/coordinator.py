@@ -217,6 +217,28 @@ class Coordinator:
         await self.store.record(kind, f"Task {task.uuid}: {note}", task_uuid=task.uuid)
         self.dispatcher.wake()
 
+    def results_node(self, uuid: str) -> NodeState | None:
+        """The node that holds a completed task's results, as this box's table says (on a follower, its
+        replica): a follower streams downloads from it directly."""
+        task = self.book.get(uuid.lower())
+        if task is None or task.phase != Phase.FINISHED or task.status != TaskStatus.COMPLETED:
+            return None
+        node = self.registry.get(task.node_id)
+        return node if node is not None else None
+
+    async def downloaded(self, task: Task) -> None:
+        """A client has the whole all.zip: the staged images are no longer needed (lifecycle.py)."""
+        if not task.downloaded_at:
+            task.downloaded_at = time.time()
+            await self.book.save(task)
+
+    def images_out_of_reach(self, task: Task) -> bool:
+        """Not on a node yet, and its images are only on a box that is gone (receiving.py). A client
+        asking about it is alive to send it again: it is told not-found at once, rather than after the
+        grace (the reconciler's rule when nobody asks), and no second copy costs the network."""
+        return task.phase in (Phase.WAITING, Phase.FORWARDING) and task.staged_on not in ("", self.self_id) \
+            and not self.role.box_alive(task.staged_on)
+
     async def lose(self, task: Task, reason: str) -> None:
         """Give up on a task whose data is gone: clients get not-found, which ODM answers by resubmitting."""
         self.dispatcher.stop(task.uuid)

@@ -9,6 +9,7 @@ lacks and commit it there (`deliver`), so no byte ever passes through the coordi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,7 @@ class Receiver:
         self.book, self.staging, self.registry, self.role = book, staging, registry, role
         self.public_url = public_url
         self.uploads: dict[str, Upload] = {}
+        self._reports: set[asyncio.Task[None]] = set()
 
     def holds(self, uuid: str) -> bool:
         """Whether an upload in progress is taken in here. After a restart of this box, its replica
@@ -137,6 +139,19 @@ class Receiver:
         await Forwarder(_NotInTable(), self.staging, task, node, self.public_url).deliver()
         log.info("Task %s: sent from this box straight to %s", task.uuid[:8], node.row.url)
         return sorted(forwarded(task)[1])
+
+    def report_download(self, uuid: str) -> None:
+        """This box streamed a task's whole all.zip from its node to a client: tell the coordinator,
+        whose table decides when the staged images are released. Not awaited: the client has its file."""
+        job = asyncio.create_task(self._report_download(uuid))
+        self._reports.add(job)
+        job.add_done_callback(self._reports.discard)
+
+    async def _report_download(self, uuid: str) -> None:
+        try:
+            await self.role.call(None, "/downloaded", {"uuid": uuid}, timeout=INTAKE_TIMEOUT_SECONDS)
+        except BoxUnreachable as exc:  # the images are then kept until they expire (lifecycle.py)
+            log.info("Task %s: could not tell the coordinator it was downloaded (%s)", uuid[:8], exc)
 
     async def _ask_coordinator(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:

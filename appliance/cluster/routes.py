@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections import Counter
 from typing import Any
 
@@ -157,7 +156,12 @@ async def task_new(request: web.Request) -> web.Response:
 
 
 async def _visible(request: web.Request) -> Task | None:
-    return await _coordinator(request).intake.find_visible(request.match_info["uuid"].lower())
+    c = _coordinator(request)
+    task = await c.intake.find_visible(request.match_info["uuid"].lower())
+    if task is not None and c.images_out_of_reach(task):
+        await c.lose(task, f"its images were only on box {task.staged_on}, which is gone; the client sends it again")
+        return None
+    return task
 
 
 def _info(task: Task, run: Run | None) -> dict[str, Any]:
@@ -227,13 +231,19 @@ async def task_output(request: web.Request) -> web.Response:
 
 
 async def task_download(request: web.Request) -> web.StreamResponse:
+    """From the node to the box the client asked: on a follower, straight from the node its replica
+    names (http_rules.DOWNLOAD_CALL), never through the coordinator."""
     c = _coordinator(request)
-    task = await _visible(request)
+    if not c.role.coordinating:
+        task = c.book.get(request.match_info["uuid"].lower())
+        node = c.results_node(request.match_info["uuid"])
+    else:
+        task = await _visible(request)
+        node = c.registry.get(task.node_id) if task is not None else None
     if task is None:
         return replies.task_not_found(request.match_info["uuid"])
     if request.match_info["asset"] != "all.zip":
         return replies.error(replies.INVALID_ASSET)
-    node = c.registry.get(task.node_id)
     if task.status != TaskStatus.COMPLETED or node is None:
         return replies.error(replies.ASSET_NOT_READY)
     try:
@@ -241,8 +251,10 @@ async def task_download(request: web.Request) -> web.StreamResponse:
     except (aiohttp.ClientError, TimeoutError) as exc:
         return replies.error(f"The node holding this task's results is not answering ({exc or 'timeout'}); try again")
     if _whole_file_sent(reply) and not task.downloaded_at:
-        task.downloaded_at = time.time()  # the staged images are no longer needed (lifecycle.py)
-        await c.book.save(task)
+        if c.role.coordinating:
+            await c.downloaded(task)
+        else:  # the coordinator keeps the table: tell it, as metadata
+            c.receiver.report_download(task.uuid)
     return reply
 
 
