@@ -18,6 +18,8 @@ task_uuid=...)` of the same random-byte "JPEGs" (default 40 x 5 MiB):
     alike, so any box's node would do);
   - `coordinator`: the coordinator's :3000;
   - `follower`: a follower's :3000;
+  - `follower-away`: the same, with the follower's own node locked, so the task must run on another
+    box (the images then cross two links: client to follower, follower to that node);
   - `splitmerge`: ODM's split-merge pattern (tests/odm_executor.py, which reproduces opendm/remote.py:
     init without set-uuid, one plain `requests` POST per image, 10 at a time, plus a seed.zip; commit;
     RUNNING-or-COMPLETED check) through the same follower, for one submodel;
@@ -76,7 +78,7 @@ MIB = 1024 * 1024
 GB = 1e9
 POLL_SECONDS = 0.05
 RUNNING, COMPLETED = 20, 40
-PASSEL_ENTRIES = ("coordinator", "follower", "splitmerge")
+PASSEL_ENTRIES = ("coordinator", "follower", "follower-away", "splitmerge")
 ALL_SCENARIOS = (("switch", "100mbit"), ("switch", "1gbit"), ("shared", "100mbit"))
 TARGETS = {"own": {"time": 1.05, "bytes": 1.05}, "other": {"time": 1.10, "bytes": 2.05}}
 SHARED_FOLLOWER_TIME = 1.10
@@ -212,6 +214,16 @@ class Field:
         if self.bridge is not None:
             self.bridge.close()
 
+    def lock_own_node(self, box: Box) -> int:
+        """Lock the node on `box` (through the coordinator's admin API), so a task must run elsewhere."""
+        nodes = requests.get(f"{self.coordinator.api}/-/nodes", timeout=10).json()
+        node_id = next(n["id"] for n in nodes if n["url"] == f"http://{box.address}:3001")
+        requests.post(f"{self.coordinator.api}/-/nodes/{node_id}/lock", timeout=10).raise_for_status()
+        return int(node_id)
+
+    def unlock(self, node_id: int) -> None:
+        requests.post(f"{self.coordinator.api}/-/nodes/{node_id}/unlock", timeout=10).raise_for_status()
+
     def box_of_url(self, url: str | None) -> str | None:
         for box in self.bridge.boxes if self.bridge else []:
             if url and f"//{box.address}:" in url:
@@ -268,6 +280,7 @@ def one_run(field: Field, entry: str, files: list[str], seed: Path, label: str) 
     else:
         entry_box = field.coordinator if entry == "coordinator" else field.follower
         host, port, watched = entry_box.address, 3000, field.boxes
+    locked = field.lock_own_node(field.follower) if entry == "follower-away" else None
     watch = NodeWatch(watched, deadline)
     task_uuid = str(uuidlib.uuid4())
     cpu_before = field.cpu()
@@ -295,6 +308,8 @@ def one_run(field: Field, entry: str, files: list[str], seed: Path, label: str) 
             watch.wait()
     finally:
         watch.stop()
+        if locked is not None:
+            field.unlock(locked)
     net_after = field.shaper.counters()
     cpu_after = field.cpu()
     if watch.seen_at is None:
@@ -321,7 +336,7 @@ def one_run(field: Field, entry: str, files: list[str], seed: Path, label: str) 
     except Exception as exc:  # noqa: BLE001 - the wait below reports what is left
         say(f"WARNING: removing {task_uuid} via {entry}: {exc}")
     clean = field.wait_nodes_empty()
-    entry_box = {"coordinator": field.coordinator, "follower": field.follower,
+    entry_box = {"coordinator": field.coordinator, "follower": field.follower, "follower-away": field.follower,
                  "splitmerge": field.follower}.get(entry)
     placement = None
     if entry_box is not None and ran_on is not None:
@@ -367,7 +382,7 @@ def summarize(field: Field, runs: list[dict[str, Any]], entries: list[str]) -> d
             own = sum(p == "own" for p in row["placements"])
             placement = "own" if own * 2 > len(rs) else "other"
             target = dict(TARGETS[placement])
-            if field.mode == "shared" and entry in ("follower", "splitmerge"):
+            if field.mode == "shared" and entry in ("follower", "follower-away", "splitmerge"):
                 target["time"] = SHARED_FOLLOWER_TIME
             row |= {"placement": placement, "target_time_ratio": target["time"],
                     "target_bytes_ratio": target["bytes"],
@@ -379,7 +394,7 @@ def summarize(field: Field, runs: list[dict[str, Any]], entries: list[str]) -> d
 
 def run_scenario(args: argparse.Namespace, mode: str, rate: str, files: list[str], seed: Path, workdir: Path,
                  real_reason: str | None) -> dict[str, Any]:
-    entries = ["direct", "coordinator", "follower", "splitmerge"] + ([] if real_reason else ["realnode"])
+    entries = ["direct", "coordinator", "follower", "follower-away", "splitmerge"] + ([] if real_reason else ["realnode"])
     say(f"=== {mode} {rate}: starting {args.boxes} boxes{'' if real_reason else ' + a real NodeODM box'} ...")
     began = time.monotonic()
     with Field(args, mode, rate, workdir, real=real_reason is None) as field:

@@ -161,15 +161,21 @@ class Coordinator:
         return forecast(self.dispatcher.views(), self.book.all_visible(), self.speed_aware)
 
     def has_staged_files(self, task: Task) -> bool:
+        """The images are on this box's own disk."""
         return task.staged_on in ("", self.self_id) and bool(self.staging.files(task.uuid))
+
+    def can_send_again(self, task: Task) -> bool:
+        """The images are here, or on the live box that took the upload in (it sends them, receiving.py)."""
+        return self.has_staged_files(task) or (task.staged_on not in ("", self.self_id)
+                                               and self.role.box_alive(task.staged_on))
 
     async def move_away(self, task: Task, reason: str) -> None:
         """Send a task again from staging because its node lost it or is gone; lose it when the
         staged copy is not here (not-found makes ODM resubmit; FAILED would abort its whole job)."""
         if task.phase not in (Phase.ON_NODE, Phase.FINISHED) or task.status == TaskStatus.CANCELED:
             return
-        if not self.has_staged_files(task):
-            await self.lose(task, f"{reason}, and its uploaded images are not on this coordinator")
+        if not self.can_send_again(task):
+            await self.lose(task, f"{reason}, and its uploaded images are on no box that can send them")
             return
         old = self.registry.get(task.node_id)
         await self._leave_node(task, old)
@@ -192,8 +198,8 @@ class Coordinator:
             raise TaskRefused(f"Node {target.row.url} cannot take it: {refusal}")
         if task.node_id == target.id and task.phase == Phase.ON_NODE:
             raise TaskRefused(f"The task is already on {target.row.url}")
-        if not self.has_staged_files(task):
-            raise TaskRefused("The task's uploaded images are not on this coordinator, so it cannot be sent again")
+        if not self.can_send_again(task):
+            raise TaskRefused("The task's uploaded images are on no box that can send them, so it cannot be sent again")
         old = self.registry.get(task.node_id)
         await self.dispatcher.settle(task.uuid)
         await self._leave_node(task, old)

@@ -80,7 +80,7 @@ class TaskTracker:
         del self._last_change[task.uuid]
         reason = f"it made no progress and wrote no output for {now - since:.0f} s"
         c = self.coordinator
-        if task.attempts < c.dispatch_attempts and c.has_staged_files(task):
+        if task.attempts < c.dispatch_attempts and c.can_send_again(task):
             await c.move_away(task, reason)
         else:
             await c.fail(task, f"Stopped: {reason}")
