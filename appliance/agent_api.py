@@ -31,6 +31,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LONG_POLL_SECONDS = 10.0
 
 
+def not_coordinator() -> web.Response:
+    """The reply of a call only the coordinator answers, when this box is not (any more) coordinator."""
+    return web.json_response({"error": "this box is not the coordinator"}, status=409)
+
+
 @web.middleware
 async def agent_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The box-to-box calls (Peer.SIGNED in appliance/http_rules.py) must be signed with the passel
@@ -120,7 +125,7 @@ async def tasks_since(request: web.Request) -> web.Response:
     and each request with `since` confirms that it holds that version (replication.py)."""
     passel, coordinator = request.app[PASSEL_KEY], request.app[COORDINATOR_KEY]
     if not passel.is_coordinator:
-        return web.json_response({"error": "this box is not the coordinator"}, status=409)
+        return not_coordinator()
     try:
         since = int(request.query.get("since", "-1"))
         wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_LONG_POLL_SECONDS)
@@ -130,7 +135,7 @@ async def tasks_since(request: web.Request) -> web.Response:
         coordinator.replicas.applied(request["peer"], since)
         await coordinator.book.wait_newer(since, wait)
         if not passel.is_coordinator:
-            return web.json_response({"error": "this box is not the coordinator"}, status=409)
+            return not_coordinator()
     feed = export_since(coordinator, since, passel.trust)
     feed["admin_password"] = sealed(request.app[ADMIN_PASSWORD_KEY], passel.trust)
     return web.json_response(feed)
@@ -148,7 +153,7 @@ async def intake_init(request: web.Request) -> web.Response:
     the files stay on that box (cluster/receiving.py)."""
     coordinator = request.app[COORDINATOR_KEY]
     if not request.app[PASSEL_KEY].is_coordinator:
-        return web.json_response({"error": "this box is not the coordinator"}, status=409)
+        return not_coordinator()
     try:
         body = await _json_body(request)
         fields = {str(k): str(v) for k, v in dict(body["fields"]).items()}
@@ -167,7 +172,7 @@ async def intake_commit(request: web.Request) -> web.Response:
     """The box that took an upload in says it is complete: names and sizes, never the bytes."""
     coordinator = request.app[COORDINATOR_KEY]
     if not request.app[PASSEL_KEY].is_coordinator:
-        return web.json_response({"error": "this box is not the coordinator"}, status=409)
+        return not_coordinator()
     try:
         body = await _json_body(request)
         files = {str(k): int(v) for k, v in dict(body["files"]).items()}

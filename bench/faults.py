@@ -8,7 +8,7 @@ namespaces (tests/netns.py), each with a simulated NodeODM (1.5 s per image, 2 s
 while one fault is injected:
 
 * **a**: `kill -9` of the coordinator's agent while a submodel is being uploaded (the kill waits until
-  the first file of the 3rd submodel is in the coordinator's staging directory);
+  the first file of the 3rd submodel is staged on the entry, the box that takes the upload in);
 * **b**: `kill -9` of the coordinator's agent right after the 6th submodel is committed (processing);
 * **c**: SIGSTOP of the other follower's agent and simnode (the *worker*) while one of its tasks runs,
   held longer than the grace period, then SIGCONT;
@@ -525,8 +525,9 @@ class Run:
                           else B2_DELAY, "completed_at_kill": sum(1 for s in self.subs if s.status == "completed")})
 
     def kill_mid_upload(self, sub: Any) -> None:
-        """Wait (at most 2 s) until a first file of this submodel is complete in the coordinator's staging."""
-        staging = self.leader.workdir / "state" / "staging" / str(sub.uuid)
+        """Wait (at most 2 s) until a first file of this submodel is complete in the entry's staging (the
+        box the client uploads to keeps the images; the coordinator hears only their names)."""
+        staging = self.entry.workdir / "state" / "staging" / str(sub.uuid)
         deadline = time.monotonic() + 2.0
         files: list[Path] = []
         while time.monotonic() < deadline:

@@ -31,6 +31,17 @@ def test_clusterodm_model_piles_onto_full_nodes_and_ignores_speed():
     assert makespan.lower_bound_ms(boxes, tasks) == 30 / (1 / 1000 + 1 / 8000)  # all work over all speed
 
 
+def test_on_the_field_network_a_task_stays_beside_its_images_unless_moving_them_pays():
+    """The images are on box 1 (where ODM's split ran); moving 50 of them over 100 Mbit/s costs 32 s."""
+    boxes = (_box(1, 1, 1000.0), _box(2, 1, 900.0))
+    learned = {1: {"odm/reconstruction": makespan.Sample(1000.0, 3)}, 2: {"odm/reconstruction": makespan.Sample(900.0, 3)}}
+    task = [makespan.SimTask("t", 50, 50.0)]
+    aware = makespan.PasselSim(boxes, samples=learned, home=1).run(task)
+    blind = makespan.PasselSim(boxes, samples=learned, home=1, counts_moves=False).run(task)
+    assert aware == 50_000.0  # stays: 50 s beside the images
+    assert blind == 50 * makespan.MOVE_MS_PER_IMAGE + 45_000.0  # the faster box, after a 32 s move
+
+
 def test_passel_simulation_uses_speed_and_learns():
     boxes = (_box(1, 1, 1000.0), _box(2, 1, 8000.0))
     tasks = [makespan.SimTask(f"t{i}", n, float(n)) for i, n in enumerate((40, 30, 20, 10))]

@@ -253,6 +253,21 @@ class Coordinator:
         await self.book.tombstone(task, Step.LOSE)
         await self.store.record("lost", f"Task {task.uuid} is lost: {reason}", task_uuid=task.uuid)
 
+    async def settle_send(self, task: Task, on_node: bool) -> None:
+        """A send that the previous coordinator started and could not see through: the task is on
+        its node when the node lists it, else it is sent again (from wherever its images are)."""
+        node = self.registry.get(task.node_id)
+        if on_node and node is not None:
+            advance(task, Step.DELIVERED)
+            task.last_error = ""
+            await self.book.save(task)
+            await self.store.record("dispatched", f"Task {task.uuid} is now on node {node.row.url}",
+                                    task_uuid=task.uuid, node_id=node.id)
+            return
+        self.dispatcher.requeue(task)
+        await self.book.save(task)
+        self.dispatcher.wake()
+
     async def found_again(self, task: Task, node: NodeState) -> None:
         """A task given up for lost turns out to be on its node after all (it was out of reach, not gone)."""
         finished = TaskStatus(task.status).finished

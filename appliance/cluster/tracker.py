@@ -7,20 +7,42 @@ from __future__ import annotations
 import asyncio
 import logging
 from functools import partial
+from typing import Any, Protocol
 
 from appliance.clock import boottime
-from appliance.cluster.coordinator import Coordinator
-from appliance.cluster.info_cache import OutputRestarted, Run
-from appliance.cluster.registry import NodeState
-from appliance.cluster.tasks import OUTPUT_TAIL_LINES
+from appliance.cluster.info_cache import InfoCache, OutputRestarted, Run
+from appliance.cluster.registry import NodeRegistry, NodeState
+from appliance.cluster.stragglers import Stragglers
+from appliance.cluster.tasks import OUTPUT_TAIL_LINES, TaskBook
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.status import TaskStatus
+from appliance.role import Role
 from appliance.store.models import Phase, Task
 
 log = logging.getLogger("passel.tracker")
 
 
-async def refresh_from_node(c: Coordinator, task: Task, node: NodeState) -> None:
+class TrackerHost(Protocol):
+    """What the tracker needs of the coordinator: the table and the live view, to keep current, and
+    the three things it may do to a task: take in a node's report, send it again, or fail it."""
+
+    book: TaskBook
+    registry: NodeRegistry
+    info_cache: InfoCache
+    role: Role
+    stragglers: Stragglers
+    dispatch_attempts: int
+
+    def can_send_again(self, task: Task) -> bool: ...
+
+    async def observe(self, task: Task, node: NodeState, info: dict[str, Any], tail: bool = False) -> None: ...
+
+    async def move_away(self, task: Task, reason: str) -> None: ...
+
+    async def fail(self, task: Task, reason: str) -> None: ...
+
+
+async def refresh_from_node(c: TrackerHost, task: Task, node: NodeState) -> None:
     """Ask the node what is new about the task (status, progress, the lines after those we have) and
     take it in: the live view answers clients from it, and the row keeps it."""
     try:
@@ -31,7 +53,7 @@ async def refresh_from_node(c: Coordinator, task: Task, node: NodeState) -> None
         await c.observe(task, node, {**run.reply, "output": run.lines[-OUTPUT_TAIL_LINES:]}, tail=True)
 
 
-async def _fetch(c: Coordinator, task: Task, node: NodeState) -> Run | None:
+async def _fetch(c: TrackerHost, task: Task, node: NodeState) -> Run | None:
     ask = partial(node.client.task_info, task.uuid)  # with output from the given line on
     try:
         return await c.info_cache.refresh(task, node.id, ask)
@@ -50,7 +72,7 @@ class TaskTracker:
     """Polls the unfinished tasks on each node; a task with no progress and no new output for
     `stall_seconds` is sent again from staging, or failed with an explanation."""
 
-    def __init__(self, coordinator: Coordinator, interval: float, stall_seconds: float) -> None:
+    def __init__(self, coordinator: TrackerHost, interval: float, stall_seconds: float) -> None:
         self.coordinator = coordinator
         self.interval = interval
         self.stall_seconds = stall_seconds
