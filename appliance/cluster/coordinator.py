@@ -31,7 +31,7 @@ from appliance.cluster.tasks import GONE_PHASES, TaskBook, apply_node_info, forw
 from appliance.nodeodm.status import TaskStatus
 from appliance.role import Role
 from appliance.store.database import Store
-from appliance.store.models import Phase, Task
+from appliance.store.models import Phase, Task, task_from_row
 
 log = logging.getLogger("passel.tasks")
 
@@ -115,7 +115,7 @@ class Coordinator:
         the box that holds it, unless its client has given it up too (removed it after a not-found).
         Returns False when this box already had an equal or better version (its own is kept).
         """
-        incoming = Task(**{k: v for k, v in values.items() if k in Task.__table__.columns.keys()})
+        incoming = task_from_row(values)
         existing = self.book.tasks.get(incoming.uuid)
         if existing is None and self.intake.given_up(incoming.uuid):
             incoming.node_id = None
@@ -229,8 +229,7 @@ class Coordinator:
         task = self.book.get(uuid.lower())
         if task is None or task.phase != Phase.FINISHED or task.status != TaskStatus.COMPLETED:
             return None
-        node = self.registry.get(task.node_id)
-        return node if node is not None else None
+        return self.registry.get(task.node_id)
 
     async def downloaded(self, task: Task) -> None:
         """A client has the whole all.zip: the staged images are no longer needed (lifecycle.py)."""

@@ -36,6 +36,8 @@ from appliance.store.models import Phase, Task
 
 log = logging.getLogger("passel.tasks")
 UUID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[1-5][0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}"
+# the columns a client's init fields fill (`Intake._prepare`); a second init with the same set-uuid replaces them
+CLIENT_COLUMNS = ("name", "options", "outputs", "skip_post_processing", "webhook", "date_created_ms", "job_key")
 HANDOVER_WAIT_SECONDS = 8.0  # under ODM's 30 s request timeout; a hand-over takes a heartbeat or two
 HANDOVER_RECHECK_SECONDS = 0.2
 MAX_ABANDONED = 10_000  # remembered removals of unknown uuids; bounded so such requests cannot grow memory

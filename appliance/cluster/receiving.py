@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.cluster.forwarding import EarlyForward, Forwarder
-from appliance.cluster.intake import TaskRefused
+from appliance.cluster.intake import CLIENT_COLUMNS, TaskRefused
 from appliance.cluster.registry import NodeRegistry
 from appliance.cluster.staging import Staging
 from appliance.cluster.tasks import TaskBook, forwarded, set_forwarded
 from appliance.nodeodm.client import NodeError
 from appliance.role import BoxUnreachable, Role
-from appliance.store.models import Phase, Task, row_values
+from appliance.store.models import Phase, Task, row_values, task_from_row
 
 log = logging.getLogger("passel.receive")
 INTAKE_TIMEOUT_SECONDS = 30.0
@@ -29,11 +29,6 @@ INTAKE_TIMEOUT_SECONDS = 30.0
 
 class CoordinatorUnreachable(TaskRefused):
     """The coordinator did not answer: the client may try again, and the upload stays here."""
-
-
-def task_from_row(values: dict[str, Any]) -> Task:
-    """A task row as another box sent it (its columns only)."""
-    return Task(**{k: v for k, v in values.items() if k in Task.__table__.columns.keys()})
 
 
 class _NotInTable:
@@ -78,8 +73,9 @@ class Receiver:
         reply = await self._ask_coordinator("/intake/init", {"fields": fields, "set_uuid": set_uuid})
         task = task_from_row(reply["task"])
         upload = self.uploads.get(task.uuid)
-        if upload is not None:  # initialised again with its set-uuid: new fields, the files stay
-            upload.task.__dict__.update({k: getattr(task, k) for k in reply["task"] if hasattr(task, k)})
+        if upload is not None:  # initialised again with its set-uuid: the client's new fields; what was
+            for column in CLIENT_COLUMNS:  # staged here and sent on stays
+                setattr(upload.task, column, getattr(task, column))
             if upload.early is not None:
                 await upload.early.forwarder.refresh_init()
             return task.uuid

@@ -21,7 +21,7 @@ from appliance.cluster.tasks import forwarded, set_forwarded
 from appliance.discovery.passel import AGENT_API, Peer
 from appliance.discovery.peer_client import PeerClient
 from appliance.discovery.trust import Trust
-from appliance.store.models import Task, row_values
+from appliance.store.models import row_values, task_from_row
 
 log = logging.getLogger("passel.replica")
 SYNC_TIMEOUT = aiohttp.ClientTimeout(total=15)  # above the long poll's wait, with room for a full copy
@@ -87,7 +87,7 @@ class ReplicaFollower:
         seen = set()
         for values in rows:
             node_url, fwd_url = values.pop("node_url", None), values.pop("forwarded_node_url", None)
-            task = Task(**{k: v for k, v in values.items() if k in Task.__table__.columns.keys()})
+            task = task_from_row(values)
             local_node = registry.find_url(node_url) if node_url else None
             local_fwd = registry.find_url(fwd_url) if fwd_url else None
             task.node_id = local_node.id if local_node else None

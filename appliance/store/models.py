@@ -94,6 +94,11 @@ class Event(Base):
     at: Mapped[float] = mapped_column(Float, default_factory=time.time)
 
 
-def row_values(row: Base) -> dict[str, object]:
-    """The column values of a row, for an upsert."""
+def row_values(row: Base) -> dict[str, Any]:
+    """The column values of a row, for an upsert or for another box."""
     return {c.key: getattr(row, c.key) for c in row.__table__.columns}
+
+
+def task_from_row(values: dict[str, Any]) -> Task:
+    """A task row as another box sent it: its columns only (the sender may add fields of its own)."""
+    return Task(**{k: v for k, v in values.items() if k in Task.__table__.columns.keys()})
