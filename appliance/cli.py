@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import json
-import signal
 import sys
 import urllib.parse
 from typing import Any
@@ -15,10 +12,9 @@ from appliance import __version__
 from appliance.admin_client import AdminClient, AdminError, add_api_flags
 from appliance.cli_admin import add_admin_parsers, password_command, priority_command
 from appliance.cli_key import add_key_parser, key_command
+from appliance.cli_run import add_run_parsers, demo_command, run_command, simnode_command
 from appliance.cli_submit import add_submit_parser, submit_command
-from appliance.config import ConfigError, add_setting_flags, load_config
 from appliance.doctor import add_doctor_parser, doctor_command
-from appliance.logs import setup_logging
 from appliance.power import add_power_parsers, power_command
 
 DESCRIPTION = """\
@@ -37,60 +33,13 @@ Settings come from, in rising order: built-in defaults, a TOML file (--config, $
 /etc/passel/passel.toml), PASSEL_* environment variables, then flags.
 """
 
-RUN_SETTINGS = ("host", "port", "state_dir", "node", "token", "public_url", "discovery", "name", "priority",
-                "share", "key", "alias", "poll_seconds", "grace_seconds", "stall_seconds", "staging_keep_hours",
-                "task_poll_seconds", "dispatch_attempts", "speed_aware", "min_free_disk_mb", "log_level")
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="passel", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"passel {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run this box's agent and coordinator (the systemd service runs this)",
-                         description="Serve the NodeODM-compatible API and the web UI for the passel.")
-    run.add_argument("--config", metavar="FILE", help="TOML file of settings (keys as the flags, with underscores)")
-    add_setting_flags(run, RUN_SETTINGS)
-    run.add_argument("--first-boot", action="store_true",
-                     help="create what a new box needs when missing: /etc/passel/passel.toml with every setting "
-                          "commented out, and the state directory (passel.service passes this)")
-
-    sim = sub.add_parser("simnode", help="run a simulated NodeODM, for demos, training and tests",
-                         description="A NodeODM look-alike that 'processes' images in seconds_per_image each "
-                                     "and returns plausible outputs. Faults can be injected.")
-    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    sim.add_argument("--port", type=int, default=3001, help="port to listen on (default 3001)")
-    sim.add_argument("--max-images", type=int, default=None, help="largest task accepted (default: no limit)")
-    sim.add_argument("--slots", type=int, default=1, help="tasks processed at once (maxParallelTasks)")
-    sim.add_argument("--cores", type=int, default=4, help="CPU cores to report")
-    sim.add_argument("--memory-mb", type=int, default=8192, help="memory to report, in MB")
-    sim.add_argument("--seconds-per-image", type=float, default=0.5, help="simulated processing speed")
-    sim.add_argument("--token", default=None, help="require ?token=T like NodeODM --token")
-    sim.add_argument("--fail-rate", type=float, default=0.0, help="share of tasks that fail (0-1)")
-    sim.add_argument("--drop-upload-rate", type=float, default=0.0, help="share of uploads dropped (0-1)")
-    sim.add_argument("--stall-at", type=float, default=None, help="progress %% at which every task stalls")
-    sim.add_argument("--data-dir", default=None, help="where task files go (default: a temporary directory)")
-    sim.add_argument("--name", default="simnode", help="name shown in logs")
-    sim.add_argument("--engine", default="odm", help="engine to report (odm, micmac, ...)")
-    sim.add_argument("--engine-version", default="3.5.6-sim", help="engine version to report")
-    sim.add_argument("--asset-kb", type=int, default=2, help="size of each binary result file, for download tests")
-    sim.add_argument("--init-seconds", type=float, default=0.0,
-                     help="time spent laying out files after commit, as a real NodeODM does (RUNNING, then QUEUED if busy)")
-    sim.add_argument("--seed", type=int, default=None, help="seed the fault dice, for reproducible runs")
-    sim.add_argument("--fragile", action="store_true",
-                     help="crash on a NUL byte in an upload's file name, as NodeODM 2.2.x does (for testing)")
-
-    demo = sub.add_parser("demo", help="start 3 simulated nodes and a coordinator, and process a sample job",
-                          description="Everything on this machine: three simulated NodeODM nodes of different "
-                                      "sizes, a coordinator on --port, and a split-merge-shaped job of several "
-                                      "submodels sent through PyODM. Open the printed address to watch.")
-    demo.add_argument("--port", type=int, default=3000, help="coordinator port (default 3000)")
-    demo.add_argument("--submodels", type=int, default=6, help="how many submodels the sample job has")
-    demo.add_argument("--images", type=int, default=12, help="images per submodel")
-    demo.add_argument("--seconds-per-image", type=float, default=0.25, help="simulated speed of the fastest node")
-    demo.add_argument("--state-dir", default=None, help="keep the demo's database here (default: temporary)")
-    demo.add_argument("--exit-when-done", action="store_true", help="stop once the sample job has finished")
+    add_run_parsers(sub)
 
     status = sub.add_parser("status", help="the passel as one box sees it: boxes, nodes and tasks")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -212,77 +161,10 @@ def _tasks_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_command(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from appliance.agent import create_app
-    flags = {name: getattr(args, name) for name in RUN_SETTINGS}
-    try:
-        config = load_config(args.config, flags=flags)
-    except ConfigError as exc:
-        raise SystemExit(f"passel: {exc}") from None
-    setup_logging(config.log_level)
-    if args.first_boot:
-        from appliance.firstboot import first_boot
-        first_boot(config, args.config)
-
-    async def freeze_start_up_objects(app: web.Application) -> None:
-        # ~100k long-lived objects (SQLAlchemy, Alembic, aiohttp) made every full collection cost
-        # ~50 ms, the whole p99 of bench/proxy_overhead.py at 50 clients; frozen, the GC skips them.
-        gc.freeze()
-
-    app = create_app(config)
-    app.on_startup.append(freeze_start_up_objects)
-    web.run_app(app, host=config.host, port=config.port, print=None,
-                handle_signals=True, shutdown_timeout=5)
-    return 0
-
-
-def _simnode_command(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from appliance.simnode import SimnodeSettings, serve_simnode
-    setup_logging("info")
-    settings = SimnodeSettings(host=args.host, port=args.port, max_images=args.max_images, slots=args.slots,
-                               cores=args.cores, memory_mb=args.memory_mb, seconds_per_image=args.seconds_per_image,
-                               token=args.token, fail_rate=args.fail_rate, drop_upload_rate=args.drop_upload_rate,
-                               stall_at=args.stall_at, data_dir=Path(args.data_dir) if args.data_dir else None,
-                               name=args.name, engine=args.engine, engine_version=args.engine_version,
-                               asset_kb=args.asset_kb, init_seconds=args.init_seconds, seed=args.seed,
-                               fragile=args.fragile)
-    _run_until_signal(serve_simnode(settings))
-    return 0
-
-
-def _run_until_signal(coro: Any) -> None:
-    """Run a coroutine until it ends or SIGTERM/SIGINT arrives, then let it clean up."""
-    async def main() -> None:
-        task = asyncio.ensure_future(coro)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-    asyncio.run(main())
-
-
-def _demo_command(args: argparse.Namespace) -> int:
-    from appliance.demo import DemoOptions, run_demo
-    setup_logging("info")
-    options = DemoOptions(port=args.port, submodels=args.submodels, images=args.images,
-                          seconds_per_image=args.seconds_per_image, state_dir=args.state_dir,
-                          exit_when_done=args.exit_when_done)
-    result: dict[str, Any] = {}
-    _run_until_signal(run_demo(options, result))
-    return 0 if result.get("ok", not args.exit_when_done) else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    handlers = {"run": _run_command, "simnode": _simnode_command, "demo": _demo_command, "nodes": _nodes_command,
+    handlers = {"run": run_command, "simnode": simnode_command, "demo": demo_command, "nodes": _nodes_command,
                 "status": _status_command, "transfer": _transfer_command, "tasks": _tasks_command, "key": key_command,
                 "sleep": power_command, "wake": power_command, "submit": submit_command, "doctor": doctor_command,
                 "password": password_command, "priority": priority_command}

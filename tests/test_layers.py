@@ -26,7 +26,8 @@ LAYERS: list[tuple[str, ...]] = [
      "appliance.passel_admin", "appliance.openapi", "webui"),
     # wiring and commands
     ("appliance.agent", "appliance.passel_service", "appliance.demo", "appliance.firstboot", "appliance.admin_client",
-     "appliance.doctor", "appliance.power", "appliance.cli_admin", "appliance.cli_key", "appliance.cli_submit"),
+     "appliance.doctor", "appliance.power", "appliance.cli_admin", "appliance.cli_key", "appliance.cli_submit",
+     "appliance.cli_run"),
     ("appliance.cli", "appliance.__main__"),
 ]
 SIDEWAYS_FORBIDDEN = {("appliance.discovery", "appliance.cluster"), ("appliance.cluster", "appliance.discovery")}
