@@ -82,7 +82,8 @@ def _coordinator_ctx(config: Config):
         app[COORDINATOR_KEY] = coordinator
         for url in config.node:
             try:
-                await registry.add(url, source="config")
+                address, _, label = url.partition("#")  # http://host:port#name names the node in the UI
+                await registry.add(address, source="config", label=label)
             except ValueError as exc:
                 log.error("Ignoring node %s: %s", url.split("?")[0], exc)
         tracker = TaskTracker(coordinator, config.task_poll_seconds, config.stall_seconds)

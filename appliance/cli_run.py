@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
+import logging
 import signal
+import socket
+import sys
 from typing import Any
 
-from appliance.config import ConfigError, add_setting_flags, load_config
+from appliance.config import Config, ConfigError, add_setting_flags, load_config
+from appliance.discovery.trust import KEY_FILE, normalize_code
 from appliance.logs import setup_logging
 
 RUN_SETTINGS = ("host", "port", "state_dir", "node", "token", "public_url", "discovery", "name", "priority",
                 "share", "key", "alias", "poll_seconds", "grace_seconds", "stall_seconds", "staging_keep_hours",
                 "task_poll_seconds", "dispatch_attempts", "speed_aware", "min_free_disk_mb", "log_level")
+BAD_SETTINGS_EXIT = 78  # EX_CONFIG: passel.service does not restart on it (RestartPreventExitStatus=78)
+
+log = logging.getLogger("passel")
 
 
 def add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -58,7 +66,9 @@ def add_run_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     demo.add_argument("--port", type=int, default=3000, help="coordinator port (default 3000)")
     demo.add_argument("--submodels", type=int, default=6, help="how many submodels the sample job has")
     demo.add_argument("--images", type=int, default=12, help="images per submodel")
-    demo.add_argument("--seconds-per-image", type=float, default=0.25, help="simulated speed of the fastest node")
+    demo.add_argument("--seconds-per-image", type=float, default=None,
+                      help="simulated speed of the reference laptop: the default job takes about a minute and a "
+                           "half; 0.1 finishes in seconds")
     demo.add_argument("--state-dir", default=None, help="keep the demo's database here (default: temporary)")
     demo.add_argument("--exit-when-done", action="store_true", help="stop once the sample job has finished")
 
@@ -70,12 +80,21 @@ def run_command(args: argparse.Namespace) -> int:
     flags = {name: getattr(args, name) for name in RUN_SETTINGS}
     try:
         config = load_config(args.config, flags=flags)
+        check_key(config)
     except ConfigError as exc:
-        raise SystemExit(f"passel: {exc}") from None
+        print(f"passel: {exc}. Passel did not start; fix the setting and start it again.", file=sys.stderr)
+        return BAD_SETTINGS_EXIT
     setup_logging(config.log_level)
     if args.first_boot:
         from appliance.firstboot import first_boot
         first_boot(config, args.config)
+    try:
+        listener = listen(config.host, config.port)
+    except OSError as exc:
+        print(f"passel: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}. "
+              + ("Another program holds the port (find it with `ss -ltnp 'sport = :%d'`), or choose another "
+                 "with --port." % config.port if exc.errno == errno.EADDRINUSE else "Check --host."), file=sys.stderr)
+        return 1
 
     async def freeze_start_up_objects(app: web.Application) -> None:
         # ~100k long-lived objects (SQLAlchemy, Alembic, aiohttp) made every full collection cost
@@ -84,9 +103,41 @@ def run_command(args: argparse.Namespace) -> int:
 
     app = create_app(config)
     app.on_startup.append(freeze_start_up_objects)
-    web.run_app(app, host=config.host, port=config.port, print=None,
-                handle_signals=True, shutdown_timeout=5)
+    web.run_app(app, sock=listener, print=None, handle_signals=True, shutdown_timeout=5)
+    log.info("Passel stopped cleanly; every accepted task is kept in %s and carries on at the next start",
+             config.database_path)
     return 0
+
+
+def check_key(config: Config) -> None:
+    """A key that cannot be used stops the start, before anything touches the state directory: under
+    systemd a crash would restart for ever, and a box on a wrong key silently forms a passel of one."""
+    try:
+        if config.key:
+            normalize_code(config.key)
+        elif (config.state_dir / KEY_FILE).exists():
+            normalize_code((config.state_dir / KEY_FILE).read_text())
+    except ValueError as exc:
+        where = config.sources.get("key") or str(config.state_dir / KEY_FILE)
+        raise ConfigError(f"the passel key from {where} cannot be used: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the passel key in {config.state_dir / KEY_FILE}: {exc.strerror}") from None
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, taken before start-up so a port in use is one sentence and not a traceback
+    after migrations have run."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host or "0.0.0.0", port))
+        listener.listen(1024)
+    except OSError:
+        listener.close()
+        raise
+    listener.set_inheritable(False)
+    return listener
 
 
 def simnode_command(args: argparse.Namespace) -> int:
@@ -122,9 +173,9 @@ def _run_until_signal(coro: Any) -> None:
 def demo_command(args: argparse.Namespace) -> int:
     from appliance.demo import DemoOptions, run_demo
     setup_logging("info")
-    options = DemoOptions(port=args.port, submodels=args.submodels, images=args.images,
-                          seconds_per_image=args.seconds_per_image, state_dir=args.state_dir,
-                          exit_when_done=args.exit_when_done)
+    speed = {} if args.seconds_per_image is None else {"seconds_per_image": args.seconds_per_image}
+    options = DemoOptions(port=args.port, submodels=args.submodels, images=args.images, state_dir=args.state_dir,
+                          exit_when_done=args.exit_when_done, **speed)
     result: dict[str, Any] = {}
     _run_until_signal(run_demo(options, result))
     return 0 if result.get("ok", not args.exit_when_done) else 1

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -41,7 +42,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", "0.0.0.0", "address the API and web UI listen on"),
     Setting("port", 3000, "port of the NodeODM-compatible API and the web UI", int),
     Setting("state_dir", "./passel-state", "where the task database and staged uploads live"),
-    Setting("node", (), "a NodeODM node as http://host:port[?token=T]; repeat for more nodes", str, True),
+    Setting("node", (), "a NodeODM node as http://host:port[?token=T][#name] (or host:port); repeat for more nodes",
+            str, True),
     Setting("token", "", "token clients must pass as ?token= (empty: no token, like a default NodeODM)"),
     Setting("public_url", "", "URL that nodes use to reach this Passel for split-merge submodels "
                               "(default: http://<this box's address>:<port>)"),
@@ -139,6 +141,10 @@ def _from_toml(path: Path) -> dict[str, Any]:
             data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read the settings in {path}: only root may; run the command with sudo") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the settings in {path}: {exc.strerror}") from None
     unknown = sorted(k for k in data if k.replace("-", "_") not in _BY_NAME)
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
@@ -173,11 +179,34 @@ def load_config(config_file: str | Path | None = None, environ: Mapping[str, str
         values[name] = _convert(_BY_NAME[name], raw, _BY_NAME[name].flag)
         sources[name] = _BY_NAME[name].flag
 
+    if "state_dir" not in sources and environ.get("STATE_DIRECTORY"):  # systemd's StateDirectory=, if nothing else
+        values["state_dir"] = environ["STATE_DIRECTORY"].split(":")[0]
+        sources["state_dir"] = "STATE_DIRECTORY (systemd's StateDirectory=)"
     values["state_dir"] = Path(values["state_dir"])
+    for name in ("node", "share"):
+        values[name] = tuple(node_url(url, f"{name} from {sources.get(name, 'the defaults')}") for url in values[name])
+    if values["public_url"]:
+        values["public_url"] = node_url(values["public_url"], f"public_url from {sources['public_url']}")
     config = Config(**values, sources=sources)
     if not 0 < config.port < 65536:
         raise ConfigError(f"port {config.port} is outside 1-65535")
     return config
+
+
+def node_url(raw: str, what: str) -> str:
+    """`host:port` as a technician types it becomes http://host:port; anything else that is not an
+    http(s) URL with a host and a valid port is refused with the reason."""
+    url = raw.strip()
+    if "://" not in url:
+        url = "http://" + url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what}: {raw!r} is not a node address; write it as http://HOST:PORT (or HOST:PORT)")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"{what}: {raw!r} has no valid port; write it as http://HOST:PORT (or HOST:PORT)") from None
+    return url
 
 
 def add_setting_flags(parser: Any, names: Sequence[str]) -> None:

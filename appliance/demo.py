@@ -29,12 +29,16 @@ DEMO_NODES = (("small-laptop", 1, 2, 4096, 2.0, 40), ("laptop", 2, 4, 8192, 1.0,
               ("workstation", 2, 8, 16384, 0.6, None))
 
 
+# About a minute and a half for the default job (42 s at 2.0 here): long enough to open the UI and watch.
+DEFAULT_SECONDS_PER_IMAGE = 4.0
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     port: int = 3000
     submodels: int = 6
     images: int = 12
-    seconds_per_image: float = 0.25
+    seconds_per_image: float = DEFAULT_SECONDS_PER_IMAGE
     state_dir: str | None = None
     exit_when_done: bool = False
 
@@ -82,7 +86,8 @@ async def run_demo(options: DemoOptions, result: dict[str, Any]) -> None:
             sims.append(sim)
         state_dir = Path(options.state_dir) if options.state_dir else root / "state"
         config = load_config(environ={}, flags={"host": "127.0.0.1", "port": options.port, "state_dir": str(state_dir),
-                                                "node": [s.url for s in sims], "discovery": False,
+                                                "node": [f"{s.url}#{d[0]}" for d, s in zip(DEMO_NODES, sims)],
+                                                "discovery": False,
                                                 "poll_seconds": 1.0, "task_poll_seconds": 1.0})
         runner = web.AppRunner(create_app(config), shutdown_timeout=2)
         await runner.setup()

@@ -39,8 +39,11 @@ def _toml(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def default_config_text(environ: Mapping[str, str]) -> str:
-    """Every setting, commented out with its help and default; notes the ones the environment overrides."""
+def default_config_text(environ: Mapping[str, str], active: Mapping[str, Any] | None = None) -> str:
+    """Every setting with its help: commented out with its default, except the `active` ones, which are
+    set (the state directory, so that every `passel` command run from a shell finds the box's own);
+    notes the ones the environment overrides."""
+    active = active or {}
     parts = [HEADER]
     for setting in SETTINGS:
         lines = textwrap.wrap(setting.help[0].upper() + setting.help[1:] + ".", width=98, break_on_hyphens=False,
@@ -49,14 +52,16 @@ def default_config_text(environ: Mapping[str, str]) -> str:
             lines.append(f"(Set to {environ[setting.env]!r} by {setting.env} for this service; "
                          "that wins over this file.)")
         hint = '  # a list, like ["first", "second"]' if setting.repeated else ""
-        parts.append("".join(f"# {line}\n" for line in lines) + f"# {setting.name} = {_toml(setting.default)}{hint}\n")
+        assignment = (f"{setting.name} = {_toml(active[setting.name])}" if setting.name in active
+                      else f"# {setting.name} = {_toml(setting.default)}{hint}")
+        parts.append("".join(f"# {line}\n" for line in lines) + assignment + "\n")
     return "\n".join(parts)
 
 
-def write_default_config(path: Path, environ: Mapping[str, str]) -> None:
+def write_default_config(path: Path, environ: Mapping[str, str], active: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(default_config_text(environ))
+    temporary.write_text(default_config_text(environ, active))
     temporary.chmod(0o640)  # it may come to hold the API token
     os.replace(temporary, path)
 
@@ -68,9 +73,9 @@ def first_boot(config: Config, config_file: str | None, environ: Mapping[str, st
         path = DEFAULT_CONFIG_PATHS[0]
         if not path.exists():
             try:
-                write_default_config(path, environ)
-                log.info("First start: wrote the default settings to %s; every line is commented out, "
-                         "so this box uses the defaults", path)
+                write_default_config(path, environ, {"state_dir": str(config.state_dir.resolve())})
+                log.info("First start: wrote the settings to %s; all but the state directory (%s) are "
+                         "commented out, so this box uses the defaults", path, config.state_dir)
             except OSError as exc:
                 log.warning("Could not write the default settings to %s (%s); running on defaults", path, exc)
     if not config.state_dir.exists():

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Build dist/passel, the one-file binary (no Python needed on the box that runs it).
-#   packaging/build.sh             uses .venv (made by scripts/setup.sh test when missing)
+#   packaging/build.sh             uses .venv (made by scripts/setup.sh build: Passel and PyInstaller only)
 #   PYTHON=/path/python build.sh   uses that interpreter, which needs Passel's deps and PyInstaller
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
 if [ -z "${PYTHON:-}" ]; then
-  scripts/setup.sh test
+  scripts/setup.sh build
   PYTHON=.venv/bin/python
 fi
 if ! "$PYTHON" -c "import PyInstaller" 2>/dev/null; then

@@ -5,12 +5,15 @@
 #   sudo scripts/install.sh --uninstall          remove Passel, keep its settings and data
 #   sudo scripts/install.sh --uninstall --purge  remove the settings and data too
 #
-# Options: --binary FILE (default dist/passel), --prefix DIR (default /usr/local),
+# Options: --binary FILE (default dist/passel, built first by packaging/build.sh when missing),
+#          --prefix DIR (default /usr/local),
 #          --destdir DIR or DESTDIR=DIR (install into a staging root: nothing is enabled or started),
 #          --no-start (enable only; for a disk image that will be cloned onto many boxes),
 #          --key CODE (the passel key every box of this passel shares; see `passel key`).
-# Nothing box-specific is made here: the box id and /etc/passel/passel.toml are created by
-# Passel's first start, so boxes cloned from one image do not share an id.
+# It writes /etc/passel/passel.toml (every setting, commented, with the state directory set), which
+# the service and every `passel` command read; an existing file keeps its edits. Nothing
+# box-specific is made here: the box id is made by Passel's first start, so boxes cloned from one
+# image do not share an id.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -30,15 +33,26 @@ while [ $# -gt 0 ]; do
     --purge) purge=yes; shift ;;
     --no-start) start=no; shift ;;
     --key) key="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
 done
 if [ "$purge" = yes ] && [ "$action" != uninstall ]; then
   echo "install.sh: --purge goes with --uninstall" >&2; exit 2
 fi
+# The same rule as Passel's own (appliance/discovery/trust.py): letters A-Z and digits 2-7, at least 16,
+# dashes and spaces ignored. A bad key is refused here, before anything is installed.
+if [ -n "$key" ]; then
+  cleaned="$(printf '%s' "$key" | tr 'a-z' 'A-Z' | tr -d -- '- ')"
+  if [ "${#cleaned}" -lt 16 ] || [ -n "$(printf '%s' "$cleaned" | tr -d 'A-Z2-7')" ]; then
+    echo "install.sh: '$key' is not a passel key. A key is 16 or more letters and digits 2-7, like" \
+         "ABCD-EFGH-IJKL-MNOP-QRST-UVWX: copy it from \`passel key show\` on a box of the passel." >&2
+    exit 2
+  fi
+fi
 
 bin_path="$prefix/bin/passel"
+settings="$destdir/etc/passel/passel.toml"
 unit_dir="$destdir/etc/systemd/system"
 units=(passel.service passel-nodeodm.service passel-sleep.service)
 data_dirs=("$destdir/etc/passel" "$destdir/var/lib/passel" "$destdir/var/lib/passel-nodeodm")
@@ -70,9 +84,35 @@ container_engine() {
   fi
 }
 
+# The state directory the settings name (install.sh writes /var/lib/passel; a technician may move it).
+state_dir() {
+  local dir
+  dir="$(sed -n 's/^[[:space:]]*state_dir[[:space:]]*=[[:space:]]*"\(.*\)".*/\1/p' "$settings" 2>/dev/null | tail -n 1)"
+  echo "${dir:-/var/lib/passel}"
+}
+
+# /etc/passel/passel.toml, the one place for this box's settings: written when missing; an older file
+# (from before the state directory was kept there) gains the state directory line; edits are kept.
+write_settings() {
+  if [ ! -f "$settings" ]; then
+    put "$settings" 0640 < "$here/packaging/passel.toml"
+    say "wrote /etc/passel/passel.toml (the state directory is /var/lib/passel; the rest are defaults)"
+  elif ! grep -q '^[[:space:]]*state_dir[[:space:]]*=' "$settings"; then
+    printf '\n# Set by install.sh, so that every passel command finds this box'"'"'s state.\nstate_dir = "/var/lib/passel"\n' >> "$settings"
+    say "added state_dir = \"/var/lib/passel\" to /etc/passel/passel.toml"
+  else
+    return 1
+  fi
+}
+
 install_passel() {
+  if [ ! -f "$binary" ] && [ "$binary" = "$here/dist/passel" ] && [ -x "$here/packaging/build.sh" ]; then
+    say "no binary in dist/ yet: building it first with packaging/build.sh (a minute or two)"
+    "$here/packaging/build.sh"
+  fi
   [ -f "$binary" ] || { echo "install.sh: no binary at $binary (build it with packaging/build.sh, or pass --binary)" >&2; exit 1; }
   local changed=no engine dropin
+  if write_settings; then changed=yes; fi
   if put "$destdir$bin_path" 0755 < "$binary"; then changed=yes; say "installed $bin_path"; fi
   for unit in "${units[@]}"; do
     if sed "s#/usr/local/bin/passel#$bin_path#g" "$here/systemd/$unit" | put "$unit_dir/$unit" 0644; then
@@ -87,7 +127,7 @@ install_passel() {
     rm -rf "$(dirname "$dropin")"
   fi
   if [ -n "${key:-}" ]; then
-    if printf '%s\n' "$key" | put "$destdir/var/lib/passel/passel.key" 0600; then
+    if printf '%s\n' "$key" | put "$destdir$(state_dir)/passel.key" 0600; then
       changed=yes; say "set the passel key (the same on every box of this passel)"
     fi
   fi

@@ -24,7 +24,8 @@ from tests.ui_support import peer, start_box
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+# Screenshots go to test-artifacts/ (ignored by git); PASSEL_SCREENSHOTS=docs/screenshots refreshes the README's.
+SCREENSHOTS = Path(__file__).resolve().parent.parent / os.environ.get("PASSEL_SCREENSHOTS", "test-artifacts/screenshots")
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 PASSWORD = "field-admin-1"

@@ -93,7 +93,8 @@ def test_the_passel_unit_is_what_a_field_box_needs() -> None:
     assert unit["Service.Type"] == ["notify"] and unit["Service.NotifyAccess"] == ["all"]
     assert unit["Service.Restart"] == ["always"] and unit["Unit.StartLimitIntervalSec"] == ["0"]
     assert unit["Service.StateDirectory"] == ["passel"]
-    assert "PASSEL_STATE_DIR=/var/lib/passel" in unit["Service.Environment"]
+    assert not any("PASSEL_STATE_DIR" in line for line in unit["Service.Environment"])  # the settings file names it
+    assert unit["Service.RestartPreventExitStatus"] == ["78"]  # bad settings: one sentence, not a restart loop
     assert unit["Service.ExecStart"] == ["/usr/local/bin/passel run --first-boot"]
     assert unit["Unit.After"] == ["network.target"]  # not network-online: boxes boot without a network
     assert unit["Service.KillSignal"] == ["SIGTERM"] and unit["Service.KillMode"] == ["mixed"]
@@ -130,7 +131,7 @@ def test_install_twice_then_uninstall_then_purge(tmp_path: Path) -> None:
     binary = tmp_path / "passel-build"
     binary.write_bytes(b"#!/bin/sh\necho passel\n")
     root = tmp_path / "root"
-    installed = {"opt/passel/bin/passel", "etc/systemd/system/passel.service",
+    installed = {"opt/passel/bin/passel", "etc/systemd/system/passel.service", "etc/passel/passel.toml",
                  "etc/systemd/system/passel-nodeodm.service", "etc/systemd/system/passel-sleep.service"}
 
     first = _install(root, "--binary", str(binary), "--prefix", "/opt/passel")
@@ -140,14 +141,21 @@ def test_install_twice_then_uninstall_then_purge(tmp_path: Path) -> None:
     unit = (root / "etc/systemd/system/passel.service").read_text()
     assert "ExecStart=/opt/passel/bin/passel run --first-boot" in unit and "/usr/local/bin" not in unit
     assert "installed into" in first.stdout  # nothing enabled in a staging root
+    # One place for the box's settings, read by the service and every command: the state directory is in it.
+    assert load_config(root / "etc/passel/passel.toml", environ={}).state_dir == Path("/var/lib/passel")
 
     again = _install(root, "--binary", str(binary), "--prefix", "/opt/passel")
     assert "already installed and up to date" in again.stdout
     assert _tree(root) == installed
 
+    # An older box's settings, from before they named the state directory, gain it; edits are kept.
+    (root / "etc/passel/passel.toml").write_text("port = 3100\n")
+    upgraded = _install(root, "--binary", str(binary), "--prefix", "/opt/passel")
+    assert "added state_dir" in upgraded.stdout
+    assert load_config(root / "etc/passel/passel.toml", environ={}).port == 3100
+    assert load_config(root / "etc/passel/passel.toml", environ={}).state_dir == Path("/var/lib/passel")
+
     # What the box made while running: settings and data stay through an uninstall.
-    (root / "etc/passel").mkdir(parents=True)
-    (root / "etc/passel/passel.toml").write_text("port = 3000\n")
     (root / "var/lib/passel").mkdir(parents=True)
     (root / "var/lib/passel/passel.sqlite3").write_bytes(b"tasks")
     kept = {"etc/passel/passel.toml", "var/lib/passel/passel.sqlite3"}
@@ -172,7 +180,7 @@ def test_install_sets_podman_on_a_box_without_docker(tmp_path: Path) -> None:
     dropin = root / "etc/systemd/system/passel-nodeodm.service.d/engine.conf"
     assert "Environment=CONTAINER_ENGINE=podman" in dropin.read_text()
     _install(root, "--uninstall")
-    assert _tree(root) == set()
+    assert _tree(root) == {"etc/passel/passel.toml"}  # settings are kept unless --purge
 
 
 def test_install_refuses_a_missing_binary(tmp_path: Path) -> None:
@@ -194,19 +202,21 @@ def test_first_boot_writes_every_setting_commented_and_keeps_edits(tmp_path: Pat
     environ = {"PASSEL_STATE_DIR": str(tmp_path / "state")}
     config = load_config(environ=environ)
     first_boot(config, None, environ)
-    text = default_config_text(environ)
+    text = default_config_text(environ, {"state_dir": str(tmp_path / "state")})
     assert default_config_path.read_text() == text
     assert (tmp_path / "state").is_dir()
-    # Nothing is set: a fresh box runs on the defaults, and the file parses as they are.
-    assert load_config(default_config_path, environ={}) == load_config(environ={})
+    # Only the state directory is set, so a command run later from a shell finds the box's own.
+    assert load_config(default_config_path, environ={}) == load_config(environ={}, flags={
+        "state_dir": str(tmp_path / "state")})
     prose = " ".join(text.replace("\n# ", " ").split())
     for setting in SETTINGS:
-        assert f"# {setting.name} = " in text and setting.help[1:] in prose
+        assert (f"# {setting.name} = " in text or setting.name == "state_dir") and setting.help[1:] in prose
     assert f"Set to '{tmp_path / 'state'}' by PASSEL_STATE_DIR for this service" in text
     # Uncommented, every line is valid TOML holding the default.
     uncommented = "\n".join(line[2:] for line in text.splitlines() if any(
         line.startswith(f"# {s.name} = ") for s in SETTINGS))
-    assert tomllib.loads(uncommented) == {s.name: list(s.default) if s.repeated else s.default for s in SETTINGS}
+    assert tomllib.loads(uncommented) == {s.name: list(s.default) if s.repeated else s.default for s in SETTINGS
+                                          if s.name != "state_dir"}
 
     default_config_path.write_text("port = 3100\n")  # the technician's edit survives the next start
     first_boot(config, None, environ)
@@ -397,3 +407,25 @@ def test_binary_runs_the_demo(binary: Path, tmp_path: Path) -> None:
                             cwd=tmp_path, env={"PATH": CLEAN_PATH}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 of 2 submodels completed" in result.stdout + result.stderr
+
+
+def test_the_installed_settings_template_is_the_generated_one() -> None:
+    """packaging/passel.toml is what install.sh writes: every setting documented, the state directory set."""
+    assert (REPO / "packaging" / "passel.toml").read_text() == default_config_text({}, {"state_dir": "/var/lib/passel"})
+
+
+@pytest.mark.parametrize("key", ["THE-PASSEL-KEY", "ABCD-EFGH-IJKL-MNO1", "short"])
+def test_install_refuses_a_key_that_cannot_be_used(tmp_path: Path, key: str) -> None:
+    binary = tmp_path / "passel-build"
+    binary.write_bytes(b"binary")
+    result = subprocess.run(["bash", str(REPO / "scripts" / "install.sh"), "--destdir", str(tmp_path / "root"),
+                             "--binary", str(binary), "--key", key], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "is not a passel key" in result.stderr
+    assert not (tmp_path / "root").exists()  # refused before anything was installed
+
+
+def test_install_puts_a_good_key_in_the_state_directory(tmp_path: Path) -> None:
+    binary = tmp_path / "passel-build"
+    binary.write_bytes(b"binary")
+    _install(tmp_path, "--binary", str(binary), "--key", "abcd-efgh-ijkl-mnop")
+    assert (tmp_path / "var/lib/passel/passel.key").read_text() == "abcd-efgh-ijkl-mnop\n"

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import Engine
@@ -24,6 +26,7 @@ from appliance.store.models import Base, Event, Node, Task, row_values
 
 T = TypeVar("T")
 log = logging.getLogger("passel.events")
+schema_log = logging.getLogger("passel.store")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -46,8 +49,13 @@ def upgrade_schema(engine: Engine) -> None:
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
+        before = MigrationContext.configure(connection).get_current_revision()
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+    head = ScriptDirectory.from_config(config).get_current_head()
+    if before != head:
+        schema_log.info("Task database %s: %s schema %s", engine.url.database,
+                        f"upgraded from schema {before} to" if before else "created with", head)
 
 
 class Store:
