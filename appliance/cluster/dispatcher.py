@@ -122,6 +122,10 @@ class Dispatcher:
         if early is not None:
             await early.forwarder.refresh_init()
 
+    def early_for(self, uuid: str) -> EarlyForward | None:
+        """The early forward of a task whose upload arrives here, to send files on as they arrive."""
+        return self._early.get(uuid)
+
     def staged(self, task: Task, paths: list[Path]) -> None:
         early = self._early.get(task.uuid)
         if early is not None:

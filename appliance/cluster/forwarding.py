@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from appliance.cluster.registry import NodeState
 from appliance.cluster.staging import Staging, is_image
 from appliance.cluster.tasks import forwarded, set_forwarded
 from appliance.nodeodm.client import NodeError, NodeUnreachable
+from appliance.nodeodm.growth import Growth
 from appliance.nodeodm.options import has_option, set_option
 from appliance.store.models import Task
 
@@ -102,7 +103,17 @@ class Forwarder:
     async def send_file(self, path: Path) -> None:
         async with self._slots:
             await self._upload(path)
-        self._confirmed.add(path.name)
+        self._confirm(path.name)
+
+    async def stream_file(self, partial: Path, name: str, growth: Growth) -> None:
+        """A file still arriving from the client, sent on as it arrives: tried once, as its bytes cannot
+        be asked for again (EarlyForward sends it whole when this fails). Not bound by the slots: the
+        client's own parallel uploads already bound it."""
+        await self.node.client.task_upload_growing(self.task.uuid, partial, name, growth)
+        self._confirm(name)
+
+    def _confirm(self, name: str) -> None:
+        self._confirmed.add(name)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_soon())
 
@@ -172,30 +183,63 @@ class Forwarder:
 
 
 class EarlyForward:
-    """Overlaps the forward with the client's upload: each staged file goes on to the node at once,
-    up to the node's `maxImages` (beyond it the commit places the task on a node that takes it)."""
+    """Overlaps the forward with the client's upload: each file goes on to the node while it arrives
+    (`stream`), or once staged (`push`), up to the node's `maxImages` (beyond it the commit places the
+    task on a node that takes it). So the send ends with the last file's arrival, not after it."""
 
     def __init__(self, forwarder: Forwarder) -> None:
         self.forwarder = forwarder
         self.error: Exception | None = None
         self._jobs: set[asyncio.Task[None]] = set()
+        self._streamed: set[str] = set()  # names sent while arriving: push leaves them to their stream
         self._images = 0
 
-    def push(self, paths: list[Path]) -> None:
+    def _room_for(self, name: str) -> bool:
+        """Count an image; False (and the early forward stops) past the node's limit."""
         if self.error is not None:
-            return
+            return False
         node = self.forwarder.node
         limit = node.info.get("maxImages")
+        self._images += is_image(name)
+        if limit is not None and self._images > int(limit):
+            self.error = NodeError(f"{node.row.url} takes at most {limit} images")
+            log.info("Task %s: more images than %s takes (%s); the task is placed when it is committed",
+                     self.forwarder.task.uuid[:8], node.row.url, limit)
+            return False
+        return True
+
+    def _start(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(job)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    def stream(self, partial: Path, name: str, growth: Growth) -> None:
+        """A file starts arriving (uploads.OnFile): send it on as its bytes reach the disk."""
+        if self._room_for(name):
+            self._streamed.add(name)
+            self._start(self._stream(partial, name, growth))
+
+    def push(self, paths: list[Path]) -> None:
+        """Files now staged whole: those not already streamed go on."""
         for path in paths:
-            self._images += is_image(path.name)
-            if limit is not None and self._images > int(limit):
-                self.error = NodeError(f"{node.row.url} takes at most {limit} images")
-                log.info("Task %s: more images than %s takes (%s); the task is placed when it is committed",
-                         self.forwarder.task.uuid[:8], node.row.url, limit)
+            if path.name not in self._streamed and self._room_for(path.name):
+                self._start(self._send(path))
+
+    async def _stream(self, partial: Path, name: str, growth: Growth) -> None:
+        try:
+            await self.forwarder.ensure_init()
+            await self.forwarder.stream_file(partial, name, growth)
+        except Exception as exc:
+            if growth.failed:  # the client's upload broke: the file is gone here too, and comes again
+                self._streamed.discard(name)
+                self._images -= is_image(name)
                 return
-            job = asyncio.create_task(self._send(path))
-            self._jobs.add(job)
-            job.add_done_callback(self._jobs.discard)
+            log.info("Task %s: sending %s on while it arrived did not work (%s); sending it whole",
+                     self.forwarder.task.uuid[:8], name, exc)
+            while not (growth.done or growth.failed):
+                await growth.wait()
+            if growth.done:
+                await self._send(partial.with_name(name))
 
     async def _send(self, path: Path) -> None:
         if self.error is not None:

@@ -87,6 +87,11 @@ class Receiver:
                  node.row.url if node else "no node yet")
         return task.uuid
 
+    def early_for(self, uuid: str) -> EarlyForward | None:
+        """The send to the reserved node of an upload taken in here, to send files on as they arrive."""
+        upload = self.uploads.get(uuid.lower())
+        return upload.early if upload is not None else None
+
     def uploaded(self, uuid: str, names: list[str]) -> None:
         upload = self.uploads.get(uuid.lower())
         if upload is None:

@@ -96,9 +96,10 @@ async def task_new_upload(request: web.Request) -> web.Response:
     task = _uploading(request)
     if task is None and not here:
         return replies.error(replies.TASK_NOT_FOUND_UPLOAD)
+    early = c.receiver.early_for(uuid) if here else c.dispatcher.early_for(uuid)
     try:
         await _check_disk(request)
-        form = await receive_form(request, directory=c.staging.path(uuid))
+        form = await receive_form(request, directory=c.staging.path(uuid), on_file=early.stream if early else None)
     except UploadError as exc:
         return replies.error(str(exc), **({"noRetry": True} if exc.no_retry else {}))
     if not form.files:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
-from appliance.nodeodm.file_upload import UploadFailed, post_file
+from appliance.nodeodm.file_upload import UploadFailed, post_file, post_growing_file
+from appliance.nodeodm.growth import Growth
 
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=30)  # PyODM also waits 30 s
 QUICK_TIMEOUT = aiohttp.ClientTimeout(total=5)  # health polls must not pile up behind a dead node
@@ -95,7 +96,7 @@ class NodeClient:
     async def task_upload(self, uuid: str, files: Iterable[Path]) -> None:
         files = list(files)
         if len(files) == 1 and self.base_url.startswith("http://"):
-            await self._upload_with_sendfile(uuid, files[0])
+            await self._upload_with_sendfile(uuid, files[0].name, lambda url: post_file(url, files[0]))
             return
         with aiohttp.MultipartWriter("form-data") as writer:
             handles = []
@@ -110,13 +111,26 @@ class NodeClient:
                 for handle in handles:
                     handle.close()
 
-    async def _upload_with_sendfile(self, uuid: str, path: Path) -> None:
+    async def task_upload_growing(self, uuid: str, partial: Path, name: str, growth: Growth) -> None:
+        """One file that is still arriving on this box, sent on as it arrives (over https: once it is whole)."""
+        if not self.base_url.startswith("http://"):
+            while not (growth.done or growth.failed):
+                await growth.wait()
+            if growth.failed:
+                raise NodeUnreachable(f"the upload of {name} to this box broke; nothing was sent")
+            await self.task_upload(uuid, [partial.with_name(name)])
+            return
+        await self._upload_with_sendfile(uuid, name, lambda url: post_growing_file(url, partial, name, growth))
+
+    async def _upload_with_sendfile(self, uuid: str, name: str,
+                                    send: Callable[[str], Awaitable[tuple[int, Any]]]) -> None:
+        """One file by the kernel's sendfile (file_upload.py), whole or as it arrives."""
         try:
-            status, data = await post_file(self.url(f"/task/new/upload/{uuid}"), path)
+            status, data = await send(self.url(f"/task/new/upload/{uuid}"))
         except UploadFailed as exc:
             raise NodeUnreachable(str(exc)) from None
         if status != 200:
-            raise NodeError(f"HTTP {status} from {self.base_url} uploading {path.name}", status)
+            raise NodeError(f"HTTP {status} from {self.base_url} uploading {name}", status)
         if not isinstance(data, dict) or data.get("error") or not data.get("success"):
             raise NodeError(str((data or {}).get("error", "upload refused")) if isinstance(data, dict) else "upload refused")
 

@@ -5,7 +5,8 @@ client reads files through a thread pool in 64 kB pieces; sendfile hands the pag
 socket directly. Measured on the project machine (bench/upload_path.py, 2 cores): the same 300 MB
 forward cost 0.27 s of coordinator CPU through aiohttp and 0.06 s this way, CPU that the receiving
 side of the upload needs. It is one request shape only (a single multipart file over plain HTTP);
-anything else goes through aiohttp.
+anything else goes through aiohttp. A file still arriving from a client is sent the same way, in HTTP
+chunks as its bytes reach the disk (`post_growing_file`), so the forward ends with the file's arrival.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from appliance.nodeodm.growth import Growth
+
 CONNECT_SECONDS = 5.0
 MIN_BYTES_PER_SECOND = 1024 * 1024  # give up on a node slower than 1 MB/s for one file, plus slack
 SLACK_SECONDS = 30.0
+MIN_CHUNK_BYTES = 256 * 1024  # a file still arriving goes on in pieces of at least this, to keep syscalls few
+ARRIVAL_IDLE_SECONDS = 90.0  # longer than the receiving side's own stall limit, which ends the arrival first
 
 
 class UploadFailed(Exception):
@@ -93,3 +98,59 @@ async def post_file(url: str, path: Path, field: str = "images") -> tuple[int, A
     finally:
         writer.close()
     return parse_reply(raw)
+
+
+async def post_growing_file(url: str, path: Path, name: str, growth: Growth, field: str = "images") -> tuple[int, Any]:
+    """POST a file that is still arriving as a one-file multipart body, in HTTP chunks sent with
+    sendfile as its bytes reach the disk; the body ends once the whole file was kept (`growth.done`).
+    An arrival that breaks (`growth.failed`) aborts the request, so the node keeps nothing of it."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"sendfile uploads need a plain http URL, not {url!r}")
+    host, port = parts.hostname, parts.port or 80
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    boundary = uuidlib.uuid4().hex
+    preamble = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+                f"filename=\"{_quote(name)}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+    epilogue = f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    try:
+        async with asyncio.timeout(CONNECT_SECONDS):
+            reader, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError) as exc:
+        raise UploadFailed(f"cannot connect to {host}:{port}: {exc or 'timeout'}") from None
+    loop = asyncio.get_running_loop()
+    sent = 0
+    try:
+        writer.write(head + _chunk(preamble))
+        with open(path, "rb") as handle:
+            while True:
+                if growth.failed:
+                    raise UploadFailed(f"the upload of {name} to this box broke; it is sent again when it arrives")
+                ready = growth.written - sent
+                if ready >= MIN_CHUNK_BYTES or (growth.done and ready > 0):
+                    writer.write(f"{ready:x}\r\n".encode())
+                    async with asyncio.timeout(ready / MIN_BYTES_PER_SECOND + SLACK_SECONDS):
+                        await loop.sendfile(writer.transport, handle, sent, ready)
+                    writer.write(b"\r\n")
+                    sent += ready
+                elif growth.done:
+                    break
+                else:
+                    async with asyncio.timeout(ARRIVAL_IDLE_SECONDS):
+                        await growth.wait()
+        writer.write(_chunk(epilogue) + b"0\r\n\r\n")
+        async with asyncio.timeout(SLACK_SECONDS):
+            await writer.drain()
+            raw = await reader.read()
+    except (OSError, TimeoutError) as exc:
+        raise UploadFailed(f"upload of {name} to {host}:{port} failed: {exc or 'timeout'}") from None
+    finally:
+        writer.close()
+    return parse_reply(raw)
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"

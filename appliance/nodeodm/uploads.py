@@ -18,12 +18,14 @@ import json
 import os
 import shutil
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from appliance.nodeodm.growth import Growth
 from appliance.nodeodm.multipart_scan import Event, MultipartError, MultipartScanner, PartStart, boundary_of
 
 MAX_FIELD_BYTES = 1024 * 1024  # options JSON for ODM is a few kB; 1 MiB leaves room and caps abuse
@@ -31,6 +33,9 @@ MAX_FILENAME_BYTES = 255  # the usual file-system limit
 IDLE_UPLOAD_SECONDS = 60.0  # a client that trickles bytes (or vanished) is cut off and its partial file dropped
 MIN_FREE_DISK_BYTES = 512 * 1024 * 1024  # refuse new uploads below this, so accepted ones can finish
 PARTIAL_SUFFIX = ".part"
+# Told when a file starts arriving (its partial path, its final name and its Growth), so it can be sent on
+# while it arrives: the partial file is renamed when the body is complete, and an open handle follows it.
+OnFile = Callable[[Path, str, Growth], None]
 
 
 class UploadError(ValueError):
@@ -95,10 +100,12 @@ def ensure_free_space(directory: Path, min_free: int = MIN_FREE_DISK_BYTES) -> N
 class _FormWriter:
     """Applies the scanner's events: files of `file_field` to `<name>.part` files, text fields to memory."""
 
-    def __init__(self, directory: Path | None, file_field: str, form: ReceivedForm) -> None:
-        self.directory, self.file_field, self.form = directory, file_field, form
+    def __init__(self, directory: Path | None, file_field: str, form: ReceivedForm, on_file: OnFile | None) -> None:
+        self.directory, self.file_field, self.form, self.on_file = directory, file_field, form, on_file
         self._partials: list[tuple[Path, str]] = []  # (partial path, final name), in arrival order
+        self._growths: list[Growth] = []  # one per partial, when someone follows the files as they arrive
         self._fd: int | None = None  # the file being written
+        self._growth: Growth | None = None  # its Growth
         self._field: tuple[PartStart, bytearray] | None = None  # the text field being read
 
     def handle(self, event: Event) -> None:
@@ -111,6 +118,8 @@ class _FormWriter:
             while written < len(event):  # a regular file takes it all unless the disk is full
                 written += os.write(self._fd, memoryview(event)[written:])
             self.form.bytes_written += written
+            if self._growth is not None:
+                self._growth.grew(written)
         elif self._field is not None:
             part, data = self._field
             data += event
@@ -127,12 +136,16 @@ class _FormWriter:
             partial = self.directory / (name + PARTIAL_SUFFIX)
             self._fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             self._partials.append((partial, name))
+            if self.on_file is not None:
+                self._growth = Growth()
+                self._growths.append(self._growth)
+                self.on_file(partial, name, self._growth)
         elif part.name:
             self._field = (part, bytearray())
 
     def _end(self) -> None:
         if self._fd is not None:
-            fd, self._fd = self._fd, None
+            fd, self._fd, self._growth = self._fd, None, None
             os.close(fd)
         elif self._field is not None:
             (part, data), self._field = self._field, None
@@ -146,6 +159,8 @@ class _FormWriter:
         for partial, name in self._partials:
             os.replace(partial, partial.with_name(name))
             self.form.files.append(name)
+        for growth in self._growths:
+            growth.end(kept=True)
 
     def discard(self) -> None:
         """The body failed: remove every file it started."""
@@ -154,10 +169,14 @@ class _FormWriter:
             self._fd = None
         for partial, _ in self._partials:
             partial.unlink(missing_ok=True)
+        for growth in self._growths:
+            growth.end(kept=False)
 
 
-async def receive_form(request: web.Request, directory: Path | None, file_field: str = "images") -> ReceivedForm:
+async def receive_form(request: web.Request, directory: Path | None, file_field: str = "images",
+                       on_file: OnFile | None = None) -> ReceivedForm:
     """Stream a multipart body: files of `file_field` go to `directory`, text fields are returned.
+    `on_file` is told of each file as it starts, to send it on while it arrives.
 
     With `directory` None, files are skipped (init takes text fields only). On any error no file of
     this body is left in `directory`. Any other body (urlencoded, JSON) carries nothing here: NodeODM
@@ -168,7 +187,7 @@ async def receive_form(request: web.Request, directory: Path | None, file_field:
     content_type = request.headers.get("Content-Type", "")
     if request.method != "POST" or not request.body_exists or not content_type.startswith("multipart/"):
         return form
-    writer = _FormWriter(directory, file_field, form)
+    writer = _FormWriter(directory, file_field, form, on_file)
     loop = asyncio.get_running_loop()
     try:
         scanner = MultipartScanner(boundary_of(content_type))
