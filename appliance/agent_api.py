@@ -12,12 +12,13 @@ from aiohttp import web
 from appliance.admin_password import ADMIN_PASSWORD_KEY
 from appliance.cluster.coordinator import COORDINATOR_KEY
 from appliance.cluster.intake import NewTask, TaskRefused
-from appliance.discovery.passel import AGENT_API, PASSEL_KEY, TransferRefused
+from appliance.discovery.passel import AGENT_API, PASSEL_KEY, PEER_KEY, TransferRefused
 from appliance.discovery.trust import H_BOX, H_SIG, UNSIGNED_BODY, Untrusted, body_digest
 from appliance.http_rules import Peer, rules_of
 from appliance.nodeodm import replies
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.uploads import UploadError, receive_form
+from appliance.passel_admin import use_key
 from appliance.replication.feed import REPLICA_KEY, export_since
 from appliance.replication.handover import parse_task
 from appliance.replication.password import receive as receive_password
@@ -58,7 +59,7 @@ async def agent_auth_middleware(request: web.Request, handler: Handler) -> web.S
             passel.membership.mark_foreign(claimed, str(exc))
         log.warning("Refused %s %s from %s: %s", request.method, request.path, request.remote, exc)
         return web.json_response({"error": f"refused: {exc}"}, status=401)
-    request["peer"] = box
+    request[PEER_KEY] = box
     reply = await handler(request)
     if isinstance(reply, web.Response) and reply.body is not None:
         reply.headers[H_SIG] = passel.trust.sign_reply(reply.body, request.headers)  # type: ignore[arg-type]
@@ -72,7 +73,7 @@ async def heartbeat(request: web.Request) -> web.Response:
         return web.json_response({"error": "heartbeat must be JSON"}, status=400)
     if not isinstance(payload, dict) or payload.get("v") != 1:
         return web.json_response({"error": "unsupported heartbeat version"}, status=400)
-    if payload.get("id") != request["peer"]:
+    if payload.get("id") != request[PEER_KEY]:
         return web.json_response({"error": "a heartbeat must come from the box it describes"}, status=400)
     if request.app[PASSEL_KEY].sleeping:
         return web.json_response({"error": "this box is going to sleep"}, status=503)
@@ -132,7 +133,7 @@ async def tasks_since(request: web.Request) -> web.Response:
     except ValueError:
         since, wait = -1, 0.0
     if 0 <= since <= coordinator.book.rev:
-        coordinator.replicas.applied(request["peer"], since)
+        coordinator.replicas.applied(request[PEER_KEY], since)
         await coordinator.book.wait_newer(since, wait)
         if not passel.is_coordinator:
             return not_coordinator()
@@ -159,7 +160,7 @@ async def intake_init(request: web.Request) -> web.Response:
         fields = {str(k): str(v) for k, v in dict(body["fields"]).items()}
         set_uuid = body.get("set_uuid")
         task = await coordinator.intake.init(NewTask.from_fields(fields), str(set_uuid) if set_uuid else None,
-                                             staged_on=request["peer"])
+                                             staged_on=request[PEER_KEY])
     except (ValueError, KeyError, TypeError) as exc:
         return web.json_response({"error": f"bad intake call: {exc}"}, status=400)
     except TaskRefused as exc:
@@ -177,7 +178,7 @@ async def intake_commit(request: web.Request) -> web.Response:
         body = await _json_body(request)
         files = {str(k): int(v) for k, v in dict(body["files"]).items()}
         task = coordinator.book.get(str(body["uuid"]).lower())
-        if task is None or task.phase != Phase.UPLOADING or task.staged_on != request["peer"]:
+        if task is None or task.phase != Phase.UPLOADING or task.staged_on != request[PEER_KEY]:
             return web.json_response({"error": replies.TASK_NOT_FOUND_UPLOAD})
         await coordinator.intake.commit_received(task, files, body.get("node_url"), [str(f) for f in body.get("on_node", [])])
     except (ValueError, KeyError, TypeError) as exc:
@@ -226,10 +227,9 @@ async def wake(request: web.Request) -> web.Response:
 async def set_key(request: web.Request) -> web.Response:
     """`passel key set` on this box: use the new key at once (loopback only)."""
     try:
-        request.app[PASSEL_KEY].trust.set_key(str((await request.json())["key"]))
+        use_key(request.app[PASSEL_KEY], str((await request.json())["key"]))
     except (ValueError, KeyError, TypeError) as exc:
         return web.json_response({"error": str(exc)}, status=400)
-    log.info("This box now uses a new passel key (fingerprint %s)", request.app[PASSEL_KEY].trust.fingerprint())
     return web.json_response({"success": True})
 
 

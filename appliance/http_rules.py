@@ -177,6 +177,7 @@ ROUTES: tuple[Route, ...] = (
         ("POST", "/ui/nodes/{ref}/{action}", UI_ACTION, "Lock, unlock or remove a node"),
         ("POST", "/ui/transfer", UI_ACTION, "Hand the coordinator role to another box"),
         ("POST", "/ui/priority", UI_ACTION, "Change this box's election priority"),
+        ("POST", "/ui/join", UI_ACTION, "Join a passel with its pairing code, while this box is alone"),
         ("POST", "/ui/password", UI_FORM, "Set the admin password, or change it with the current one"),
         ("POST", "/ui/login", UI_FORM, "Sign in with the admin password"),
         ("POST", "/ui/logout", UI_FORM, "Sign out"),

@@ -154,6 +154,7 @@ IO: dict[tuple[str, str], Io] = {
     ("GET", "/ui/timeline"): Io(params=(_query("span", TEXT),)),
     ("POST", "/ui/tasks/{uuid}/{action}"): Io(path={"action": {"type": "string", "enum": TASK_ACTIONS}},
                                               body=_ui_form(node=TEXT)),
+    ("POST", "/ui/join"): Io(body=_ui_form(code=TEXT)),
     ("POST", "/ui/nodes"): Io(body=_ui_form(url=TEXT, label=TEXT)),
     ("POST", "/ui/nodes/{ref}/{action}"): Io(path={"action": {"type": "string", "enum": NODE_ACTIONS}},
                                              body=_ui_form()),

@@ -121,9 +121,13 @@ def test_key_cli_show_new_and_set(tmp_path, monkeypatch, capsys):
     from appliance import cli
     monkeypatch.setenv("PASSEL_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("PASSEL_PORT", "9")  # no agent there: the CLI says the key is used at next start
+    with pytest.raises(SystemExit, match="No passel key at .* Passel makes one on its first start"):
+        cli.main(["key", "show"])  # showing never makes a key: that one would be no box's
+    assert not (tmp_path / "passel.key").exists()
+    assert cli.main(["key", "new"]) == 0
+    assert "used when Passel starts" in capsys.readouterr().out
     assert cli.main(["key", "show"]) == 0
-    first = capsys.readouterr().out
-    assert "Passel key: " in first and (tmp_path / "passel.key").exists()
+    assert "Passel key: " in capsys.readouterr().out
     code = new_key_code()
     assert cli.main(["key", "set", code]) == 0
     assert "used when Passel starts" in capsys.readouterr().out
@@ -142,3 +146,13 @@ def test_out_of_order_counters_are_fine_but_old_ones_are_not():
         bob.verify_request("POST", "/h", body_digest(b""), signed[3])  # seen
     with pytest.raises(Untrusted, match="replayed"):
         bob.verify_request("POST", "/h", body_digest(b""), signed[10])  # too old to tell apart from a replay
+
+
+def test_the_settings_page_never_shows_a_configured_key(passel_factory):
+    """/-/settings.json is open to anyone on the network; the key makes a box a member of the passel."""
+    import requests
+    code = new_key_code()
+    server = passel_factory([], key=code)
+    reply = requests.get(f"{server.url}/-/settings.json", timeout=10)
+    assert reply.json()["settings"]["key"] == "***"
+    assert code not in reply.text

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from appliance.admin_auth import change_password
 from appliance.admin_password import ADMIN_PASSWORD_KEY, FAILURE_DELAY_SECONDS, PasswordRefused
+from appliance.passel_admin import join as join_passel
 from appliance.passel_admin import transfer as transfer_role
 from appliance.box_api import set_priority
 from appliance.cluster import admin
@@ -103,6 +104,11 @@ async def transfer(request: web.Request) -> web.StreamResponse:
 async def priority(request: web.Request) -> web.StreamResponse:
     """This box's own priority: changed here, whichever box is coordinator."""
     return await run_here(request, set_priority, "priority", "/ui/admin")
+
+
+async def join(request: web.Request) -> web.StreamResponse:
+    """Join a passel with its pairing code: this box's own key, so done here, never relayed."""
+    return await run_here(request, join_passel, "join", "/")
 
 
 async def password(request: web.Request) -> web.StreamResponse:

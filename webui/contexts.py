@@ -147,6 +147,21 @@ class Tick:
     label: str
 
 
+@dataclass(frozen=True, slots=True)
+class JoinOffer:
+    """The "Join a passel" form, offered while this box is alone in its passel (docs/pairing.md)."""
+
+    strangers: list[str] = doc("names of the boxes seen on the network that hold another passel's key")
+
+
+@dataclass(frozen=True, slots=True)
+class Pairing:
+    """How to add a box to this passel: its pairing code, for admins once a password is set."""
+
+    code: str | None = doc("the pairing code in groups of four; None when the viewer must sign in to see it")
+    fingerprint: str = doc("a short id of the code, the same on every box of the passel and safe to show")
+
+
 # -- pages ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class PasselPage:
@@ -162,6 +177,7 @@ class PasselPage:
     nodes: list[NodeCard] = doc("every node, for the nodes table")
     counts: dict[str, int] = doc("tasks per status name: RUNNING, QUEUED, COMPLETED, FAILED, CANCELED")
     events: list[EventRow] = doc("the latest events: arrivals, departures, moves and failures")
+    join: JoinOffer | None = doc("the form to join a passel, while this box is alone; else None", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +234,7 @@ class TimelinePage:
 
 @dataclass(frozen=True, slots=True)
 class AdminPage:
-    """`/ui/admin`: nodes, the coordinator role, this box's priority and the admin password."""
+    """`/ui/admin`: nodes, the coordinator role, this box's priority, the admin password and pairing."""
 
     template: ClassVar[str] = "admin.html"
     chrome: Chrome = doc("the page frame")
@@ -227,6 +243,7 @@ class AdminPage:
     discovery: bool = doc("whether this box takes part in a passel (else no role or priority)")
     priority: int = doc("this box's election priority now")
     facts: list[tuple[str, str]] = doc("(label, value) about this box: id, address, state dir")
+    pairing: Pairing | None = doc("how to add a box to this passel; None without discovery or a key", default=None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ DONE = {  # outcomes shown after an action's redirect; fixed texts, so a crafted
     "forget": "The node was removed.", "transfer": "The coordinator role was handed over.",
     "priority": "This box's priority was changed (until it restarts).", "password": "The admin password was saved.",
     "signin": "Signed in.", "signout": "Signed out.",
+    "join": "This box joined the passel. Its boxes are shown below; their nodes appear within a few seconds.",
 }
 
 environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR),

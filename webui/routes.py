@@ -17,7 +17,7 @@ from appliance.config import CONFIG_KEY
 from appliance.discovery.identity import IDENTITY_KEY
 from appliance.discovery.passel import PASSEL_KEY
 from appliance.nodeodm.status import TaskStatus
-from webui import actions, snapshot
+from webui import actions, pairing, snapshot
 from webui import format as fmt
 from webui.boxes import BOX_FACTS_KEY, BoxFactsCache, box_cards, node_card
 from webui.contexts import AdminPage, EventRow, PasselPage, TaskPage, TasksPage, TimelinePage
@@ -43,7 +43,8 @@ async def passel_page(request: web.Request) -> web.Response:
                       public_url=request.app[COORDINATOR_KEY].public_url, discovery=snap.view is not None,
                       term=int((snap.view or {}).get("term", 0)), boxes=cards, other_nodes=others,
                       nodes=[node_card(n) for n in snap.nodes], counts=counts(snap.tasks),
-                      events=_events(await snapshot.events(request, snap, limit=EVENTS_SHOWN)))
+                      events=_events(await snapshot.events(request, snap, limit=EVENTS_SHOWN)),
+                      join=pairing.join_offer(request))
     return respond(request, page)
 
 
@@ -106,7 +107,8 @@ async def admin_page(request: web.Request) -> web.Response:
              ("API token", "required (?token=)" if config.token else "none")]
     page = AdminPage(chrome=chrome(request, "admin", "Settings", snap.banner, live=False),
                      nodes=[node_card(n) for n in snap.nodes], boxes=cards, discovery=passel is not None,
-                     priority=passel.priority if passel else config.priority, facts=facts)
+                     priority=passel.priority if passel else config.priority, facts=facts,
+                     pairing=pairing.pairing(request))
     return respond(request, page)
 
 
@@ -128,6 +130,7 @@ def setup_ui_routes(app: web.Application) -> None:
     app.router.add_post("/ui/nodes/{ref}/{action}", actions.node_action)
     app.router.add_post("/ui/transfer", actions.transfer)
     app.router.add_post("/ui/priority", actions.priority)
+    app.router.add_post("/ui/join", actions.join)
     app.router.add_post("/ui/password", actions.password)
     app.router.add_post("/ui/login", actions.sign_in)
     app.router.add_post("/ui/logout", actions.sign_out)

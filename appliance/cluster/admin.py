@@ -158,10 +158,13 @@ async def events(request: web.Request) -> web.Response:
                                "task": e.task_uuid, "node": e.node_id} for e in rows])
 
 
+SECRET_SETTINGS = ("token", "key")  # the API token, and the passel key that makes a box a member
+
+
 async def settings(request: web.Request) -> web.Response:
     """The effective configuration and where each value came from (secrets masked)."""
     cfg = request.app[CONFIG_KEY]
-    shown = {k: ("***" if k == "token" and v else v) for k, v in vars(cfg).items() if k != "sources"}
+    shown = {k: ("***" if k in SECRET_SETTINGS and v else v) for k, v in vars(cfg).items() if k != "sources"}
     shown["node"] = [n.split("?")[0] for n in cfg.node]
     shown["state_dir"] = str(cfg.state_dir)
     return web.json_response({"settings": shown, "sources": dict(cfg.sources)})

@@ -262,3 +262,4 @@ class Passel:
 
 
 PASSEL_KEY: web.AppKey[Passel] = web.AppKey("passel")  # where the app holds it
+PEER_KEY: web.RequestKey[str] = web.RequestKey("peer")  # the box id a signed box-to-box request proved

@@ -30,6 +30,7 @@ from cryptography.fernet import Fernet, InvalidToken
 KEY_FILE = "passel.key"
 UNSIGNED_BODY = "streamed"  # large streamed bodies (hand-overs) carry a digest of their metadata instead
 MAX_BOXES_REMEMBERED = 256
+TYPED_CODE = re.compile(r"[A-Za-z2-7\s-]*")  # what a pairing code may hold as typed: letters, 2-7, dashes, spaces
 REPLAY_WINDOW = 64  # how far out of order a counter may arrive (concurrent heartbeats, syncs, hand-overs)
 H_BOX, H_BOOT, H_SEQ, H_TERM, H_SIG = "X-Passel-Box", "X-Passel-Boot", "X-Passel-Seq", "X-Passel-Term", "X-Passel-Sig"
 
@@ -38,10 +39,14 @@ class Untrusted(Exception):
     """A request or reply that does not prove the passel key; the message says what was wrong."""
 
 
+def grouped(code: str) -> str:
+    """A code in groups of four, as a person reads it out and types it."""
+    return "-".join(code[i:i + 4] for i in range(0, len(code), 4))
+
+
 def new_key_code() -> str:
     """A key a responder can read out and type: 24 base32 letters in groups of four."""
-    raw = base64.b32encode(secrets.token_bytes(15)).decode()
-    return "-".join(raw[i:i + 4] for i in range(0, len(raw), 4))
+    return grouped(base64.b32encode(secrets.token_bytes(15)).decode())
 
 
 def normalize_code(code: str) -> str:
@@ -51,13 +56,34 @@ def normalize_code(code: str) -> str:
     return cleaned
 
 
-def load_or_create_key(configured: str, state_dir: Path) -> str:
-    """The configured key, else the one this box made on its first start (kept in the state dir)."""
+def parse_typed_code(typed: str) -> str:
+    """A code a person typed, normalized. Stricter than `normalize_code`, which drops what is not a
+    letter or 2-7: a 0 typed for the letter O would silently make another key."""
+    if not TYPED_CODE.fullmatch(typed.strip()):
+        raise ValueError("A pairing code has only the letters A to Z and the digits 2 to 7: where you read "
+                         "0, 1 or 8, it is the letter O, I or B.")
+    try:
+        return normalize_code(typed)
+    except ValueError:
+        raise ValueError("That code is too short: a pairing code has at least 16 letters and digits, in groups "
+                         "of four like ABCD-EFGH-IJKL-MNOP. Check that you typed every group.") from None
+
+
+def read_key(configured: str, state_dir: Path) -> str | None:
+    """The key this box uses, without making one: the configured key, else the key file's; None
+    before the first start has made one."""
     if configured:
         return normalize_code(configured)
     path = state_dir / KEY_FILE
-    if path.exists():
-        return normalize_code(path.read_text())
+    return normalize_code(path.read_text()) if path.exists() else None
+
+
+def load_or_create_key(configured: str, state_dir: Path) -> str:
+    """The configured key, else the one this box made on its first start (kept in the state dir)."""
+    known = read_key(configured, state_dir)
+    if known is not None:
+        return known
+    path = state_dir / KEY_FILE
     state_dir.mkdir(parents=True, exist_ok=True)
     code = new_key_code()
     temporary = path.with_suffix(".tmp")

@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from appliance.admin_password import ADMIN_PASSWORD_KEY, AdminPassword, PasswordRecord
-from appliance.discovery.passel import AGENT_API, PASSEL_KEY, Peer
+from appliance.discovery.passel import AGENT_API, PASSEL_KEY, PEER_KEY, Peer
 from appliance.discovery.peer_client import PeerClient
 from appliance.discovery.trust import Trust, Untrusted
 
@@ -61,5 +61,5 @@ async def receive(request: web.Request) -> web.Response:
     adopted = record is not None and await password.adopt(record)
     if adopted:
         log.info("The admin password was set or changed on box %s while this box was away; this box now uses it",
-                 request["peer"])
+                 request[PEER_KEY])
     return web.json_response({"adopted": adopted})
