@@ -32,7 +32,7 @@ def installed(unit: str) -> bool:
 
 def start_passel() -> str:
     return ("`sudo systemctl start passel`, then read why it stopped: `journalctl -u passel -n 30`"
-            if installed("passel.service") else "`passel run` (or install it: `sudo scripts/install.sh`)")
+            if installed("passel.service") else "`passel run` (or install it, in the Passel folder: `sudo scripts/install.sh`)")
 
 
 @dataclass(frozen=True)

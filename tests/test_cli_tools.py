@@ -1,15 +1,15 @@
-"""The CLI commands that match the UI: submit (with its progress bars), doctor, password and priority."""
+"""The CLI commands that match the UI: submit (with its progress bars), password and priority, and the
+client they share (`passel doctor` has tests/test_doctor.py; every command's errors, tests/test_cli_sweep.py)."""
 
 from __future__ import annotations
 
 import io
-import time
 import zipfile
 
 import pytest
 import requests
 
-from appliance import cli, doctor
+from appliance import cli
 from appliance.admin_client import AdminClient, Refused, Unreachable
 from tests.nodeodm_helpers import jcall, make_images
 from tests.test_coordinator import Api
@@ -53,31 +53,6 @@ def test_submit_refuses_what_it_cannot_send(tmp_path):
     with pytest.raises(SystemExit, match="NAME=VALUE"):
         make_images(tmp_path / "some", 1)
         cli.main(["submit", str(tmp_path / "some"), "--option", "dsm"])
-
-
-def test_doctor_says_what_is_wrong_and_how_to_fix_it(simnode_factory, passel_factory, tmp_path, capsys):
-    node = simnode_factory()
-    api = Api(passel_factory([node.url]))
-    code = cli.main(["doctor", "--port", str(api.port), "--state-dir", str(tmp_path), "--nodeodm", node.url])
-    out = capsys.readouterr().out
-    assert f"ok    port {api.port} Passel answers" in out and "ok    NodeODM" in out and "ok    disk" in out
-    assert "clock" in out and ("All checks passed." in out or "problem(s) found" in out)
-    assert code == (0 if "All checks passed." in out else 1)
-    silent = free_port()
-    assert cli.main(["doctor", "--port", str(silent), "--state-dir", str(tmp_path),
-                     "--nodeodm", f"http://127.0.0.1:{free_port()}"]) == 1
-    out = capsys.readouterr().out
-    assert f"FAIL  port {silent} free: Passel is not running" in out and "fix: start it" in out
-    assert "FAIL  NodeODM" in out and "systemctl start nodeodm" in out
-
-
-def test_doctor_compares_clocks_with_the_other_boxes():
-    now = time.time()
-    replies = {"/-/passel.json": {"boxes": [{"self": True}, {"id": "b", "name": "laptop", "alive": True,
-                                                             "address": "10.0.0.2", "port": 3000}]},
-               "/-/box.json": {"time": now + 3600}}
-    finding = doctor.check_clock(3000, fetch=lambda url: replies["/-/" + url.split("/-/")[1]])
-    assert not finding.ok and "laptop +3600 s" in finding.detail and "timedatectl" in finding.fix
 
 
 def test_password_and_priority_commands(simnode_factory, passel_factory, capsys, monkeypatch):

@@ -15,7 +15,7 @@ from appliance import cli, doctor
 from tests.test_coordinator import Api
 from tests.ui_support import free_port
 
-INSTALLED_COMMANDS = {"systemctl", "journalctl", "ss", "ufw", "timedatectl", "docker", "passel"}
+INSTALLED_COMMANDS = {"systemctl", "journalctl", "ss", "ufw", "timedatectl", "docker", "passel", "scripts/install.sh"}
 
 
 def _fixes(out: str) -> list[str]:

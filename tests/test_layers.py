@@ -27,7 +27,8 @@ LAYERS: list[tuple[str, ...]] = [
     # wiring and commands
     ("appliance.agent", "appliance.passel_service", "appliance.demo", "appliance.firstboot", "appliance.admin_client",
      "appliance.doctor", "appliance.power", "appliance.cli_admin", "appliance.cli_key", "appliance.cli_submit",
-     "appliance.cli_run"),
+     "appliance.cli_run", "appliance.cli_nodes", "appliance.cli_tasks", "appliance.cli_status", "appliance.cli_options",
+     "appliance.cli_pyodm", "appliance.cli_download"),
     ("appliance.cli", "appliance.__main__"),
 ]
 SIDEWAYS_FORBIDDEN = {("appliance.discovery", "appliance.cluster"), ("appliance.cluster", "appliance.discovery")}
