@@ -31,7 +31,8 @@ def add_key_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 def _where(config: Config) -> str:
     """Where the state directory setting came from, for messages that say where a command looked."""
     source = config.sources.get("state_dir")
-    return f"the state directory set in {source}" if source else "the default state directory (no settings file names one)"
+    return (f"the state directory set by {source}" if source
+            else "the default state directory, as no settings file on this box names one")
 
 
 def _tell_agent(config: Config, code: str) -> bool:
