@@ -6,10 +6,8 @@ box's cores, memory and free disk from them, and `passel doctor` compares clocks
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -21,17 +19,15 @@ from appliance import __version__
 from appliance.config import CONFIG_KEY
 from appliance.discovery.identity import IDENTITY_KEY
 from appliance.discovery.passel import PASSEL_KEY
+from appliance.netaddr import local_ipv4_addresses
 
 PRIORITY_NOTE = "until this box restarts; set --priority or PASSEL_PRIORITY to keep it"
 
 
 def own_addresses() -> list[str]:
-    """This box's IPv4 addresses, loopback included (a node on 127.0.0.1 is on this box too)."""
-    found = {"127.0.0.1"}
-    for addresses in psutil.net_if_addrs().values():
-        found.update(a.address for a in addresses if a.family == socket.AF_INET
-                     and not ipaddress.IPv4Address(a.address).is_link_local)
-    return sorted(found)
+    """This box's IPv4 addresses, loopback included (a node on 127.0.0.1 is on this box too), and
+    link-local ones (a bare switch with no DHCP server gives nothing else)."""
+    return ["127.0.0.1", *local_ipv4_addresses()]
 
 
 def _existing(path: Path) -> Path:

@@ -35,3 +35,5 @@ def setup_logging(level: str = "info") -> None:
     logging.basicConfig(level=numeric, handlers=[handler], force=True)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its internals; the store logs the upgrade in one line
+    if numeric > logging.DEBUG:  # zeroconf reports each interface it cannot use; mdns.py says what matters
+        logging.getLogger("zeroconf").setLevel(logging.CRITICAL)

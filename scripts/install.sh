@@ -113,6 +113,9 @@ install_passel() {
   [ -f "$binary" ] || { echo "install.sh: no binary at $binary (build it with packaging/build.sh, or pass --binary)" >&2; exit 1; }
   local changed=no engine dropin
   if write_settings; then changed=yes; fi
+  # A bare switch has no DHCP server: link-local addresses (169.254.x.x) let the boxes find each other.
+  "$here/scripts/link-local.sh" ${destdir:+--destdir "$destdir"} \
+    || echo "install.sh: link-local fallback was not set up (see above); Passel still works where DHCP answers" >&2
   if put "$destdir$bin_path" 0755 < "$binary"; then changed=yes; say "installed $bin_path"; fi
   for unit in "${units[@]}"; do
     if sed "s#/usr/local/bin/passel#$bin_path#g" "$here/systemd/$unit" | put "$unit_dir/$unit" 0644; then
@@ -179,6 +182,9 @@ uninstall_passel() {
     if [ -e "$path" ]; then rm -rf "$path"; say "removed ${path#"$destdir"}"; fi
   done
   if [ "$manage" = yes ]; then systemctl daemon-reload; fi
+  if [ "$purge" = yes ]; then
+    "$here/scripts/link-local.sh" ${destdir:+--destdir "$destdir"} --remove || true
+  fi
   for path in "${data_dirs[@]}"; do
     [ -e "$path" ] || continue
     if [ "$purge" = yes ]; then rm -rf "$path"; say "removed ${path#"$destdir"}"

@@ -43,6 +43,13 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
+def _addresses(ns: str) -> list[str]:
+    """The IPv4 addresses (address/prefix) on eth0 in a namespace."""
+    shown = json.loads(subprocess.run(["ip", "-j", "-n", ns, "-4", "addr", "show", "dev", "eth0"], check=True,
+                                      capture_output=True).stdout)
+    return [f"{a['local']}/{a['prefixlen']}" for link in shown for a in link.get("addr_info", [])]
+
+
 @dataclass
 class Box:
     """One simulated host: a namespace, an address, and the processes started in it."""
@@ -125,14 +132,47 @@ class Box:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def run_python(self, code: str, *args: str, timeout: float = 60) -> str:
+        """Run Python inside this box's namespace (a client on the field network); its stdout."""
+        done = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-c", code, *args],
+                              capture_output=True, timeout=timeout, cwd=REPO)
+        if done.returncode != 0:
+            raise ConnectionError(done.stderr.decode(errors="replace")[-2000:])
+        return done.stdout.decode()
+
+    def get_json_from(self, url: str, timeout: float = 5) -> object:
+        """GET any URL from inside this box's namespace, e.g. another box's API over link-local."""
+        code = ("import json,sys,urllib.request;"
+                "print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode())")
+        return json.loads(self.run_python(code, url, str(timeout), timeout=timeout + 10))
+
+    def readdress(self, address: str, prefix: int, drop_old: bool = True) -> None:
+        """Give eth0 a new address, as DHCP arriving late or a new link-local claim does, and by
+        default drop the old one (what NetworkManager, systemd-networkd and avahi-autoipd do). Like
+        them, it keeps the new address when the old one on the same network goes (promote_secondaries)."""
+        subprocess.run(["ip", "netns", "exec", self.ns, "sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1"],
+                       check=True, capture_output=True)
+        _ip("-n", self.ns, "addr", "add", f"{address}/{prefix}", "dev", "eth0")
+        if drop_old:
+            old = next(a for a in _addresses(self.ns) if a.startswith(self.address + "/"))
+            _ip("-n", self.ns, "addr", "del", old, "dev", "eth0")
+        self.address = address
+
 
 class Bridge:
-    """A hub namespace with a bridge, and a box per veth pair."""
+    """A hub namespace with a bridge, and a box per veth pair.
 
-    def __init__(self, count: int, workdir: Path) -> None:
+    With `link_local`, the boxes get only IPv4 link-local addresses (169.254.N.i/16), as on a bare
+    switch with no DHCP server, and the test process stays off the bridge: a 169.254.0.0/16 route in
+    the machine's own namespace would catch its link-local traffic (a cloud's metadata service).
+    Clients then run inside a box's namespace (`Box.run_python`)."""
+
+    def __init__(self, count: int, workdir: Path, link_local: bool = False) -> None:
         tag = uuid.uuid4().hex[:5]
         self.hub = f"pz{tag}h"
         self.subnet = f"10.{200 + int(tag[:2], 16) % 50}.{int(tag[2:4], 16)}"
+        if link_local:  # 169.254.0.x and 169.254.255.x are reserved (RFC 3927)
+            self.subnet = f"169.254.{1 + int(tag[:2], 16) % 254}"
         self.boxes: list[Box] = []
         _ip("netns", "add", self.hub)
         try:
@@ -146,11 +186,13 @@ class Bridge:
                 _ip("-n", self.hub, "link", "set", veth, "master", "br0")
                 _ip("-n", self.hub, "link", "set", veth, "up")
                 _ip("-n", ns, "link", "set", "lo", "up")
-                _ip("-n", ns, "addr", "add", f"{self.subnet}.{i}/24", "dev", "eth0")
+                _ip("-n", ns, "addr", "add", f"{self.subnet}.{i}/{16 if link_local else 24}", "dev", "eth0")
                 _ip("-n", ns, "link", "set", "eth0", "up")
                 box_dir = workdir / f"box{i}"
                 box_dir.mkdir(parents=True, exist_ok=True)
                 self.boxes.append(Box(i, ns, f"{self.subnet}.{i}", veth, box_dir))
+            if link_local:
+                return
             # The test process itself joins the bridge, so it can act as a client on the field network.
             self.root_veth = f"vpz{tag}r"
             _ip("link", "add", self.root_veth, "type", "veth", "peer", "name", f"vpz{tag}q", "netns", self.hub)
@@ -161,6 +203,17 @@ class Bridge:
         except BaseException:
             self.close()
             raise
+
+    def join(self, box: Box, ifname: str, address: str, prefix: int) -> None:
+        """Plug a box of another bridge into this one too, through a second interface: a box with
+        Wi-Fi and a cable. Deleting this bridge's hub unplugs it again."""
+        veth = f"{self.hub[:-1]}j{box.index}"
+        _ip("link", "add", veth, "type", "veth", "peer", "name", ifname, "netns", box.ns)
+        _ip("link", "set", veth, "netns", self.hub)
+        _ip("-n", self.hub, "link", "set", veth, "master", "br0")
+        _ip("-n", self.hub, "link", "set", veth, "up")
+        _ip("-n", box.ns, "addr", "add", f"{address}/{prefix}", "dev", ifname)
+        _ip("-n", box.ns, "link", "set", ifname, "up")
 
     def close(self) -> None:
         for box in self.boxes:

@@ -46,14 +46,13 @@ class Membership:
         self.peers: dict[str, Peer] = {}
 
     def sighted(self, peer_id: str, address: str, port: int, name: str = "") -> Peer | None:
-        """mDNS says a box exists here; it is not alive until it answers a heartbeat."""
+        """mDNS says a box exists here; it is not alive until it answers a heartbeat. A live box
+        announced at a new address is followed there at once: its old address may be gone (DHCP
+        replaced its link-local one), and if both boxes moved no heartbeat would ever arrive."""
         if peer_id == self.self_id or not peer_id:
             return None
-        peer = self.peers.get(peer_id)
-        if peer is None:
-            peer = self.peers[peer_id] = Peer(id=peer_id, address=address, port=port, name=name)
-        elif not peer.alive(boottime()):
-            peer.address, peer.port = address, port
+        peer = self.peers.setdefault(peer_id, Peer(id=peer_id, address=address, port=port, name=name))
+        peer.address, peer.port = address, port
         return peer
 
     def heard(self, payload: dict[str, Any], address: str) -> Peer | None:
