@@ -236,9 +236,7 @@ class EarlyForward:
                 return
             log.info("Task %s: sending %s on while it arrived did not work (%s); sending it whole",
                      self.forwarder.task.uuid[:8], name, exc)
-            while not (growth.done or growth.failed):
-                await growth.wait()
-            if growth.done:
+            if await growth.ended():
                 await self._send(partial.with_name(name))
 
     async def _send(self, path: Path) -> None:

@@ -114,9 +114,7 @@ class NodeClient:
     async def task_upload_growing(self, uuid: str, partial: Path, name: str, growth: Growth) -> None:
         """One file that is still arriving on this box, sent on as it arrives (over https: once it is whole)."""
         if not self.base_url.startswith("http://"):
-            while not (growth.done or growth.failed):
-                await growth.wait()
-            if growth.failed:
+            if not await growth.ended():
                 raise NodeUnreachable(f"the upload of {name} to this box broke; nothing was sent")
             await self.task_upload(uuid, [partial.with_name(name)])
             return

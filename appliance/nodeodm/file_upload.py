@@ -140,7 +140,7 @@ async def post_growing_file(url: str, path: Path, name: str, growth: Growth, fie
                     break
                 else:
                     async with asyncio.timeout(ARRIVAL_IDLE_SECONDS):
-                        await growth.wait()
+                        await growth.wait(until=sent + MIN_CHUNK_BYTES)
         writer.write(_chunk(epilogue) + b"0\r\n\r\n")
         async with asyncio.timeout(SLACK_SECONDS):
             await writer.drain()
