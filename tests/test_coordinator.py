@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import time
 
@@ -145,3 +147,23 @@ def test_ui_overview_renders(simnode_factory, passel_factory):
     page = requests.get(api.url + "/", timeout=5)
     assert page.status_code == 200 and "<h2 id=\"nodes-h\">Nodes</h2>" in page.text and node.url in page.text
     assert requests.get(api.url + "/static/passel.css", timeout=5).status_code == 200
+
+
+
+async def test_one_node_added_many_times_at_once_is_one_node(tmp_path):
+    """mDNS and a technician (or two sightings) may add the same node at the same moment."""
+    import aiohttp
+
+    from appliance.cluster.registry import NodeRegistry
+    from appliance.role import Role
+    from appliance.store.database import Store
+    from tests.support import StubElection
+    store = Store(tmp_path / "db.sqlite3")
+    await store.open()
+    async with aiohttp.ClientSession() as session:
+        role = Role("me")
+        role.attach(StubElection(is_coordinator=False))  # a follower: no polling in the way
+        registry = NodeRegistry(store, session, 1.0, role)
+        states = await asyncio.gather(*(registry.add("http://127.0.0.1:9") for _ in range(8)))
+        assert len({s.id for s in states}) == 1 and len(registry.nodes) == 1
+    await store.close()

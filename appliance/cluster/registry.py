@@ -108,6 +108,7 @@ class NodeRegistry:
         self.nodes: dict[int, NodeState] = {}
         self.on_change: list[Callable[[], None]] = []
         self.role = role  # only the coordinator polls
+        self._adding = asyncio.Lock()  # two adds of one URL at once (mDNS and a hand) would insert it twice
 
     async def load(self) -> None:
         for row in await self.store.load(Node):
@@ -133,6 +134,10 @@ class NodeRegistry:
 
     async def add(self, url: str, source: str = "manual", label: str = "") -> NodeState:
         """Add a node, or return it unchanged when its URL is already known."""
+        async with self._adding:
+            return await self._add(url, source, label)
+
+    async def _add(self, url: str, source: str, label: str) -> NodeState:
         base, token = split_node_url(url)
         for state in self.nodes.values():
             if state.row.url == base:
