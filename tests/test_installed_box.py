@@ -41,6 +41,7 @@ def box(tmp_path: Path, netns_required: None) -> Path:
 def _in_the_box(box: Path, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     prologue = textwrap.dedent(f"""\
         set -euo pipefail
+        trap 'kill $(jobs -p) 2>/dev/null || true' EXIT  # no agent outlives the test, whatever fails
         mount -t overlay overlay -o lowerdir=/etc,upperdir={box}/etc-up,workdir={box}/etc-work /etc
         mount -t overlay overlay -o lowerdir=/var/lib,upperdir={box}/lib-up,workdir={box}/lib-work /var/lib
         ip link set lo up
