@@ -191,9 +191,12 @@ def every_field_reaches_the_real_node(bridge, leader: str, tmp_path: Path) -> No
             assert requests.post(f"{entry.api}/-/nodes/{node['id']}/lock", timeout=10).json()["locked"] is True
     options = [{"name": "pc-quality", "value": "low"}, {"name": "orthophoto-resolution", "value": 2.5}]
     outputs = ["odm_orthophoto/odm_orthophoto.png", "odm_georeferencing"]
+    # A client's own creation time, a minute ago: NodeODM deletes a task whose dateCreated is older than
+    # its cleanup age (2 days) at its next sweep, which may come right after the task completes.
+    created = int(time.time() * 1000) - 60_000
     with webhook_catcher(f"{bridge.subnet}.254") as (hook, calls):
         fields = {"name": "field 7, north block", "options": json.dumps(options), "outputs": json.dumps(outputs),
-                  "skipPostProcessing": "true", "webhook": hook, "dateCreated": "1700000000123"}
+                  "skipPostProcessing": "true", "webhook": hook, "dateCreated": str(created)}
         uuid = requests.post(entry.api + "/task/new/init", files={k: (None, v) for k, v in fields.items()},
                              timeout=30).json()["uuid"]
         for i in range(3):
@@ -204,7 +207,7 @@ def every_field_reaches_the_real_node(bridge, leader: str, tmp_path: Path) -> No
                           ["status"]["code"] in (30, 40, 50) and i, 60, "the task on the real node to finish")
         assert info["status"]["code"] == 40, info
         wait_until(lambda: any(c.get("uuid") == uuid for c in calls), 30, "the node to call the client's webhook")
-    assert (info["name"], info["dateCreated"], info["imagesCount"]) == (fields["name"], 1700000000123, 3)
+    assert (info["name"], info["dateCreated"], info["imagesCount"]) == (fields["name"], created, 3)
     assert requests.get(f"{entry.api}/-/tasks/{uuid}", timeout=5).json()["node_url"] == real_url
     # The entry kept the images and sent them straight to the node; none went through the coordinator.
     leader_box = next(box for box in bridge.boxes if view(box)["self"]["id"] == leader)
@@ -212,6 +215,7 @@ def every_field_reaches_the_real_node(bridge, leader: str, tmp_path: Path) -> No
         f"IMG_{i}.JPG" for i in range(3)]
     assert not (leader_box.workdir / "state" / "staging" / uuid).exists()
     zipped = requests.get(f"{entry.api}/task/{uuid}/download/all.zip", timeout=30)
+    assert zipped.headers.get("Content-Type", "").startswith("application/zip"), (zipped.status_code, zipped.text[:300])
     names = [n for n in zipfile.ZipFile(io.BytesIO(zipped.content)).namelist() if not n.endswith("/")]
     assert "odm_orthophoto/odm_orthophoto.png" in names and any(n.startswith("odm_georeferencing/") for n in names)
     assert all(n == outputs[0] or n.startswith(outputs[1] + "/") for n in names), names
@@ -224,7 +228,7 @@ def every_field_reaches_the_real_node(bridge, leader: str, tmp_path: Path) -> No
     real_box.realnode.wait_ready()
     assert {k: stored[k] for k in ("name", "options", "webhook", "skipPostProcessing", "outputs", "dateCreated")} == {
         "name": fields["name"], "options": options, "webhook": hook, "skipPostProcessing": True,
-        "outputs": outputs, "dateCreated": 1700000000123}
+        "outputs": outputs, "dateCreated": created}
 
 
 def test_images_kept_by_a_box_that_dies_are_answered_not_found_at_once(passel3, tmp_path):

@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from appliance.cluster.registry import NodeState
 from appliance.cluster.staging import Staging, is_image
@@ -105,12 +105,12 @@ class Forwarder:
             await self._upload(path)
         self._confirm(path.name)
 
-    async def stream_file(self, partial: Path, name: str, growth: Growth) -> None:
+    async def stream_file(self, handle: BinaryIO, path: Path, growth: Growth) -> None:
         """A file still arriving from the client, sent on as it arrives: tried once, as its bytes cannot
         be asked for again (EarlyForward sends it whole when this fails). Not bound by the slots: the
         client's own parallel uploads already bound it."""
-        await self.node.client.task_upload_growing(self.task.uuid, partial, name, growth)
-        self._confirm(name)
+        await self.node.client.task_upload_growing(self.task.uuid, handle, path, growth)
+        self._confirm(path.name)
 
     def _confirm(self, name: str) -> None:
         self._confirmed.add(name)
@@ -214,10 +214,18 @@ class EarlyForward:
         task.add_done_callback(self._jobs.discard)
 
     def stream(self, partial: Path, name: str, growth: Growth) -> None:
-        """A file starts arriving (uploads.OnFile): send it on as its bytes reach the disk."""
-        if self._room_for(name):
-            self._streamed.add(name)
-            self._start(self._stream(partial, name, growth))
+        """A file starts arriving (uploads.OnFile): send it on as its bytes reach the disk. It is opened
+        now, while it exists under its partial name: a small file may be whole and renamed before the
+        send begins."""
+        if not self._room_for(name):
+            return
+        try:
+            handle = open(partial, "rb")
+        except OSError:  # gone already (the body broke): push sends whatever does arrive
+            self._images -= is_image(name)
+            return
+        self._streamed.add(name)
+        self._start(self._stream(handle, partial.with_name(name), growth))
 
     def push(self, paths: list[Path]) -> None:
         """Files now staged whole: those not already streamed go on."""
@@ -225,19 +233,21 @@ class EarlyForward:
             if path.name not in self._streamed and self._room_for(path.name):
                 self._start(self._send(path))
 
-    async def _stream(self, partial: Path, name: str, growth: Growth) -> None:
+    async def _stream(self, handle: BinaryIO, path: Path, growth: Growth) -> None:
         try:
             await self.forwarder.ensure_init()
-            await self.forwarder.stream_file(partial, name, growth)
+            await self.forwarder.stream_file(handle, path, growth)
         except Exception as exc:
             if growth.failed:  # the client's upload broke: the file is gone here too, and comes again
-                self._streamed.discard(name)
-                self._images -= is_image(name)
+                self._streamed.discard(path.name)
+                self._images -= is_image(path.name)
                 return
             log.info("Task %s: sending %s on while it arrived did not work (%s); sending it whole",
-                     self.forwarder.task.uuid[:8], name, exc)
+                     self.forwarder.task.uuid[:8], path.name, exc)
             if await growth.ended():
-                await self._send(partial.with_name(name))
+                await self._send(path)
+        finally:
+            handle.close()
 
     async def _send(self, path: Path) -> None:
         if self.error is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -111,14 +111,16 @@ class NodeClient:
                 for handle in handles:
                     handle.close()
 
-    async def task_upload_growing(self, uuid: str, partial: Path, name: str, growth: Growth) -> None:
-        """One file that is still arriving on this box, sent on as it arrives (over https: once it is whole)."""
+    async def task_upload_growing(self, uuid: str, handle: BinaryIO, path: Path, growth: Growth) -> None:
+        """One file that is still arriving on this box at `path` (`handle` opened when it started), sent
+        on as it arrives; over https, once it is whole."""
         if not self.base_url.startswith("http://"):
             if not await growth.ended():
-                raise NodeUnreachable(f"the upload of {name} to this box broke; nothing was sent")
-            await self.task_upload(uuid, [partial.with_name(name)])
+                raise NodeUnreachable(f"the upload of {path.name} to this box broke; nothing was sent")
+            await self.task_upload(uuid, [path])
             return
-        await self._upload_with_sendfile(uuid, name, lambda url: post_growing_file(url, partial, name, growth))
+        await self._upload_with_sendfile(uuid, path.name,
+                                         lambda url: post_growing_file(url, handle, path.name, growth))
 
     async def _upload_with_sendfile(self, uuid: str, name: str,
                                     send: Callable[[str], Awaitable[tuple[int, Any]]]) -> None:

@@ -16,7 +16,7 @@ import json
 import os
 import uuid as uuidlib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from appliance.nodeodm.growth import Growth
@@ -100,10 +100,12 @@ async def post_file(url: str, path: Path, field: str = "images") -> tuple[int, A
     return parse_reply(raw)
 
 
-async def post_growing_file(url: str, path: Path, name: str, growth: Growth, field: str = "images") -> tuple[int, Any]:
-    """POST a file that is still arriving as a one-file multipart body, in HTTP chunks sent with
-    sendfile as its bytes reach the disk; the body ends once the whole file was kept (`growth.done`).
-    An arrival that breaks (`growth.failed`) aborts the request, so the node keeps nothing of it."""
+async def post_growing_file(url: str, handle: BinaryIO, name: str, growth: Growth,
+                            field: str = "images") -> tuple[int, Any]:
+    """POST a file that is still arriving (`handle`, opened when it started, so its renaming once whole
+    does not matter) as a one-file multipart body, in HTTP chunks sent with sendfile as its bytes reach
+    the disk; the body ends once the whole file was kept (`growth.done`). An arrival that breaks
+    (`growth.failed`) aborts the request, so the node keeps nothing of it."""
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"sendfile uploads need a plain http URL, not {url!r}")
@@ -125,22 +127,21 @@ async def post_growing_file(url: str, path: Path, name: str, growth: Growth, fie
     sent = 0
     try:
         writer.write(head + _chunk(preamble))
-        with open(path, "rb") as handle:
-            while True:
-                if growth.failed:
-                    raise UploadFailed(f"the upload of {name} to this box broke; it is sent again when it arrives")
-                ready = growth.written - sent
-                if ready >= MIN_CHUNK_BYTES or (growth.done and ready > 0):
-                    writer.write(f"{ready:x}\r\n".encode())
-                    async with asyncio.timeout(ready / MIN_BYTES_PER_SECOND + SLACK_SECONDS):
-                        await loop.sendfile(writer.transport, handle, sent, ready)
-                    writer.write(b"\r\n")
-                    sent += ready
-                elif growth.done:
-                    break
-                else:
-                    async with asyncio.timeout(ARRIVAL_IDLE_SECONDS):
-                        await growth.wait(until=sent + MIN_CHUNK_BYTES)
+        while True:
+            if growth.failed:
+                raise UploadFailed(f"the upload of {name} to this box broke; it is sent again when it arrives")
+            ready = growth.written - sent
+            if ready >= MIN_CHUNK_BYTES or (growth.done and ready > 0):
+                writer.write(f"{ready:x}\r\n".encode())
+                async with asyncio.timeout(ready / MIN_BYTES_PER_SECOND + SLACK_SECONDS):
+                    await loop.sendfile(writer.transport, handle, sent, ready)
+                writer.write(b"\r\n")
+                sent += ready
+            elif growth.done:
+                break
+            else:
+                async with asyncio.timeout(ARRIVAL_IDLE_SECONDS):
+                    await growth.wait(until=sent + MIN_CHUNK_BYTES)
         writer.write(_chunk(epilogue) + b"0\r\n\r\n")
         async with asyncio.timeout(SLACK_SECONDS):
             await writer.drain()
