@@ -167,3 +167,32 @@ async def test_one_node_added_many_times_at_once_is_one_node(tmp_path):
         states = await asyncio.gather(*(registry.add("http://127.0.0.1:9") for _ in range(8)))
         assert len({s.id for s in states}) == 1 and len(registry.nodes) == 1
     await store.close()
+
+
+async def test_a_boxs_node_at_a_new_address_is_the_same_node(tmp_path):
+    """DHCP arriving after link-local moves a box: its node keeps its row (and the tasks on it)."""
+    import aiohttp
+
+    from appliance.cluster.registry import NodeRegistry
+    from appliance.role import Role
+    from appliance.store.database import Store
+    from tests.support import StubElection
+    store = Store(tmp_path / "db.sqlite3")
+    await store.open()
+    async with aiohttp.ClientSession() as session:
+        role = Role("me")
+        role.attach(StubElection(is_coordinator=False))
+        registry = NodeRegistry(store, session, 1.0, role)
+        first = await registry.ensure("http://169.254.7.1:3001", source="mdns", box="box-a")
+        moved = await registry.ensure("http://10.0.0.7:3001", source="mdns", box="box-a")
+        assert moved.id == first.id and moved.row.url == "http://10.0.0.7:3001" and len(registry.nodes) == 1
+        other_port = await registry.ensure("http://10.0.0.7:3002", source="mdns", box="box-a")
+        other_box = await registry.ensure("http://10.0.0.8:3001", source="mdns", box="box-b")
+        assert len({first.id, other_port.id, other_box.id}) == 3
+    reopened = Store(tmp_path / "db.sqlite3")  # the move is on disk, for the next coordinator
+    await store.close()
+    await reopened.open()
+    from appliance.store.models import Node
+    assert sorted(n.url for n in await reopened.load(Node)) == [
+        "http://10.0.0.7:3001", "http://10.0.0.7:3002", "http://10.0.0.8:3001"]
+    await reopened.close()

@@ -236,13 +236,32 @@ class NodeRegistry:
 
     async def ensure(self, url: str, source: str = "handover", agent_url: str = "", box: str = "") -> NodeState:
         """A node by URL, added when unknown (handed-over tasks and mDNS bring nodes this box never saw);
-        `agent_url` and `box` say which box shares it, when known."""
-        state = await self.add(url, source=source)
+        `agent_url` and `box` say which box shares it, when known. A box's node announced at a new
+        address (DHCP arrived after link-local, or the box moved networks) is the same node: its row
+        moves, so the tasks on it are not taken for lost."""
+        state = (await self._moved(url, box) if box else None) or await self.add(url, source=source)
         if (agent_url and state.row.agent_url != agent_url) or (box and state.row.box != box):
             state.row.agent_url = agent_url or state.row.agent_url
             state.row.box = box or state.row.box
             await self.store.save(state.row)
         return state
+
+    async def _moved(self, url: str, box: str) -> NodeState | None:
+        base, _ = split_node_url(url)
+        if self.find_url(base) is not None:
+            return None
+        port = urlsplit(base).port
+        for state in self.nodes.values():
+            old = state.row.url
+            if state.row.box == box and urlsplit(old).port == port and urlsplit(old).path == urlsplit(base).path:
+                state.row.url = base
+                state.client = NodeClient(self.session, base, state.row.token or None)
+                await self.store.save(state.row)
+                await self.store.record("node-moved", f"Node {old} is now at {base} (its box's address changed)",
+                                        node_id=state.id)
+                self._changed()
+                return state
+        return None
 
     def near(self, box: str) -> frozenset[int]:
         """The nodes on `box`, which get its staged files without crossing the network; on this box
