@@ -20,6 +20,7 @@ def test_the_demo_runs_its_job_without_a_traceback() -> None:
     assert result.returncode == 0, out
     assert f"Open http://127.0.0.1:{port}/ in a browser" in out
     assert "Nodes: small-laptop http://127.0.0.1:" in out and ", workstation http://" in out
+    assert "Node workstation (http://127.0.0.1:" in out  # the log names the nodes too
     assert "Sample job finished: 6 of 6 submodels completed" in out
     assert "Traceback" not in out
     assert not [line for line in out.splitlines() if " ERROR " in line or line.startswith("ERROR")], out

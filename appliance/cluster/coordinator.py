@@ -260,7 +260,7 @@ class Coordinator:
             advance(task, Step.DELIVERED)
             task.last_error = ""
             await self.book.save(task)
-            await self.store.record("dispatched", f"Task {task.uuid} is now on node {node.row.url}",
+            await self.store.record("dispatched", f"Task {task.uuid} is now on node {node.name}",
                                     task_uuid=task.uuid, node_id=node.id)
             return
         self.dispatcher.requeue(task)
@@ -273,7 +273,7 @@ class Coordinator:
         advance(task, Step.FOUND_FINISHED if finished else Step.FOUND_RUNNING)
         task.finished_at = task.finished_at if finished else None
         await self.book.save(task)
-        await self.store.record("found", f"Task {task.uuid} was given up for lost, but {node.row.url} still has it",
+        await self.store.record("found", f"Task {task.uuid} was given up for lost, but {node.name} still has it",
                                 task_uuid=task.uuid, node_id=node.id)
         self.dispatcher.wake()
 
@@ -294,7 +294,7 @@ class Coordinator:
             return  # a live straggler copy, not a stale one
         await tell_node(node, "cancel", task)
         await tell_node(node, "remove", task)
-        await self.store.record("duplicate-removed", f"Removed a stale copy of task {task.uuid} from {node.row.url}",
+        await self.store.record("duplicate-removed", f"Removed a stale copy of task {task.uuid} from {node.name}",
                                 task_uuid=task.uuid, node_id=node.id)
 
 

@@ -263,7 +263,7 @@ class Dispatcher:
         await self.book.save(task)
         self._avoid.pop(task.uuid, None)
         self._pinned.pop(task.uuid, None)
-        await self.store.record("dispatched", f"Task {task.uuid} is now on node {node.row.url}",
+        await self.store.record("dispatched", f"Task {task.uuid} is now on node {node.name}",
                                 task_uuid=task.uuid, node_id=node.id)
 
     async def _send_from(self, box: str, task: Task, node: NodeState) -> None:
@@ -292,7 +292,7 @@ class Dispatcher:
             return
         self.requeue(task)
         await self.book.save(task)
-        await self.store.record("send-failed", f"Task {task.uuid} could not be sent to {node.row.url} ({exc}); "
+        await self.store.record("send-failed", f"Task {task.uuid} could not be sent to {node.name} ({exc}); "
                                 "trying again", task_uuid=task.uuid, node_id=node.id)
         self.wake()
 

@@ -200,7 +200,7 @@ class Intake:
     def _describe(self, task: Task) -> str:
         node = self.registry.get(task.node_id)
         if task.phase == Phase.FORWARDING and node is not None:
-            return f"sending to {node.row.url}"
+            return f"sending to {node.name}"
         if task.status == TaskStatus.RUNNING:
             return "waiting for a faster node (ODM is shown RUNNING)"
         return "waiting for a free node (QUEUED)"

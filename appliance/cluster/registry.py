@@ -48,6 +48,12 @@ class NodeState:
     last_answer: float = field(default_factory=boottime)  # boottime of the last answered poll
     calibration: float = 1.0  # the fleet's learned/prior ratio for its engine, kept by the registry
 
+    @property
+    def name(self) -> str:
+        """How logs and events name the node: its label (the demo's "workstation", a technician's
+        `#name`) with its address, or the address alone."""
+        return f"{self.row.label} ({self.row.url})" if self.row.label else self.row.url
+
     def silent_for(self) -> float:
         """Seconds since the node last answered, while it is not answering (0 when it answers)."""
         return boottime() - self.last_answer if self.misses else 0.0
@@ -149,7 +155,7 @@ class NodeRegistry:
         row = await self.store.add_node(Node(url=base, token=token or "", source=source, label=label))
         state = self._state(row)
         self.nodes[row.id] = state
-        await self.store.record("node-added", f"Node {base} added ({source})", node_id=row.id)
+        await self.store.record("node-added", f"Node {state.name} added ({source})", node_id=row.id)
         if self.role.coordinating:
             await self.poll_one(state)
         return state
@@ -158,7 +164,7 @@ class NodeRegistry:
         state = self.find(ref)
         del self.nodes[state.id]
         await self.store.delete(Node, state.id)
-        await self.store.record("node-removed", f"Node {state.row.url} removed", node_id=state.id)
+        await self.store.record("node-removed", f"Node {state.name} removed", node_id=state.id)
         self._changed()
         return state
 
@@ -167,7 +173,7 @@ class NodeRegistry:
         state.row.locked = locked
         await self.store.save(state.row)
         verb = "locked: it gets no new tasks" if locked else "unlocked: it takes new tasks again"
-        await self.store.record("node-locked" if locked else "node-unlocked", f"Node {state.row.url} {verb}", node_id=state.id)
+        await self.store.record("node-locked" if locked else "node-unlocked", f"Node {state.name} {verb}", node_id=state.id)
         self._changed()
         return state
 
@@ -212,7 +218,7 @@ class NodeRegistry:
             state.last_error = str(exc)
             if state.online and state.misses >= MISSES_BEFORE_OFFLINE:
                 state.online = False
-                await self.store.record("node-offline", f"Node {state.row.url} is not answering: {exc}", node_id=state.id)
+                await self.store.record("node-offline", f"Node {state.name} is not answering: {exc}", node_id=state.id)
                 self._changed()
             return
         state.info, state.misses, state.last_error, state.last_answer = info, 0, "", boottime()
@@ -221,7 +227,7 @@ class NodeRegistry:
         state.online = True
         await self.store.save(state.row)
         if not was_online:
-            await self.store.record("node-online", f"Node {state.row.url} is online "
+            await self.store.record("node-online", f"Node {state.name} is online "
                                     f"({info.get('maxParallelTasks')} slots, {info.get('cpuCores')} cores)", node_id=state.id)
         self._changed()
 

@@ -196,7 +196,7 @@ class Stragglers:
         note = f"Passel: a copy on {node.row.url} finished before the run on {where}, which was canceled"
         c.info_cache.end_run(task, note)  # what clients saw of the original stays; the copy's lines follow
         await c.observe(task, node, info, tail=True)
-        await c.store.record("copy-won", f"Task {uuid}: the copy on {node.row.url} finished first; "
+        await c.store.record("copy-won", f"Task {uuid}: the copy on {node.name} finished first; "
                              f"the run on {where} is canceled", task_uuid=uuid, node_id=node.id)
         if original is not None:
             await _remove(original, uuid)
@@ -283,7 +283,7 @@ class Stragglers:
             log.info("Task %s: the copy could not be sent to %s: %s", uuid[:8], forwarder.node.row.url, exc)
             return
         copy.committed = True
-        await self.c.store.record("copy-started", f"Task {uuid}: a copy runs on {forwarder.node.row.url}, where it is "
+        await self.c.store.record("copy-started", f"Task {uuid}: a copy runs on {forwarder.node.name}, where it is "
                                   "expected to finish sooner; the first to finish wins", task_uuid=uuid,
                                   node_id=forwarder.node.id)
 
