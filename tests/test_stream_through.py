@@ -56,11 +56,17 @@ def _partials(node_dir: Path) -> list[Path]:
     return [p for p in node_dir.rglob("*.part") if p.stat().st_size > 0]
 
 
-def test_the_node_holds_part_of_a_file_before_the_client_sends_the_rest(simnode_factory, passel_factory, tmp_path):
-    node_dir = tmp_path / "node"
-    node = simnode_factory(data_dir=node_dir)
+def _passel_and_node(simnode_factory, passel_factory, node_dir: Path) -> tuple[Api, Api]:
+    """A passel in front of one simulated node whose files land in `node_dir`, the node online."""
+    node = Api(simnode_factory(data_dir=node_dir))
     api = Api(passel_factory([node.url]))
     wait_for(lambda: jcall(api, "GET", "/info")["maxParallelTasks"] >= 1, what="the node online")
+    return api, node
+
+
+def test_the_node_holds_part_of_a_file_before_the_client_sends_the_rest(simnode_factory, passel_factory, tmp_path):
+    node_dir = tmp_path / "node"
+    api, node = _passel_and_node(simnode_factory, passel_factory, node_dir)
     uuid = init_task(api, name="streamed")
     reply, overlapped = _paused_upload(f"{api.url}/task/new/upload/{uuid}", "IMG_0.JPG", _image(1),
                                        lambda: bool(_partials(node_dir)))
@@ -68,7 +74,7 @@ def test_the_node_holds_part_of_a_file_before_the_client_sends_the_rest(simnode_
     assert overlapped, "the node received nothing of the file until the client had sent all of it"
     assert jcall(api, "POST", f"/task/new/commit/{uuid}") == {"uuid": uuid}
     wait_for(lambda: status_of(api, uuid) == 40, what="COMPLETED")
-    info = jcall(Api(node), "GET", f"/task/{uuid}/info")
+    info = jcall(node, "GET", f"/task/{uuid}/info")
     assert info["imagesCount"] == 1
     # The staged copy stays on the box that took the upload, whole: it is what a re-dispatch sends.
     staged = next((tmp_path / "passel0" / "staging").rglob("IMG_0.JPG"), None)
@@ -77,9 +83,7 @@ def test_the_node_holds_part_of_a_file_before_the_client_sends_the_rest(simnode_
 
 def test_a_broken_upload_leaves_nothing_on_the_node_and_is_sent_again(simnode_factory, passel_factory, tmp_path):
     node_dir = tmp_path / "node"
-    node = simnode_factory(data_dir=node_dir)
-    api = Api(passel_factory([node.url]))
-    wait_for(lambda: jcall(api, "GET", "/info")["maxParallelTasks"] >= 1, what="the node online")
+    api, node = _passel_and_node(simnode_factory, passel_factory, node_dir)
     uuid = init_task(api, name="broken")
     reply, overlapped = _paused_upload(f"{api.url}/task/new/upload/{uuid}", "IMG_0.JPG", _image(2),
                                        lambda: bool(_partials(node_dir)), break_at_pause=True)
@@ -90,7 +94,7 @@ def test_a_broken_upload_leaves_nothing_on_the_node_and_is_sent_again(simnode_fa
     assert again is not None and again.json() == {"success": True}
     assert jcall(api, "POST", f"/task/new/commit/{uuid}") == {"uuid": uuid}
     wait_for(lambda: status_of(api, uuid) == 40, what="COMPLETED")
-    assert jcall(Api(node), "GET", f"/task/{uuid}/info")["imagesCount"] == 1  # once: no IMG_0_.JPG
+    assert jcall(node, "GET", f"/task/{uuid}/info")["imagesCount"] == 1  # once: no IMG_0_.JPG
 
 
 def test_the_real_nodeodm_takes_a_file_sent_on_while_it_arrives(realnode_factory, passel_factory, tmp_path):

@@ -256,10 +256,10 @@ class NodeRegistry:
         base, _ = split_node_url(url)
         if self.find_url(base) is not None:
             return None
-        port = urlsplit(base).port
+        new = urlsplit(base)
         for state in self.nodes.values():
             old = state.row.url
-            if state.row.box == box and urlsplit(old).port == port and urlsplit(old).path == urlsplit(base).path:
+            if state.row.box == box and (urlsplit(old).port, urlsplit(old).path) == (new.port, new.path):
                 state.row.url = base
                 state.client = NodeClient(self.session, base, state.row.token or None)
                 await self.store.save(state.row)

@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import uuid as uuidlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -65,36 +66,61 @@ def parse_reply(raw: bytes) -> tuple[int, Any]:
         return status, None
 
 
-async def post_file(url: str, path: Path, field: str = "images") -> tuple[int, Any]:
-    """POST `path` as a one-file multipart body to `url` (http only); returns (status, JSON body)."""
+@dataclass(frozen=True)
+class _OneFileRequest:
+    """The bytes around one file's multipart body, for a node at `host:port`."""
+
+    host: str
+    port: int
+    head: bytes
+    preamble: bytes
+    epilogue: bytes
+
+    def failed(self, name: str, exc: BaseException) -> UploadFailed:
+        return UploadFailed(f"upload of {name} to {self.host}:{self.port} failed: {exc or 'timeout'}")
+
+
+def _one_file_request(url: str, name: str, field: str, size: int | None) -> _OneFileRequest:
+    """The request for one file: with its Content-Length when `size` is known, else chunked."""
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"sendfile uploads need a plain http URL, not {url!r}")
-    host, port = parts.hostname, parts.port or 80
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    size = os.path.getsize(path)
     boundary = uuidlib.uuid4().hex
     preamble = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
-                f"filename=\"{_quote(path.name)}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+                f"filename=\"{_quote(name)}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
     epilogue = f"\r\n--{boundary}--\r\n".encode()
+    length = (f"Content-Length: {len(preamble) + size + len(epilogue)}" if size is not None
+              else "Transfer-Encoding: chunked")
     head = (f"POST {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
             f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-            f"Content-Length: {len(preamble) + size + len(epilogue)}\r\nConnection: close\r\n\r\n").encode()
+            f"{length}\r\nConnection: close\r\n\r\n").encode()
+    return _OneFileRequest(parts.hostname, parts.port or 80, head, preamble, epilogue)
+
+
+async def _connect(request: _OneFileRequest) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
         async with asyncio.timeout(CONNECT_SECONDS):
-            reader, writer = await asyncio.open_connection(host, port)
+            return await asyncio.open_connection(request.host, request.port)
     except (OSError, TimeoutError) as exc:
-        raise UploadFailed(f"cannot connect to {host}:{port}: {exc or 'timeout'}") from None
+        raise UploadFailed(f"cannot connect to {request.host}:{request.port}: {exc or 'timeout'}") from None
+
+
+async def post_file(url: str, path: Path, field: str = "images") -> tuple[int, Any]:
+    """POST `path` as a one-file multipart body to `url` (http only); returns (status, JSON body)."""
+    size = os.path.getsize(path)
+    request = _one_file_request(url, path.name, field, size)
+    reader, writer = await _connect(request)
     try:
         async with asyncio.timeout(size / MIN_BYTES_PER_SECOND + SLACK_SECONDS):
-            writer.write(head + preamble)
+            writer.write(request.head + request.preamble)
             with open(path, "rb") as handle:
                 await asyncio.get_running_loop().sendfile(writer.transport, handle)
-            writer.write(epilogue)
+            writer.write(request.epilogue)
             await writer.drain()
             raw = await reader.read()
     except (OSError, TimeoutError) as exc:
-        raise UploadFailed(f"upload of {path.name} to {host}:{port} failed: {exc or 'timeout'}") from None
+        raise request.failed(path.name, exc) from None
     finally:
         writer.close()
     return parse_reply(raw)
@@ -106,27 +132,12 @@ async def post_growing_file(url: str, handle: BinaryIO, name: str, growth: Growt
     does not matter) as a one-file multipart body, in HTTP chunks sent with sendfile as its bytes reach
     the disk; the body ends once the whole file was kept (`growth.done`). An arrival that breaks
     (`growth.failed`) aborts the request, so the node keeps nothing of it."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"sendfile uploads need a plain http URL, not {url!r}")
-    host, port = parts.hostname, parts.port or 80
-    target = parts.path + (f"?{parts.query}" if parts.query else "")
-    boundary = uuidlib.uuid4().hex
-    preamble = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
-                f"filename=\"{_quote(name)}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
-    epilogue = f"\r\n--{boundary}--\r\n".encode()
-    head = (f"POST {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
-    try:
-        async with asyncio.timeout(CONNECT_SECONDS):
-            reader, writer = await asyncio.open_connection(host, port)
-    except (OSError, TimeoutError) as exc:
-        raise UploadFailed(f"cannot connect to {host}:{port}: {exc or 'timeout'}") from None
+    request = _one_file_request(url, name, field, None)
+    reader, writer = await _connect(request)
     loop = asyncio.get_running_loop()
     sent = 0
     try:
-        writer.write(head + _chunk(preamble))
+        writer.write(request.head + _chunk(request.preamble))
         while True:
             if growth.failed:
                 raise UploadFailed(f"the upload of {name} to this box broke; it is sent again when it arrives")
@@ -142,12 +153,12 @@ async def post_growing_file(url: str, handle: BinaryIO, name: str, growth: Growt
             else:
                 async with asyncio.timeout(ARRIVAL_IDLE_SECONDS):
                     await growth.wait(until=sent + MIN_CHUNK_BYTES)
-        writer.write(_chunk(epilogue) + b"0\r\n\r\n")
+        writer.write(_chunk(request.epilogue) + b"0\r\n\r\n")
         async with asyncio.timeout(SLACK_SECONDS):
             await writer.drain()
             raw = await reader.read()
     except (OSError, TimeoutError) as exc:
-        raise UploadFailed(f"upload of {name} to {host}:{port} failed: {exc or 'timeout'}") from None
+        raise request.failed(name, exc) from None
     finally:
         writer.close()
     return parse_reply(raw)
