@@ -80,12 +80,9 @@ def _coordinator_ctx(config: Config):
                                   public_url, config.dispatch_attempts, role, config.speed_aware)
         await coordinator.recover()
         app[COORDINATOR_KEY] = coordinator
-        for url in config.node:
-            try:
-                address, _, label = url.partition("#")  # http://host:port#name names the node in the UI
-                await registry.add(address, source="config", label=label)
-            except ValueError as exc:
-                log.error("Ignoring node %s: %s", url.split("?")[0], exc)
+        for url in config.node:  # checked by config.node_url: a bad one stopped `passel run` already
+            address, _, label = url.partition("#")  # http://host:port#name names the node in the UI
+            await registry.add(address, source="config", label=label)
         tracker = TaskTracker(coordinator, config.task_poll_seconds, config.stall_seconds)
         reconciler = app[RECONCILER_KEY] = Reconciler(coordinator, config.grace_seconds)
         lifecycle = StagingLifecycle(coordinator, config.staging_keep_hours)
