@@ -24,6 +24,7 @@ from appliance.cluster.coordinator import COORDINATOR_KEY, Coordinator
 from appliance.cluster.lifecycle import StagingLifecycle
 from appliance.cluster.reconciler import RECONCILER_KEY, Reconciler
 from appliance.cluster.registry import NodeRegistry
+from appliance.cluster.results import RESULTS_KEEPER_KEY, ResultsKeeper
 from appliance.cluster.routes import setup_routes
 from appliance.cluster.staging import Staging
 from appliance.cluster.tracker import TaskTracker
@@ -77,7 +78,8 @@ def _coordinator_ctx(config: Config):
         await registry.load()
         public_url = config.public_url or default_public_url(config.host, config.port)
         coordinator = Coordinator(store, registry, Staging(config.staging_dir, config.min_free_disk_mb * 1024 * 1024),
-                                  public_url, config.dispatch_attempts, role, config.speed_aware)
+                                  public_url, config.dispatch_attempts, role, config.speed_aware,
+                                  results_dir=config.state_dir / "results")
         await coordinator.recover()
         app[COORDINATOR_KEY] = coordinator
         for url in config.node:  # checked by config.node_url: a bad one stopped `passel run` already
@@ -86,11 +88,13 @@ def _coordinator_ctx(config: Config):
         tracker = TaskTracker(coordinator, config.task_poll_seconds, config.stall_seconds)
         reconciler = app[RECONCILER_KEY] = Reconciler(coordinator, config.grace_seconds)
         lifecycle = StagingLifecycle(coordinator, config.staging_keep_hours)
+        keeper = app[RESULTS_KEEPER_KEY] = ResultsKeeper(coordinator)
         jobs = [_background("node-health", registry.poll_forever),
                 _background("dispatch", coordinator.dispatcher.run_dispatch_loop),
                 _background("task-tracker", tracker.run_forever),
                 _background("reconcile", reconciler.run_forever),
-                _background("staging-lifecycle", lifecycle.run_forever)]
+                _background("staging-lifecycle", lifecycle.run_forever),
+                _background("results-copies", keeper.run_forever)]
         log.info("Passel %s ready: %d node(s) and %d task(s) on record, public URL %s",
                  __version__, len(registry.nodes), len(coordinator.book.tasks), public_url)
         yield

@@ -3,17 +3,33 @@ the replica feed and the admin password, plus sleep, wake and a new key from thi
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from appliance.admin_password import ADMIN_PASSWORD_KEY
 from appliance.cluster.coordinator import COORDINATOR_KEY
 from appliance.cluster.intake import NewTask, TaskRefused
-from appliance.discovery.passel import AGENT_API, PASSEL_KEY, PEER_KEY, TransferRefused
-from appliance.discovery.trust import H_BOX, H_SIG, UNSIGNED_BODY, Untrusted, body_digest
+from appliance.cluster.results import AGENT_RESULTS
+from appliance.cluster.results_copies import FETCH_TIMEOUT
+from appliance.discovery.passel import (
+    AGENT_API,
+    PASSEL_KEY,
+    PEER_KEY,
+    Passel,
+    TransferRefused,
+)
+from appliance.discovery.trust import (
+    H_BOX,
+    H_SIG,
+    UNSIGNED_BODY,
+    Untrusted,
+    body_digest,
+)
 from appliance.http_rules import Peer, rules_of
 from appliance.nodeodm import replies
 from appliance.nodeodm.client import NodeError, NodeUnreachable
@@ -23,6 +39,7 @@ from appliance.replication.feed import REPLICA_KEY, export_since
 from appliance.replication.handover import parse_task
 from appliance.replication.password import receive as receive_password
 from appliance.replication.password import sealed
+from appliance.role import BoxUnreachable
 from appliance.store.models import Phase, row_values
 
 log = logging.getLogger("passel.trust")
@@ -213,6 +230,78 @@ async def downloaded(request: web.Request) -> web.Response:
     return web.json_response({"success": True})
 
 
+async def results_copy(request: web.Request) -> web.StreamResponse:
+    """Another box serves or copies a task's results from the copy this box holds (Range honoured)."""
+    results = request.app[COORDINATOR_KEY].results
+    try:
+        held = results.has(request.match_info["uuid"])
+    except ValueError:
+        held = False
+    if not held:
+        return web.json_response({"error": "this box holds no copy of that task's results"}, status=404)
+    return web.FileResponse(results.path(request.match_info["uuid"]), headers={"Content-Type": "application/zip"})
+
+
+async def _results_report(request: web.Request) -> tuple[Any, dict[str, Any]] | web.Response:
+    coordinator = request.app[COORDINATOR_KEY]
+    if not request.app[PASSEL_KEY].is_coordinator:
+        return not_coordinator()
+    try:
+        body = await _json_body(request)
+        task = coordinator.book.get(str(body["uuid"]).lower())
+    except (ValueError, KeyError, TypeError) as exc:
+        return web.json_response({"error": f"bad call: {exc}"}, status=400)
+    return task, body
+
+
+async def results_copied(request: web.Request) -> web.Response:
+    """A box holds the whole all.zip of a completed task (cluster/results.py)."""
+    found = await _results_report(request)
+    if isinstance(found, web.Response):
+        return found
+    task, _ = found
+    if task is not None:
+        await request.app[COORDINATOR_KEY].results_copied(task, request[PEER_KEY])
+    return web.json_response({"success": True})
+
+
+async def results_refused(request: web.Request) -> web.Response:
+    """The box chosen to keep a task's results cannot (its disk is full): the coordinator picks another."""
+    found = await _results_report(request)
+    if isinstance(found, web.Response):
+        return found
+    task, body = found
+    if task is not None:
+        await request.app[COORDINATOR_KEY].results_not_held(task, request[PEER_KEY], str(body.get("reason", "")))
+    return web.json_response({"success": True})
+
+
+class SignedBoxFiles:
+    """Streamed, signed GETs to another box's agent API (cluster/results_copies.BoxFiles). The reply is
+    a file, too big to sign whole: the request is signed, and the copy is checked by its length."""
+
+    def __init__(self, passel: Passel) -> None:
+        self.passel = passel
+
+    @contextlib.asynccontextmanager
+    async def get(self, box_id: str, path: str, headers: dict[str, str]) -> AsyncIterator[aiohttp.ClientResponse]:
+        passel = self.passel
+        peer = passel.membership.peers.get(box_id)
+        if peer is None or not passel.box_alive(box_id):
+            raise BoxUnreachable(f"box {box_id} is not heard from")
+        signed = passel.trust.sign_request("GET", path, body_digest(None), passel.state.term)
+        async with passel.peers.session.get(f"{peer.url}{path}", headers=headers | signed,
+                                            timeout=FETCH_TIMEOUT) as reply:
+            if reply.status == 401:
+                raise BoxUnreachable(f"box {box_id} refused the call")
+            yield reply
+
+
+async def _attach_box_files(app: web.Application) -> None:
+    """After the passel has started (cleanup contexts run first): copies can come from other boxes."""
+    app[COORDINATOR_KEY].results.boxes = SignedBoxFiles(app[PASSEL_KEY])
+
+
 async def sleep(request: web.Request) -> web.Response:
     """Called by systemd before a suspend (passel-sleep.service); answers once the goodbye is sent."""
     await request.app[PASSEL_KEY].sleep()
@@ -243,6 +332,10 @@ def setup_agent_routes(app: web.Application) -> None:
     app.router.add_post(f"{AGENT_API}/intake/commit", intake_commit)
     app.router.add_post(f"{AGENT_API}/deliver", deliver)
     app.router.add_post(f"{AGENT_API}/downloaded", downloaded)
+    app.router.add_get(AGENT_RESULTS + "/{uuid}", results_copy)
+    app.router.add_post(f"{AGENT_API}/results/copied", results_copied)
+    app.router.add_post(f"{AGENT_API}/results/refused", results_refused)
+    app.on_startup.append(_attach_box_files)
     app.router.add_post(f"{AGENT_API}/sleep", sleep)
     app.router.add_post(f"{AGENT_API}/wake", wake)
     app.router.add_post(f"{AGENT_API}/key", set_key)

@@ -360,7 +360,9 @@ def test_download_errors_and_ranges(target_factory):
     assert int(whole.headers["Content-Length"]) == len(whole.content)
     part = call(target, "GET", f"/task/{uuid}/download/all.zip", headers={"Range": "bytes=10-99"})
     if whole.headers.get("Accept-Ranges") == "bytes":  # PyODM then downloads in parallel ranges
-        assert part.status_code == 206 and part.content == whole.content[10:100]
+        assert part.status_code == 206
+    if part.status_code == 206:  # Passel serves ranges once its results copy is made
+        assert part.content == whole.content[10:100]
     else:  # NodeODM 2.2.4 serves no ranges, and says so by not sending Accept-Ranges
         assert part.status_code == 200 and part.content == whole.content
     zipfile.ZipFile(io.BytesIO(whole.content)).testzip()

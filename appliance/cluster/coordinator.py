@@ -23,6 +23,7 @@ from appliance.cluster.intake import Intake, TaskRefused
 from appliance.cluster.receiving import Receiver
 from appliance.cluster.registry import NodeRegistry, NodeState
 from appliance.cluster.replication import ReplicaProgress
+from appliance.cluster.results_copies import ResultsStore, choose_holder
 from appliance.cluster.scheduler import Demand, why_not
 from appliance.cluster.staging import Staging
 from appliance.cluster.stragglers import Stragglers
@@ -40,7 +41,8 @@ class Coordinator:
     """Owns the task table and the staging area, and the parts that act on them."""
 
     def __init__(self, store: Store, registry: NodeRegistry, staging: Staging, public_url: str,
-                 dispatch_attempts: int, role: Role, speed_aware: bool = True) -> None:
+                 dispatch_attempts: int, role: Role, speed_aware: bool = True,
+                 results_dir: Path | None = None) -> None:
         self.store, self.registry, self.staging = store, registry, staging
         self.speed_aware = speed_aware  # off: any free slot, oldest first, no straggler copies
         self.public_url = public_url
@@ -57,6 +59,9 @@ class Coordinator:
         self.receiver = Receiver(self.book, staging, registry, role, public_url)
         self.stragglers = Stragglers(self)
         self.dispatcher.stragglers = self.stragglers
+        # copies of completed tasks' all.zip (results.py); beside staging unless the agent says where
+        self.results = ResultsStore(results_dir or staging.root.parent / "results", staging.min_free_bytes)
+        self.results_refused: dict[str, set[str]] = {}  # boxes that said they cannot hold a task's copy
 
     # -- start-up ---------------------------------------------------------------------------
     async def recover(self) -> None:
@@ -92,6 +97,8 @@ class Coordinator:
         if TaskStatus(task.status).finished and not was_finished:
             advance(task, Step.FINISH)
             task.finished_at = time.time()
+            if task.status == TaskStatus.COMPLETED:
+                task.results_on, task.results_copied_at = self.choose_results_holder(task), None
             if task.status == TaskStatus.COMPLETED and task.images_count and task.processing_time_ms > 0:
                 await self.registry.learn_speed(node.id, task.processing_time_ms / task.images_count,
                                                 demand_of(task).kind)
@@ -174,6 +181,8 @@ class Coordinator:
         staged copy is not here (not-found makes ODM resubmit; FAILED would abort its whole job)."""
         if task.phase not in (Phase.ON_NODE, Phase.FINISHED) or task.status == TaskStatus.CANCELED:
             return
+        if self.results_kept(task):
+            return  # its results are safe on another box (results.py): it stays COMPLETED, served from there
         if not self.can_send_again(task):
             await self.lose(task, f"{reason}, and its uploaded images are on no box that can send them")
             return
@@ -231,6 +240,41 @@ class Coordinator:
             return None
         return self.registry.get(task.node_id)
 
+    def results_kept(self, task: Task) -> bool:
+        """A completed task whose all.zip a box has confirmed it holds: it needs its node no more."""
+        return task.phase == Phase.FINISHED and task.status == TaskStatus.COMPLETED \
+            and task.results_copied_at is not None and bool(task.results_on)
+
+    def choose_results_holder(self, task: Task) -> str:
+        """The box to keep a copy of a completed task's all.zip: not the box whose node made it."""
+        node = self.registry.get(task.node_id)
+        return choose_holder(node.row.box if node else "", task.staged_on, self.self_id, self.role.followers(),
+                             self.role.box_alive, self.results_refused.get(task.uuid, ()))
+
+    async def results_copied(self, task: Task, box: str) -> None:
+        """A box holds the whole all.zip now: record it, so a lost node no longer costs the results."""
+        if task.results_copied_at is not None and task.results_on == box or not self._completed(task):
+            return
+        task.results_on, task.results_copied_at = box, time.time()
+        await self.book.save(task)
+        await self.store.record("results-copied", f"Task {task.uuid}: a copy of its results is kept on box {box}",
+                                task_uuid=task.uuid)
+
+    async def results_not_held(self, task: Task, box: str, reason: str) -> None:
+        """The chosen box cannot keep the copy (its disk is full, or it is gone): choose another, once."""
+        if task.results_on != box or task.results_copied_at is not None or not self._completed(task):
+            return
+        self.results_refused.setdefault(task.uuid, set()).add(box)
+        task.results_on = self.choose_results_holder(task)
+        await self.book.save(task)
+        await self.store.record("results-refused", f"Task {task.uuid}: box {box} cannot keep a copy of its results "
+                                f"({reason}); {f'box {task.results_on} will' if task.results_on else 'no box can'}",
+                                task_uuid=task.uuid)
+
+    @staticmethod
+    def _completed(task: Task) -> bool:
+        return task.phase == Phase.FINISHED and task.status == TaskStatus.COMPLETED
+
     async def downloaded(self, task: Task) -> None:
         """A client has the whole all.zip: the staged images are no longer needed (lifecycle.py)."""
         if not task.downloaded_at:
@@ -248,6 +292,7 @@ class Coordinator:
         """Give up on a task whose data is gone: clients get not-found, which ODM answers by resubmitting."""
         self.dispatcher.stop(task.uuid)
         self.staging.remove(task.uuid)
+        self.results.release(task.uuid)
         self.info_cache.forget(task.uuid)
         await self.book.tombstone(task, Step.LOSE)
         await self.store.record("lost", f"Task {task.uuid} is lost: {reason}", task_uuid=task.uuid)
@@ -312,6 +357,7 @@ def public_task(task: Task, registry: NodeRegistry, eta_seconds: float | None = 
         "options": task.options,
         "job_key": task.job_key, "committed_at": task.committed_at, "finished_at": task.finished_at,
         "eta_seconds": eta_seconds,
+        "results_on": task.results_on or None, "results_copied_at": task.results_copied_at,
     }
 
 

@@ -3,6 +3,10 @@
 Kept until the task completed and its results were downloaded, or it was removed, or it expired;
 abandoned uploads (never committed, no file for a day) are dropped; tombstones are purged once
 replicas have had time to learn of them.
+
+A copy of a task's results (all.zip, cluster/results.py) is kept by the same clock: released when the
+task is removed or lost, or expired `keep_hours` after it finished. A download does not release it:
+the copy is what still serves the task, and its products, once its node is gone.
 """
 
 from __future__ import annotations
@@ -58,6 +62,19 @@ class StagingLifecycle:
                     done_with(task) or (task.finished_at and now - task.finished_at > self.keep_seconds)):
                 c.staging.remove(task.uuid)
                 dropped += 1
+        return dropped + self._sweep_results(now)
+
+    def _sweep_results(self, now: float) -> int:
+        """Release the results copies on this box whose task is gone, expired, or no longer completed
+        (restarted: the copy is of an earlier run)."""
+        c = self.coordinator
+        dropped = 0
+        for uuid in c.results.held():
+            task = c.book.get(uuid)
+            keep = task is not None and task.phase == Phase.FINISHED and task.status == TaskStatus.COMPLETED \
+                and not (task.finished_at and now - task.finished_at > self.keep_seconds)
+            if not keep and not c.results.lock(uuid).locked() and c.results.release(uuid):
+                dropped += 1
         return dropped
 
     def _last_upload(self, task: Task) -> float:
@@ -72,5 +89,5 @@ class StagingLifecycle:
         while True:
             dropped = await self.sweep()
             if dropped:
-                log.info("Staging clean-up: released %d finished or abandoned upload(s)", dropped)
+                log.info("Clean-up: released %d finished or abandoned upload(s) and results copies", dropped)
             await asyncio.sleep(SWEEP_SECONDS)

@@ -13,13 +13,19 @@ CHUNK_BYTES = 256 * 1024
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=60)
 
 
-async def stream_from_node(request: web.Request, node: NodeState, path: str) -> web.StreamResponse:
+async def stream_from_node(request: web.Request, node: NodeState, path: str,
+                           refuse_errors: bool = False) -> web.StreamResponse:
     """Relay `path` from the node, byte for byte, with Range support and no buffering.
 
-    Raises aiohttp.ClientError when the node cannot be reached before anything was sent.
+    Raises aiohttp.ClientError when the node cannot be reached before anything was sent, and, with
+    `refuse_errors`, aiohttp.ClientResponseError when it answers with an error (a caller with another
+    copy to offer tries that instead of relaying the node's refusal).
     """
     forward = {k: v for k, v in request.headers.items() if k in ("Range", "If-Range")}
     async with node.client.session.get(node.client.url(path), headers=forward, timeout=DOWNLOAD_TIMEOUT) as upstream:
+        if refuse_errors and upstream.status >= 400:
+            raise aiohttp.ClientResponseError(upstream.request_info, upstream.history, status=upstream.status,
+                                              message="the node does not have it")
         reply = web.StreamResponse(status=upstream.status)
         for name in PASSED_HEADERS:
             if name in upstream.headers:

@@ -96,7 +96,8 @@ class Reconciler:
                 self._missing_since.pop(task.uuid, None)
                 continue
             first = self._missing_since.setdefault(task.uuid, now)
-            if now - first >= self.grace and not (task.phase == Phase.FINISHED and task.downloaded_at):
+            if now - first >= self.grace and not (task.phase == Phase.FINISHED and task.downloaded_at) \
+                    and not c.results_kept(task):  # a copy of its results is on another box: it stays COMPLETED
                 del self._missing_since[task.uuid]
                 await c.move_away(task, f"node {node.row.url} no longer has it")
         for uuid in listed:

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from appliance.cluster.coordinator import Coordinator
 from appliance.cluster.lifecycle import done_with
-from appliance.cluster.tasks import forwarded, set_forwarded
+from appliance.cluster.tasks import GONE_PHASES, forwarded, set_forwarded
 from appliance.discovery.passel import AGENT_API, Peer
 from appliance.discovery.peer_client import PeerClient
 from appliance.discovery.trust import Trust
@@ -100,6 +100,8 @@ class ReplicaFollower:
             if task.staged_on == book.self_id and done_with(task):  # this box took the upload in: release it now
                 self.coordinator.receiver.done(task.uuid)
                 self.coordinator.staging.remove(task.uuid)
+            if task.phase in GONE_PHASES:  # removed or lost: a copy of its results kept here goes too
+                self.coordinator.results.release(task.uuid)
         dropped = 0
         if full:
             for uuid, task in list(book.tasks.items()):

@@ -8,7 +8,6 @@ new value."""
 from __future__ import annotations
 
 import time
-
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, Integer, String, Text
@@ -63,6 +62,8 @@ class Task(Base):
     notes: Mapped[list[str]] = mapped_column(JSON, default_factory=list)  # Passel's own lines in the task's log
     downloaded_at: Mapped[float | None] = mapped_column(Float, default=None)
     data_bytes: Mapped[int] = mapped_column(Integer, default=0)  # the staged files, counted at commit
+    results_on: Mapped[str] = mapped_column(String(16), default="")  # the box that keeps a copy of all.zip
+    results_copied_at: Mapped[float | None] = mapped_column(Float, default=None)  # when that copy was whole
 
 
 class Node(Base):
