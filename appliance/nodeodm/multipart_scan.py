@@ -13,6 +13,7 @@ as `BodyPartReader.name` / `.filename` gave them (quoted-string escapes, RFC 598
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from aiohttp.multipart import content_disposition_filename, parse_content_dispos
 
 MAX_HEADER_BYTES = 16 * 1024  # all the headers of one part; clients send two or three short lines
 CRLF = b"\r\n"
+_ROOTED = re.compile(r'(?:^|;)\s*filename\s*=\s*"?[\\/]', re.IGNORECASE)  # filename="/etc/x" or "\\x"
 _PREAMBLE, _HEADERS, _BODY, _DONE = range(4)
 
 
@@ -62,9 +64,12 @@ def _parse_headers(block: bytes) -> PartStart:
             headers[key.strip().decode("ascii").lower()] = value.strip().decode("utf-8")
         except UnicodeDecodeError:
             raise MultipartError(f"part header is not UTF-8: {line[:80]!r}") from None
-    _, params = parse_content_disposition(headers.get("content-disposition"))
-    return PartStart(name=content_disposition_filename(params, "name"),
-                     filename=content_disposition_filename(params, "filename"),
+    disposition = headers.get("content-disposition")
+    _, params = parse_content_disposition(disposition)
+    filename = content_disposition_filename(params, "filename")
+    if filename is not None and _ROOTED.search(disposition or "") and not filename.startswith(("/", "\\")):
+        filename = "/" + filename  # aiohttp drops a leading slash: keep it, so the name's check sees a rooted path
+    return PartStart(name=content_disposition_filename(params, "name"), filename=filename,
                      content_type=headers.get("content-type", "text/plain"))
 
 

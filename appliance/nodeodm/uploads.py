@@ -16,6 +16,7 @@ import asyncio
 import errno
 import json
 import os
+import re
 import shutil
 import unicodedata
 from collections.abc import Callable
@@ -26,13 +27,20 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from appliance.nodeodm.growth import Growth
-from appliance.nodeodm.multipart_scan import Event, MultipartError, MultipartScanner, PartStart, boundary_of
+from appliance.nodeodm.multipart_scan import (
+    Event,
+    MultipartError,
+    MultipartScanner,
+    PartStart,
+    boundary_of,
+)
 
 MAX_FIELD_BYTES = 1024 * 1024  # options JSON for ODM is a few kB; 1 MiB leaves room and caps abuse
 MAX_FILENAME_BYTES = 255  # the usual file-system limit
 IDLE_UPLOAD_SECONDS = 60.0  # a client that trickles bytes (or vanished) is cut off and its partial file dropped
 MIN_FREE_DISK_BYTES = 512 * 1024 * 1024  # refuse new uploads below this, so accepted ones can finish
 PARTIAL_SUFFIX = ".part"
+_DRIVE = re.compile(r"^[A-Za-z]:")  # a name that starts with a Windows drive (C:) is an absolute path
 # Told when a file starts arriving (its partial path, its final name and its Growth), so it can be sent on
 # while it arrives: the partial file is renamed when the body is complete, and an open handle follows it.
 OnFile = Callable[[Path, str, Growth], None]
@@ -56,24 +64,29 @@ class ReceivedForm:
 
 
 def check_filename(name: str) -> str:
-    """Return `name` if it is a plain file name, else raise UploadError.
+    """The file's base name, or UploadError for a name that tries to leave the task's folder.
 
-    Names with separators, NUL or control characters are refused rather than repaired: a client
-    that sends them is either broken or hostile, and a clear error helps both.
+    A browser's folder upload sends names like `images/DJI_0004.JPG`; NodeODM (multer) keeps the part
+    after the last `/` or `\\`, and so does Passel. A name that climbs (`..`), starts at a root or a
+    drive, or carries NUL or control characters is refused rather than repaired: a client that sends it
+    is either broken or hostile, and a clear error helps both.
     """
     normalized = unicodedata.normalize("NFC", name)
+    parts = re.split(r"[/\\]", normalized)
+    base = parts[-1]
     bad = (
-        not normalized
-        or normalized in (".", "..")
-        or "/" in normalized
-        or "\\" in normalized
+        not base
+        or base in (".", "..")
+        or ".." in parts
+        or normalized.startswith(("/", "\\"))
+        or _DRIVE.match(normalized) is not None
         or any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in normalized)
-        or len(normalized.encode("utf-8")) > MAX_FILENAME_BYTES
-        or normalized.endswith(PARTIAL_SUFFIX)
+        or len(base.encode("utf-8")) > MAX_FILENAME_BYTES
+        or base.endswith(PARTIAL_SUFFIX)
     )
     if bad:
         raise UploadError(f"Invalid file name: {name!r}")
-    return normalized
+    return base
 
 
 def unique_name(directory: Path, name: str) -> str:
