@@ -7,7 +7,6 @@ import re
 import shlex
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 

@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, ...]] = [
     # foundations: no knowledge of boxes or of the cluster
     ("appliance.__init__", "appliance.config", "appliance.role", "appliance.clock", "appliance.netaddr", "appliance.logs",
      "appliance.sdnotify", "appliance.store", "appliance.nodeodm", "appliance.simnode", "appliance.sample",
-     "appliance.admin_password"),
+     "appliance.admin_password", "appliance.products"),
     # machinery: the coordinator's parts, and finding and trusting boxes; neither knows the other
     ("appliance.cluster",),
     ("appliance.discovery",),

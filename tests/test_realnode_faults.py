@@ -184,7 +184,8 @@ TOKEN = "n0de-t0ken-9f3c1e"
 
 def every_get(server: ServerThread, uuid: str, node_id: int) -> dict[str, requests.Response]:
     """Every GET route Passel serves (NodeODM's, the admin API, the web UI), with this task and node."""
-    fill = {"uuid": uuid, "ref": str(node_id), "asset": "all.zip"}
+    fill = {"uuid": uuid, "ref": str(node_id), "asset": "all.zip", "key": uuid, "product": "orthophoto",
+            "layer": "orthophoto", "z": "16", "x": "16020", "y": "22092"}
     replies = {}
     for resource in server.app.router.resources():
         info = resource.get_info()

@@ -17,6 +17,8 @@ from appliance.box_api import box_facts
 from appliance.clock import boottime
 from appliance.config import CONFIG_KEY
 from appliance.discovery.identity import IDENTITY_KEY
+from appliance.nodeodm.sentences import host_port, readable
+from appliance.nodeodm.status import TaskStatus
 from webui import format as fmt
 from webui.contexts import BoxCard, NodeCard
 from webui.snapshot import FetchFailed, Snapshot, fetch_json
@@ -56,7 +58,9 @@ class BoxFactsCache:
                 await self._job
 
 
-def node_card(n: dict[str, Any]) -> NodeCard:
+def node_card(n: dict[str, Any], name: str | None = None, queued: int | None = None) -> NodeCard:
+    """A node as a card; `name` is what the pages call it (node_names), `queued` how many of the
+    passel's tasks wait on it (the node's own count includes the ones it runs)."""
     online = n.get("online")
     state = "unknown" if online is None else ("online" if online else "not answering")
     if n.get("locked"):
@@ -64,12 +68,19 @@ def node_card(n: dict[str, Any]) -> NodeCard:
     state_class = "muted" if online is None else ("warn" if online and n.get("locked") else ("ok" if online else "bad"))
     last_seen = n.get("last_seen")
     return NodeCard(
-        id=int(n["id"]), ref=quote(n["url"], safe=""), url=n["url"], label=n.get("label") or n["url"], state=state,
+        id=int(n["id"]), ref=quote(n["url"], safe=""), url=n["url"], label=name or _label(n), state=state,
         state_class=state_class, locked=bool(n.get("locked")), online=online,
-        active_tasks=int(n.get("active_tasks") or 0), slots=int(n.get("slots") or 1), queue=int(n.get("queue") or 0),
+        active_tasks=int(n.get("active_tasks") or 0), slots=int(n.get("slots") or 1),
+        queue=queued if queued is not None else max(0, int(n.get("queue") or 0) - int(n.get("active_tasks") or 0)),
         cores=str(n.get("cores") or "?"), memory=fmt.size(n.get("total_memory")),
         max_images=str(n.get("max_images") or "any"), last_seen=fmt.since(last_seen) if last_seen else "never",
-        source=str(n.get("source", "")), last_error=str(n.get("last_error") or ""))
+        source=str(n.get("source", "")), last_error=readable(str(n.get("last_error") or ""), {n["url"]: name or _label(n)}))
+
+
+def _label(n: dict[str, Any]) -> str:
+    """The label a technician gave the node; none when the API fills in its address."""
+    label = str(n.get("label") or "")
+    return label if label and label != n["url"] else host_port(n["url"])
 
 
 def _owner(node: dict[str, Any], boxes: list[dict[str, Any]], mine: set[str], leader_id: str | None) -> str | None:
@@ -106,6 +117,57 @@ def _boxes(request: web.Request, snap: Snapshot) -> list[dict[str, Any]]:
              "priority": request.app[CONFIG_KEY].priority}]
 
 
+def _owners(request: web.Request, snap: Snapshot, boxes: list[dict[str, Any]],
+            mine: dict[str, Any]) -> dict[str, str | None]:
+    """Node URL -> the id of the box it runs on (None: on no box of the passel)."""
+    leader = (snap.view or {}).get("coordinator") or boxes[0]
+    own = set(mine["addresses"]) - set(LOOPBACK)
+    return {n["url"]: _owner(n, boxes, own, leader["id"]) for n in snap.nodes}
+
+
+def node_names(request: web.Request, snap: Snapshot) -> dict[str, str]:
+    """What the pages call each node (URL -> name): the label a technician gave it, else the name of
+    the box it runs on (with its port when the box shares several), else its address. Never a URL
+    where a name is known."""
+    boxes = _boxes(request, snap)
+    owners = _owners(request, snap, boxes, box_facts(request.app[CONFIG_KEY].state_dir))
+    box_names = {str(b["id"]): str(b.get("name") or b["id"]) for b in boxes}
+    shared: dict[str | None, int] = {}
+    for owner in owners.values():
+        shared[owner] = shared.get(owner, 0) + 1
+    names = {}
+    for n in snap.nodes:
+        label, owner = str(n.get("label") or ""), owners[n["url"]]
+        if label and label != n["url"]:
+            names[n["url"]] = label
+        elif owner in box_names:
+            port = urlsplit(n["url"]).port
+            names[n["url"]] = box_names[owner] + (f", port {port}" if shared[owner] > 1 and port else "")
+        else:
+            names[n["url"]] = host_port(n["url"])
+    return names
+
+
+def box_names(request: web.Request, snap: Snapshot) -> dict[str, str]:
+    """Node URL -> the name of the box it runs on (its name when it is on no box of the passel)."""
+    boxes = _boxes(request, snap)
+    owners = _owners(request, snap, boxes, box_facts(request.app[CONFIG_KEY].state_dir))
+    by_id = {str(b["id"]): str(b.get("name") or b["id"]) for b in boxes}
+    names = node_names(request, snap)
+    return {url: by_id.get(owner or "", names[url]) for url, owner in owners.items()}
+
+
+def queued_on(snap: Snapshot) -> dict[str, int]:
+    """Node URL -> the passel's tasks waiting on that node (sent, not started): counted from the same
+    table as the page's summary, so a card never says more are queued than the passel has."""
+    counts: dict[str, int] = {}
+    for task in snap.tasks:
+        url = snap.node_url(task) if task.status == TaskStatus.QUEUED and task.node_id is not None else None
+        if url:
+            counts[url] = counts.get(url, 0) + 1
+    return counts
+
+
 def box_cards(request: web.Request, snap: Snapshot, cache: BoxFactsCache) -> tuple[list[BoxCard], list[NodeCard]]:
     """Cards for every box, and the nodes that belong to none."""
     boxes = _boxes(request, snap)
@@ -113,10 +175,10 @@ def box_cards(request: web.Request, snap: Snapshot, cache: BoxFactsCache) -> tup
     cache.refresh(request.app, {str(b["id"]): f"http://{b['address']}:{b['port']}" for b in boxes[1:]
                                 if b.get("alive") and b.get("address")})
     leader = (snap.view or {}).get("coordinator") or boxes[0]
+    owners, names, queued = _owners(request, snap, boxes, mine), node_names(request, snap), queued_on(snap)
     owned: dict[str | None, list[NodeCard]] = {}
     for n in snap.nodes:
-        owner = _owner(n, boxes, set(mine["addresses"]) - set(LOOPBACK), leader["id"])
-        owned.setdefault(owner, []).append(node_card(n))
+        owned.setdefault(owners[n["url"]], []).append(node_card(n, names[n["url"]], queued.get(n["url"], 0)))
     here = urlsplit(snap.coordinator.public_url).netloc  # the address this box tells clients to use
     cards = [_card(b, mine if b.get("self") else cache.get(str(b["id"])), owned.get(str(b["id"]), []),
                    leader["id"], here) for b in boxes]

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from webui.products_context import ProductsSection
+
 
 def doc(text: str, **kwargs: Any) -> Any:
     """A dataclass field with its `help`, as datasette documents its template contexts."""
@@ -98,7 +100,7 @@ class TaskRow:
     status: str
     status_class: str
     progress: float
-    node_label: str
+    node_label: str  # the node's name (its label, else its box's name), never a URL where a name is known
     node_url: str
     images: int
     elapsed: str
@@ -116,6 +118,24 @@ class TaskGroup:
     is_job: bool
     done: int
     rows: list[TaskRow]
+    url: str = ""  # the job's page, for a job
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """A split-merge job as a whole, as a responder asks about it: how far, where, until when."""
+
+    key: str = doc("the job's key, in its page's address")
+    title: str = doc("e.g. 'Job submodel_0000 to submodel_0005 (6 parts)'")
+    url: str = doc("the job's page")
+    parts: int = doc("how many tasks (submodels) it has")
+    done: int = doc("how many completed")
+    failed: int = doc("how many failed")
+    progress: float = doc("overall progress in per cent, each part weighted by its images")
+    boxes: list[str] = doc("the names of the boxes working on it now")
+    eta: str = doc("'about 12 min left', when the coordinator can tell; else empty")
+    finished: bool = doc("whether every part has ended")
+    outcome: str = doc("once finished, one sentence saying where the results are")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +190,7 @@ class PasselPage:
     template: ClassVar[str] = "passel.html"
     chrome: Chrome = doc("the page frame")
     public_url: str = doc("the address to give ODM, WebODM or PyODM")
-    discovery: bool = doc("whether boxes find each other (off: this box alone fronts its --node list)")
-    term: int = doc("the election term this box has seen")
+    discovery: bool = doc("whether boxes find each other (off: this box works alone, with the nodes set in its settings)")
     boxes: list[BoxCard] = doc("the boxes of the passel, this box first")
     other_nodes: list[NodeCard] = doc("nodes that belong to no box of the passel (added by hand)")
     nodes: list[NodeCard] = doc("every node, for the nodes table")
@@ -207,16 +226,29 @@ class TaskPage:
     template: ClassVar[str] = "task.html"
     chrome: Chrome = doc("the page frame")
     task: TaskRow = doc("the task's summary")
-    error: str = doc("why it failed, or the last send error")
+    job: JobSummary | None = doc("the split-merge job it is part of, as a whole; None for a task on its own")
+    outcome: str = doc("once it ended, one sentence saying where its results are (or why there are none)")
+    error: str = doc("why it failed, or the last send error, in words (never a raw exception)")
     facts: list[tuple[str, str]] = doc("(label, value) lines: created, finished, attempts, node time")
     options: list[tuple[str, str]] = doc("the processing options, as (name, value)")
     log: list[str] = doc("the last lines of its output, Passel's own notes first")
     events: list[EventRow] = doc("its history: accepted, sent, moved, failed, restarted")
-    move_targets: list[tuple[str, str]] = doc("(node URL, label) of nodes it may be moved to")
+    move_targets: list[tuple[str, str]] = doc("(node URL, name) of nodes it may be moved to")
     can_move: bool = doc("whether it is queued or running, so it can be moved or canceled")
     can_restart: bool = doc("whether it has finished, so it can be restarted")
     download_url: str | None = doc("where to download all.zip, once it completed")
     token_needed: bool = doc("whether the download needs the API token added as ?token=")
+    products: ProductsSection = doc("what the task made: its downloads, a preview and a map (_products.html)")
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """`/ui/jobs/{key}`: one split-merge job, its overall progress and its parts."""
+
+    template: ClassVar[str] = "job.html"
+    chrome: Chrome = doc("the page frame")
+    job: JobSummary = doc("the job as a whole")
+    rows: list[TaskRow] = doc("its parts (submodels), in name order")
 
 
 @dataclass(frozen=True, slots=True)

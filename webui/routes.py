@@ -16,34 +16,37 @@ from appliance.cluster.coordinator import COORDINATOR_KEY
 from appliance.config import CONFIG_KEY
 from appliance.discovery.identity import IDENTITY_KEY
 from appliance.discovery.passel import PASSEL_KEY
+from appliance.nodeodm.sentences import readable
 from appliance.nodeodm.status import TaskStatus
-from webui import actions, pairing, snapshot
+from webui import actions, new_job, pairing, products_view, snapshot
 from webui import format as fmt
-from webui.boxes import BOX_FACTS_KEY, BoxFactsCache, box_cards, node_card
-from webui.contexts import AdminPage, EventRow, PasselPage, TaskPage, TasksPage, TimelinePage
+from webui.boxes import BOX_FACTS_KEY, BoxFactsCache, box_cards, box_names, node_card, node_names
+from webui.contexts import AdminPage, EventRow, JobPage, PasselPage, TaskPage, TasksPage, TimelinePage
 from webui.render import chrome, error_page, respond
-from webui.task_views import (STATUS_CHOICES, can_move, counts, facts_of, labels_of, list_tasks, log_of, move_targets,
-                              options_of, page_url, task_row)
+from webui.task_views import (STATUS_CHOICES, any_online, can_move, counts, facts_of, job_of, job_summary, list_tasks,
+                              log_of, members_of, move_targets, options_of, outcome_of, page_url, task_row)
 from webui.timeline import SPAN_CHOICES, SPANS, build
 
 STATIC_DIR = Path(__file__).parent / "static"
 EVENTS_SHOWN = 10
 
 
-def _events(rows: list[dict[str, Any]]) -> list[EventRow]:
-    return [EventRow(at=fmt.clock(e.get("at")), kind=str(e.get("kind", "")), message=str(e.get("message", "")))
-            for e in rows]
+def _events(rows: list[dict[str, Any]], names: dict[str, str]) -> list[EventRow]:
+    """Events as sentences: what the coordinator stored, with raw node errors and addresses put in words."""
+    return [EventRow(at=fmt.clock(e.get("at")), kind=str(e.get("kind", "")).replace("-", " "),
+                     message=readable(str(e.get("message", "")), names)) for e in rows]
 
 
 async def passel_page(request: web.Request) -> web.Response:
     """The passel at a glance: every box, its nodes, and what is running."""
     snap = await snapshot.take(request)
     cards, others = box_cards(request, snap, request.app[BOX_FACTS_KEY])
+    names = node_names(request, snap)
     page = PasselPage(chrome=chrome(request, "passel", "The passel", snap.banner),
                       public_url=request.app[COORDINATOR_KEY].public_url, discovery=snap.view is not None,
-                      term=int((snap.view or {}).get("term", 0)), boxes=cards, other_nodes=others,
-                      nodes=[node_card(n) for n in snap.nodes], counts=counts(snap.tasks),
-                      events=_events(await snapshot.events(request, snap, limit=EVENTS_SHOWN)),
+                      boxes=cards, other_nodes=others, nodes=[n for c in cards for n in c.nodes] + others,
+                      counts=counts(snap.tasks),
+                      events=_events(await snapshot.events(request, snap, limit=EVENTS_SHOWN), names),
                       join=pairing.join_offer(request))
     return respond(request, page)
 
@@ -57,7 +60,7 @@ async def tasks_page(request: web.Request) -> web.Response:
         number = int(request.query.get("page", "1"))
     except ValueError:
         number = 1
-    labels = labels_of(snap.nodes)
+    labels = node_names(request, snap)
     listing = list_tasks(snap, labels, await snapshot.etas(request, snap), status, node, text, number)
     page = TasksPage(
         chrome=chrome(request, "tasks", "Tasks", snap.banner), groups=listing.groups, status=status,
@@ -77,22 +80,41 @@ async def task_page(request: web.Request) -> web.Response:
                           f"There is no task {uuid} in this passel; it may have been removed.", "/ui/tasks")
     status = TaskStatus(task.status)
     events, eta = await snapshot.task_detail(request, snap, uuid)
+    names = node_names(request, snap)
+    key = job_of(task)
+    job = job_summary(snap, key, box_names(request, snap), await snapshot.etas(request, snap)) \
+        if key != task.uuid else None
     page = TaskPage(
         chrome=chrome(request, "tasks", task.name or uuid, snap.banner),
-        task=task_row(task, snap.node_url(task), labels_of(snap.nodes), time.time(), eta),
-        error=task.error_message or task.last_error, facts=facts_of(task, time.time()), options=options_of(task),
-        log=log_of(task), events=_events(events),
-        move_targets=move_targets(task, snap), can_move=can_move(task), can_restart=status.finished,
+        task=task_row(task, snap.node_url(task), names, time.time(), eta, any_online(snap)), job=job,
+        outcome=outcome_of(task), error=readable(task.error_message or task.last_error, names),
+        facts=facts_of(task, time.time()), options=options_of(task), log=log_of(task), events=_events(events, names),
+        move_targets=move_targets(task, snap, names), can_move=can_move(task), can_restart=status.finished,
         download_url=f"/task/{uuid}/download/all.zip" if status == TaskStatus.COMPLETED else None,
-        token_needed=bool(request.app[CONFIG_KEY].token))
+        token_needed=bool(request.app[CONFIG_KEY].token),
+        products=await products_view.products_section(request, task))
     return respond(request, page)
+
+
+async def job_page(request: web.Request) -> web.Response:
+    """One split-merge job: its overall progress, the boxes on it, when it should end, and its parts."""
+    key = request.match_info["key"]
+    snap = await snapshot.take(request)
+    etas = await snapshot.etas(request, snap)
+    job = job_summary(snap, key, box_names(request, snap), etas)
+    if job is None:
+        return error_page(request, 404, "No such job",
+                          "This passel has no job at that address; its tasks may have been removed.", "/ui/tasks")
+    names, now, online = node_names(request, snap), time.time(), any_online(snap)
+    rows = [task_row(t, snap.node_url(t), names, now, etas.get(t.uuid), online) for t in members_of(snap, key)]
+    return respond(request, JobPage(chrome=chrome(request, "tasks", job.title, snap.banner), job=job, rows=rows))
 
 
 async def timeline_page(request: web.Request) -> web.Response:
     snap = await snapshot.take(request)
     span = request.query.get("span", "auto")
     span = span if span in SPANS else "auto"
-    lanes, ticks, window = build(snap, labels_of(snap.nodes), span)
+    lanes, ticks, window = build(snap, node_names(request, snap), span)
     page = TimelinePage(chrome=chrome(request, "timeline", "Timeline", snap.banner), lanes=lanes, ticks=ticks,
                         span=span, span_choices=SPAN_CHOICES, window=window)
     return respond(request, page)
@@ -106,7 +128,8 @@ async def admin_page(request: web.Request) -> web.Response:
              ("State directory", str(config.state_dir)), ("Discovery", "on" if passel else "off (--no-discovery)"),
              ("API token", "required (?token=)" if config.token else "none")]
     page = AdminPage(chrome=chrome(request, "admin", "Settings", snap.banner, live=False),
-                     nodes=[node_card(n) for n in snap.nodes], boxes=cards, discovery=passel is not None,
+                     nodes=[node_card(n, node_names(request, snap).get(n["url"])) for n in snap.nodes], boxes=cards,
+                     discovery=passel is not None,
                      priority=passel.priority if passel else config.priority, facts=facts,
                      pairing=pairing.pairing(request))
     return respond(request, page)
@@ -121,10 +144,15 @@ def setup_ui_routes(app: web.Application) -> None:
     app[BOX_FACTS_KEY] = BoxFactsCache()
     app.on_cleanup.append(_close_facts)
     app.router.add_get("/", passel_page)
+    app.router.add_get("/ui/new", new_job.new_job_page)
     app.router.add_get("/ui/tasks", tasks_page)
     app.router.add_get("/ui/tasks/{uuid}", task_page)
+    app.router.add_get("/ui/jobs/{key}", job_page)
     app.router.add_get("/ui/timeline", timeline_page)
     app.router.add_get("/ui/admin", admin_page)
+    app.router.add_get("/ui/tasks/{uuid}/products/{product}", products_view.product_download)
+    app.router.add_get(r"/ui/tasks/{uuid}/tiles/{layer}/{z:\d+}/{x:\d+}/{y:\d+}.png", products_view.tile)
+    app.router.add_get("/ui/tasks/{uuid}/preview.png", products_view.preview)
     app.router.add_post("/ui/tasks/{uuid}/{action}", actions.task_action)
     app.router.add_post("/ui/nodes", actions.node_add)
     app.router.add_post("/ui/nodes/{ref}/{action}", actions.node_action)

@@ -14,15 +14,15 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from appliance.passel_admin import passel_view
 from appliance.cluster.coordinator import COORDINATOR_KEY, Coordinator
 from appliance.config import CONFIG_KEY
 from appliance.discovery.passel import PASSEL_KEY
+from appliance.passel_admin import passel_view
 from appliance.store.models import Task
 
 COORDINATOR_TIMEOUT = aiohttp.ClientTimeout(total=1.5)  # a page must not hang on a closed lid
-NO_COORDINATOR = ("No box is coordinator right now: the passel is choosing one (about 10 s). This page shows "
-                  "this box's copy of the task table; actions wait until a coordinator is elected.")
+NO_COORDINATOR = ("No box is coordinator right now: the boxes are choosing one (about 10 s). This page shows "
+                  "what this box last knew; the buttons work again once one is chosen.")
 ASLEEP = "This box has left the passel to sleep; what it shows may be out of date."
 
 
@@ -84,10 +84,9 @@ async def take(request: web.Request) -> Snapshot:
         return Snapshot(c, tasks, unknown, view, banner or NO_COORDINATOR, None, False)
     try:
         nodes = await fetch_json(app, leader.url, "/-/nodes")
-    except FetchFailed as exc:
-        message = (f"The coordinator, {leader.name or leader.id} at {leader.url}, is not answering ({exc}). "
-                   "This page shows this box's copy of the task table; node health is unknown until it answers "
-                   "or another box takes over.")
+    except FetchFailed:
+        message = (f"The coordinator, box {leader.name or leader.id}, is not answering. This page shows what this "
+                   "box last knew; whether the nodes work is unknown until it answers or another box takes over.")
         return Snapshot(c, tasks, unknown, view, banner or message, None, False)
     return Snapshot(c, tasks, nodes, view, banner, leader.url, False)
 

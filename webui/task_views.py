@@ -4,22 +4,22 @@ left, where it has one), filters, split-merge jobs grouped, and one task's detai
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlencode
 
+from appliance.nodeodm.sentences import host_port
 from appliance.nodeodm.status import TaskStatus
 from appliance.store.models import Phase, Task
 from webui import format as fmt
-from webui.contexts import TaskGroup, TaskRow
+from webui.contexts import JobSummary, TaskGroup, TaskRow
 from webui.snapshot import Snapshot
 
 PAGE_ROWS = 100
 STATUS_CHOICES = [("all", "All"), ("active", "Queued or running"), ("queued", "Queued"), ("running", "Running"),
                   ("completed", "Completed"), ("failed", "Failed"), ("canceled", "Canceled")]
 NOTES = {Phase.WAITING: "waiting for a free node", Phase.FORWARDING: "being sent to its node"}
+NO_NODE_ONLINE = "waiting: no node is online"
 
 
 def status_name(task: Task) -> str:
@@ -36,16 +36,25 @@ def eta_text(seconds: float | None) -> str:
     return "" if seconds is None else f"about {fmt.duration(seconds)} left"
 
 
+def note_of(task: Task, any_online: bool) -> str:
+    """What a waiting task waits for, in a few words; nothing once it runs or ended."""
+    if TaskStatus(task.status).finished:
+        return ""
+    if task.phase == Phase.WAITING and not any_online:
+        return NO_NODE_ONLINE
+    return NOTES.get(task.phase, "")
+
+
 def task_row(task: Task, node_url: str | None, labels: dict[str, str], now: float,
-             eta: float | None = None) -> TaskRow:
+             eta: float | None = None, any_online: bool = True) -> TaskRow:
     status = status_name(task)
     return TaskRow(uuid=task.uuid, short=task.uuid[:8], name=task.name or task.uuid[:8], status=status,
                    status_class=status.lower(), progress=round(task.progress, 1),
-                   node_label=labels.get(node_url or "", node_url or "—"), node_url=node_url or "",
+                   node_label=labels.get(node_url or "", host_port(node_url or "") or "—"), node_url=node_url or "",
                    images=task.images_count, elapsed=fmt.duration(elapsed_seconds(task, now)),
                    eta="" if TaskStatus(task.status).finished else eta_text(eta),
                    created=fmt.clock(task.date_created_ms / 1000),
-                   note=NOTES.get(task.phase, "") if not TaskStatus(task.status).finished else "")
+                   note=note_of(task, any_online))
 
 
 def _matches(task: Task, status: str, node_url: str | None, node: str, text: str) -> bool:
@@ -92,20 +101,28 @@ def list_tasks(snap: Snapshot, labels: dict[str, str], etas: dict[str, float | N
         pages[-1].append((key, members))
         rows_on_page += len(members)
     page = min(max(page, 1), len(pages))
-    groups = [_group(key, sorted(members, key=lambda t: (t.name, t.date_created_ms)), urls, labels, etas, now)
+    online = any_online(snap)
+    groups = [_group(key, sorted(members, key=lambda t: (t.name, t.date_created_ms)), urls, labels, etas, now, online)
               for key, members in pages[page - 1]]
     return TaskListing(groups, sum(len(m) for m in jobs.values()), page, len(pages))
 
 
 def _group(key: str, members: list[Task], urls: dict[str, str | None], labels: dict[str, str],
-           etas: dict[str, float | None], now: float) -> TaskGroup:
-    rows = [task_row(t, urls[t.uuid], labels, now, etas.get(t.uuid)) for t in members]
+           etas: dict[str, float | None], now: float, online: bool) -> TaskGroup:
+    rows = [task_row(t, urls[t.uuid], labels, now, etas.get(t.uuid), online) for t in members]
     done = sum(1 for t in members if t.status == TaskStatus.COMPLETED)
     if len(members) == 1:
         return TaskGroup(key=key, title=rows[0].name, is_job=False, done=done, rows=rows)
-    prefix = os.path.commonprefix([t.name for t in members]).rstrip("_- .")
-    return TaskGroup(key=key, title=f"{prefix or 'Split-merge job'}: {len(members)} submodels", is_job=True,
-                     done=done, rows=rows)
+    return TaskGroup(key=key, title=job_title([t.name for t in members]), is_job=True, done=done, rows=rows,
+                     url=f"/ui/jobs/{key}")
+
+
+def job_title(names: list[str]) -> str:
+    """'Job submodel_0000 to submodel_0005 (6 parts)': the first and last names in full, since a
+    common prefix cut inside a number ('submodel_000') reads as a wrong name."""
+    ordered = sorted(n for n in names if n)
+    span = f" {ordered[0]} to {ordered[-1]}" if len(ordered) > 1 and ordered[0] != ordered[-1] else ""
+    return f"Job{span} ({len(names)} parts)"
 
 
 def page_url(status: str, node: str, text: str, page: int) -> str:
@@ -132,9 +149,9 @@ def facts_of(task: Task, now: float) -> list[tuple[str, str]]:
             ("Attempts to send", str(task.attempts)), ("Images", str(task.images_count))]
 
 
-def move_targets(task: Task, snap: Snapshot) -> list[tuple[str, str]]:
+def move_targets(task: Task, snap: Snapshot, names: dict[str, str]) -> list[tuple[str, str]]:
     current = snap.node_url(task)
-    return [(n["url"], n.get("label") or n["url"]) for n in snap.nodes
+    return [(n["url"], names.get(n["url"]) or host_port(n["url"])) for n in snap.nodes
             if n.get("online") is not False and not n.get("locked") and n["url"] != current]
 
 
@@ -149,5 +166,54 @@ def counts(tasks: list[Task]) -> dict[str, int]:
     return result
 
 
-def labels_of(nodes: list[dict[str, Any]]) -> dict[str, str]:
-    return {n["url"]: n.get("label") or n["url"] for n in nodes}
+def any_online(snap: Snapshot) -> bool:
+    """Whether some node answers; unknown health (a follower cut off) counts as yes."""
+    return any(n.get("online") is not False for n in snap.nodes)
+
+
+def members_of(snap: Snapshot, key: str) -> list[Task]:
+    """The tasks of one job (by job_of's key), in name order."""
+    return sorted((t for t in snap.tasks if job_of(t) == key), key=lambda t: (t.name, t.date_created_ms))
+
+
+def outcome_of(task: Task) -> str:
+    """One sentence, once the task ended: where its results are, or why there are none."""
+    status = TaskStatus(task.status)
+    if status == TaskStatus.COMPLETED:
+        return "Done: the results are in one file, all.zip, on the “Download all results” button below."
+    if status == TaskStatus.FAILED:
+        return "This task failed, so it has no results: the reason is shown above; Restart tries it again."
+    if status == TaskStatus.CANCELED:
+        return "This task was canceled, so it has no results; Restart processes it again."
+    return ""
+
+
+def job_summary(snap: Snapshot, key: str, boxes_of: dict[str, str], etas: dict[str, float | None]) -> JobSummary | None:
+    """A split-merge job as a whole (None for a task on its own): how far along across all its parts
+    (weighted by images), which boxes work on it, when it should end, and where its results are."""
+    members = members_of(snap, key)
+    if len(members) < 2:
+        return None
+    weights = [max(t.images_count, 1) for t in members]
+    done = [TaskStatus(t.status).finished for t in members]
+    progress = sum(w * (100.0 if d else t.progress) for t, w, d in zip(members, weights, done)) / sum(weights)
+    working = sorted({boxes_of.get(url, host_port(url)) for t, d in zip(members, done)
+                      if not d and (url := snap.node_url(t))})
+    completed = sum(1 for t in members if t.status == TaskStatus.COMPLETED)
+    failed = sum(1 for t in members if t.status == TaskStatus.FAILED)
+    left = [etas.get(t.uuid) for t, d in zip(members, done) if not d]
+    eta = "" if all(done) or not left or None in left else eta_text(max(x for x in left if x is not None))
+    return JobSummary(key=key, title=job_title([t.name for t in members]), url=f"/ui/jobs/{key}",
+                      parts=len(members), done=completed, failed=failed, progress=round(progress, 1),
+                      boxes=working, eta=eta, finished=all(done),
+                      outcome=_job_outcome(len(members), completed, failed) if all(done) else "")
+
+
+def _job_outcome(parts: int, completed: int, failed: int) -> str:
+    if completed == parts:
+        return (f"All {parts} parts are done: each part's results are in its own all.zip, downloaded from its "
+                "page (the list below); ODM, if it sent the job, collects and merges them itself.")
+    if failed:
+        return (f"{failed} of {parts} parts failed, so the job is incomplete: open a failed part below to see "
+                "why and restart it.")
+    return f"{completed} of {parts} parts finished with results; the others were canceled."

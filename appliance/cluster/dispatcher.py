@@ -23,6 +23,7 @@ from appliance.cluster.staging import Staging
 from appliance.cluster.task_states import Step, advance
 from appliance.cluster.tasks import TaskBook, forwarded, set_forwarded
 from appliance.nodeodm.client import NodeError, NodeUnreachable
+from appliance.nodeodm.sentences import host_port, node_problem
 from appliance.nodeodm.status import TaskStatus
 from appliance.role import BoxUnreachable, Role
 from appliance.store.database import Store
@@ -279,12 +280,12 @@ class Dispatcher:
         set_forwarded(task, node.id, reply.get("files", []))
 
     async def _send_failed(self, task: Task, node: NodeState, exc: Exception) -> None:
-        task.last_error = f"{node.row.url}: {exc}"
+        task.last_error = node_problem(exc, node.row.label or host_port(node.row.url))  # a sentence for the pages
         self.avoid(task.uuid, node.id)
         if task.attempts >= self.dispatch_attempts:
             advance(task, Step.GIVE_UP)
             task.status, task.finished_at = TaskStatus.FAILED, time.time()
-            task.error_message = f"Could not send the task to any node after {task.attempts} attempts: {exc}"
+            task.error_message = f"Could not send the task to any node after {task.attempts} attempts. {task.last_error}"
             task.output_tail = [task.error_message]
             await self.book.save(task)
             await self.store.record("failed", f"Task {task.uuid} failed: {task.error_message}",

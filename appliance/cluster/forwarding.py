@@ -19,6 +19,7 @@ from appliance.cluster.tasks import forwarded, set_forwarded
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.growth import Growth
 from appliance.nodeodm.options import has_option, set_option
+from appliance.nodeodm.sentences import host_port
 from appliance.store.models import Task
 
 log = logging.getLogger("passel.forward")
@@ -202,7 +203,8 @@ class EarlyForward:
         limit = node.info.get("maxImages")
         self._images += is_image(name)
         if limit is not None and self._images > int(limit):
-            self.error = NodeError(f"{node.row.url} takes at most {limit} images")
+            self.error = NodeError(f"The NodeODM on {node.row.label or host_port(node.row.url)} takes at most "
+                                   f"{limit} images")
             log.info("Task %s: more images than %s takes (%s); the task is placed when it is committed",
                      self.forwarder.task.uuid[:8], node.row.url, limit)
             return False

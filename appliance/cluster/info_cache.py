@@ -7,7 +7,8 @@ from memory (with a real NodeODM, a round trip per poll made Passel twice as slo
 reply is trusted for `keep_for` (two tracker rounds); after that, a client's request asks the node
 itself, and requests that arrive together share that one request. What Passel changes itself
 (cancel, restart, move) is in the task row, which the reply is merged with, so it shows at once. A
-finished run does not change on its node, so it is kept until Passel acts on the task; beyond
+finished run does not change on its node once asked again after its end (`Run.settled`: the first
+finished reply may miss the last lines), so it is kept until Passel acts on the task; beyond
 MAX_FINISHED_RUNS, the lines of the oldest are let go (and fetched again if asked for).
 
 Lines only grow. WebODM keeps the console lines it has and asks for the rest with `with_output=N`,
@@ -50,6 +51,7 @@ class Run:
     reply: dict[str, Any] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
     good_until: float = -math.inf  # time.monotonic() after which the reply is too old to answer from
+    settled: bool = False  # finished, and asked once more after that: its output is whole
 
     @property
     def final(self) -> bool:
@@ -74,6 +76,7 @@ class InfoCache:
         self._consoles: dict[str, Console] = {}
         self._flights: dict[tuple[str, int], asyncio.Future[Run | None]] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()  # finished runs holding lines, oldest first
+        self._unsettled: set[str] = set()
 
     def _console(self, task: Task) -> Console:
         console = self._consoles.get(task.uuid)
@@ -114,12 +117,24 @@ class InfoCache:
         reply = dict(await ask(max(len(run.lines) - 1, 0)))  # one line of overlap shows a restart
         if self._consoles.get(task.uuid) is not console:
             return None  # moved, failed or restarted while we asked: the reply is about a run that is over
-        _append(run, reply.pop("output", None))
-        run.reply = reply
+        added = _append(run, reply.pop("output", None))
+        was_final, run.reply = run.final, reply
+        # A node may print its last lines just after it reports the end (NodeODM reads the process's
+        # output after the exit), so the first finished reply is not trusted to hold them all: the
+        # tracker asks once more, and the run settles when a finished reply brings nothing new.
+        run.settled = run.final and was_final and not added
         run.good_until = math.inf if run.final else time.monotonic() + self.keep_for
         console.run = run
+        if run.final and not run.settled:
+            self._unsettled.add(task.uuid)
+        else:
+            self._unsettled.discard(task.uuid)
         self._hold_lines(task.uuid, run)
         return run
+
+    def unsettled(self) -> list[str]:
+        """Tasks whose node reported the end once, whose output is to be asked for once more."""
+        return list(self._unsettled)
 
     def _hold_lines(self, uuid: str, run: Run) -> None:
         if not run.final:
@@ -162,18 +177,21 @@ class InfoCache:
         task.notes, task.output_tail = [*head, *kept, note], []
         self._consoles[task.uuid] = Console(served=0)
         self._finished.pop(task.uuid, None)
+        self._unsettled.discard(task.uuid)
 
     def start_over(self, task: Task) -> None:
         """A restart through the API: a new, empty console, as on NodeODM. The caller saves."""
         task.notes, task.output_tail = [], []
         self._consoles[task.uuid] = Console(served=0)
         self._finished.pop(task.uuid, None)
+        self._unsettled.discard(task.uuid)
 
     def forget(self, uuid: str) -> None:
         """Drop what this process holds on the task (canceled, restarted, removed or lost): the next
         client request asks its node again."""
         self._consoles.pop(uuid, None)
         self._finished.pop(uuid, None)
+        self._unsettled.discard(uuid)
 
 
 def waiting_line(task: Task, node_url: str | None) -> str | None:
@@ -185,16 +203,18 @@ def waiting_line(task: Task, node_url: str | None) -> str | None:
     return None
 
 
-def _append(run: Run, lines: Any) -> None:
-    """Add what the node printed after our last line (it was asked from that line on)."""
+def _append(run: Run, lines: Any) -> int:
+    """Add what the node printed after our last line (it was asked from that line on); how many."""
     if not isinstance(lines, list):
-        return  # a node that sends no output keeps the lines we have
+        return 0  # a node that sends no output keeps the lines we have
+    before = len(run.lines)
     if not run.lines or lines[:1] == run.lines[-1:]:
         run.lines.extend(lines[1:] if run.lines else lines)
     elif lines[:len(run.lines)] == run.lines:
         run.lines = list(lines)  # a node that ignores with_output sends all of it
     else:
         raise OutputRestarted
+    return len(run.lines) - before
 
 
 def _head(task: Task) -> list[str]:

@@ -202,8 +202,8 @@ class Intake:
         if task.phase == Phase.FORWARDING and node is not None:
             return f"sending to {node.name}"
         if task.status == TaskStatus.RUNNING:
-            return "waiting for a faster node (ODM is shown RUNNING)"
-        return "waiting for a free node (QUEUED)"
+            return "waiting for a faster node"
+        return "waiting for a free node"
 
     # -- actions on a task ------------------------------------------------------------------
     async def cancel(self, task: Task) -> None:

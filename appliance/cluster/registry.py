@@ -19,10 +19,25 @@ import aiohttp
 
 from appliance.clock import boottime
 from appliance.cluster.scheduler import NodeView
-from appliance.cluster.speed import (Estimate, Hardware, Sample, blend, calibrations, dump_samples, estimates,
-                                     parse_samples, speed_key)
-from appliance.nodeodm.client import NodeClient, NodeError, NodeUnreachable, split_node_url
+from appliance.cluster.speed import (
+    Estimate,
+    Hardware,
+    Sample,
+    blend,
+    calibrations,
+    dump_samples,
+    estimates,
+    parse_samples,
+    speed_key,
+)
+from appliance.nodeodm.client import (
+    NodeClient,
+    NodeError,
+    NodeUnreachable,
+    split_node_url,
+)
 from appliance.nodeodm.options import OptionSpec
+from appliance.nodeodm.sentences import host_port, node_problem
 from appliance.role import Role
 from appliance.store.database import Store
 from appliance.store.models import Node
@@ -215,10 +230,10 @@ class NodeRegistry:
                 state.row.last_options = await state.client.options()
         except (NodeUnreachable, NodeError) as exc:
             state.misses += 1
-            state.last_error = str(exc)
+            state.last_error = node_problem(exc, state.row.label or host_port(state.row.url))
             if state.online and state.misses >= MISSES_BEFORE_OFFLINE:
                 state.online = False
-                await self.store.record("node-offline", f"Node {state.name} is not answering: {exc}", node_id=state.id)
+                await self.store.record("node-offline", state.last_error, node_id=state.id)
                 self._changed()
             return
         state.info, state.misses, state.last_error, state.last_answer = info, 0, "", boottime()

@@ -14,15 +14,20 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from appliance.cluster import held_files
 from appliance.cluster.coordinator import COORDINATOR_KEY, Coordinator
 from appliance.cluster.info_cache import Run, waiting_line
 from appliance.cluster.intake import NewTask, TaskRefused
-from appliance.cluster.proxy import stream_from_node
+from appliance.cluster.results import asks_to_the_end, completed, serve_results
 from appliance.cluster.tracker import refresh_from_node
 from appliance.nodeodm import replies
 from appliance.nodeodm.routes import add_nodeodm_routes
-from appliance.nodeodm.status import TaskStatus
-from appliance.nodeodm.uploads import UploadError, ensure_free_space, read_action_fields, receive_form
+from appliance.nodeodm.uploads import (
+    UploadError,
+    ensure_free_space,
+    read_action_fields,
+    receive_form,
+)
 from appliance.store.models import Phase, Task
 
 log = logging.getLogger("passel.api")
@@ -232,26 +237,32 @@ async def task_output(request: web.Request) -> web.Response:
 
 
 async def task_download(request: web.Request) -> web.StreamResponse:
-    """From the node to the box the client asked: on a follower, straight from the node its replica
-    names (http_rules.DOWNLOAD_CALL), never through the coordinator."""
+    """From the box the client asked: its own copy of the results, else the node, else the box that
+    keeps the copy (cluster/results.py); on a follower, never through the coordinator
+    (http_rules.DOWNLOAD_CALL)."""
     c = _coordinator(request)
     if not c.role.coordinating:
         task = c.book.get(request.match_info["uuid"].lower())
-        node = c.results_node(request.match_info["uuid"])
     else:
         task = await _visible(request)
-        node = c.registry.get(task.node_id) if task is not None else None
     if task is None:
         return replies.task_not_found(request.match_info["uuid"])
     if request.match_info["asset"] != "all.zip":
         return replies.error(replies.INVALID_ASSET)
-    if task.status != TaskStatus.COMPLETED or node is None:
+    if not completed(task):
         return replies.error(replies.ASSET_NOT_READY)
     try:
-        reply = await stream_from_node(request, node, f"/task/{task.uuid}/download/all.zip")
+        reply = await serve_results(request, c, task)
     except (aiohttp.ClientError, TimeoutError) as exc:
         return replies.error(f"The node holding this task's results is not answering ({exc or 'timeout'}); try again")
-    if _whole_file_sent(reply) and not task.downloaded_at:
+    if reply is None:
+        return replies.error("The node holding this task's results is not answering, and no copy of them can be "
+                             "reached; try again")
+    if isinstance(reply, web.FileResponse):  # this box's own copy, sent once this handler returns
+        whole = asks_to_the_end(request, c.results.path(task.uuid))
+    else:
+        whole = _whole_file_sent(reply)
+    if whole and not task.downloaded_at:
         if c.role.coordinating:
             await c.downloaded(task)
         else:  # the coordinator keeps the table: tell it, as metadata
@@ -313,3 +324,4 @@ async def task_restart(request: web.Request) -> web.Response:
 
 def setup_routes(app: web.Application) -> None:
     add_nodeodm_routes(app, sys.modules[__name__])  # type: ignore[arg-type]
+    app.router.add_get("/task/{uuid}/files", held_files.task_files)  # Passel's own: what a resumed upload lacks

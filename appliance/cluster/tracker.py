@@ -69,7 +69,7 @@ async def _fetch(c: TrackerHost, task: Task, node: NodeState) -> Run | None:
 
 
 class TaskTracker:
-    """Polls the unfinished tasks on each node; a task with no progress and no new output for
+    """Polls the unfinished tasks on each node (and a finished one once more, for its last lines); a task with no progress and no new output for
     `stall_seconds` is sent again from staging, or failed with an explanation."""
 
     def __init__(self, coordinator: TrackerHost, interval: float, stall_seconds: float) -> None:
@@ -107,11 +107,16 @@ class TaskTracker:
         else:
             await c.fail(task, f"Stopped: {reason}")
 
+    def _to_poll(self) -> list[Task]:
+        """The unfinished tasks on nodes, and the finished ones whose whole output is still to be read."""
+        c = self.coordinator
+        active = [t for t in c.book.in_phase(Phase.ON_NODE) if not TaskStatus(t.status).finished]
+        ended = [t for t in map(c.book.get, c.info_cache.unsettled()) if t is not None and t.phase == Phase.FINISHED]
+        return active + ended
+
     async def run_forever(self) -> None:
         while True:
             if self.coordinator.role.coordinating:
-                active = [t for t in self.coordinator.book.in_phase(Phase.ON_NODE)
-                          if not TaskStatus(t.status).finished]
-                await asyncio.gather(*(self.refresh(t) for t in active))
+                await asyncio.gather(*(self.refresh(t) for t in self._to_poll()))
                 await self.coordinator.stragglers.tick()  # with fresh progress: copy, promote or drop
             await asyncio.sleep(self.interval)

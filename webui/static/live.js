@@ -79,13 +79,29 @@
     return active && active !== document.body && el.contains(active);
   }
 
+  function atEnd(log) {
+    return log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+  }
+
+  function toEnd(log) {
+    log.scrollTop = log.scrollHeight;
+  }
+
+  // A log is only read, so a finger on it (which focuses it on a phone) must not stop its new lines:
+  // its text is replaced in place, and it stays at its end if it was there.
+  function swapLog(el, replacement) {
+    if (el.textContent === replacement.textContent) return;
+    var pinned = atEnd(el);
+    el.textContent = replacement.textContent;
+    if (pinned) toEnd(el);
+  }
+
   function swap(fresh) {
     document.querySelectorAll("[data-live][id]").forEach(function (el) {
       var replacement = fresh.getElementById(el.id);
-      if (!replacement || keepsFocus(el)) return;
-      var pinned = el.classList.contains("log") && el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
-      el.replaceWith(replacement);
-      if (pinned) replacement.scrollTop = replacement.scrollHeight;
+      if (!replacement) return;
+      if (el.classList.contains("log")) return swapLog(el, replacement);
+      if (!keepsFocus(el)) el.replaceWith(replacement);
     });
   }
 
@@ -108,9 +124,18 @@
     }
   }
 
-  function start() {
+  // The log opens at its end: its last lines say what the task does now. Once more when the page's
+  // layout has settled (a phone lays out again after the first paint).
+  function openLogAtEnd() {
     var log = document.getElementById("log");
-    if (log) log.scrollTop = log.scrollHeight;
+    if (!log) return;
+    toEnd(log);
+    window.requestAnimationFrame(function () { toEnd(log); });
+    window.addEventListener("load", function () { toEnd(log); });
+  }
+
+  function start() {
+    openLogAtEnd();
     if (document.body.getAttribute("data-live") !== "on") return;
     say("Live");
     window.setInterval(refresh, PERIOD_MS);
