@@ -79,7 +79,8 @@ def _coordinator_ctx(config: Config):
         public_url = config.public_url or default_public_url(config.host, config.port)
         coordinator = Coordinator(store, registry, Staging(config.staging_dir, config.min_free_disk_mb * 1024 * 1024),
                                   public_url, config.dispatch_attempts, role, config.speed_aware,
-                                  results_dir=config.state_dir / "results")
+                                  results_dir=config.state_dir / "results",
+                                  api_token=config.token or "")  # split tasks send their parts back with it
         await coordinator.recover()
         app[COORDINATOR_KEY] = coordinator
         for url in config.node:  # checked by config.node_url: a bad one stopped `passel run` already

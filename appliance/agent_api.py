@@ -14,6 +14,7 @@ from aiohttp import web
 from appliance.admin_password import ADMIN_PASSWORD_KEY
 from appliance.cluster.coordinator import COORDINATOR_KEY
 from appliance.cluster.intake import NewTask, TaskRefused
+from appliance.cluster.job_parts import parent_of
 from appliance.cluster.results import AGENT_RESULTS
 from appliance.cluster.results_copies import FETCH_TIMEOUT
 from appliance.discovery.passel import (
@@ -176,7 +177,9 @@ async def intake_init(request: web.Request) -> web.Response:
         body = await _json_body(request)
         fields = {str(k): str(v) for k, v in dict(body["fields"]).items()}
         set_uuid = body.get("set_uuid")
-        task = await coordinator.intake.init(NewTask.from_fields(fields), str(set_uuid) if set_uuid else None,
+        parent = parent_of(f"job-{body.get('parent_uuid') or ''}")  # checked as the submodel's token was
+        new = NewTask.from_fields(fields, parent)
+        task = await coordinator.intake.init(new, str(set_uuid) if set_uuid else None,
                                              staged_on=request[PEER_KEY])
     except (ValueError, KeyError, TypeError) as exc:
         return web.json_response({"error": f"bad intake call: {exc}"}, status=400)

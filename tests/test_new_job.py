@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -287,9 +288,25 @@ def test_a_job_from_the_browser_survives_a_dropped_network(chromium, realnode_fa
         download.value.save_as(saved)
         assert saved.stat().st_size > 0 and saved.read_bytes()[:2] == b"PK"
         assert tab.evaluate("Object.keys(localStorage).filter(k => k.startsWith('passel-upload:')).length") == 0
+        _the_products_show(tab, tmp_path)
     finally:
         context.close()
     assert not outside and not errors, (outside, errors)
+
+
+def _the_products_show(tab: Any, tmp_path: Path) -> None:
+    """The finished task's page: the orthophoto downloads on its own (a GeoTIFF, taken from the zip),
+    its preview loads, and the map draws its tiles, all from the passel."""
+    with tab.expect_download() as download:
+        tab.get_by_role("link", name="Download Orthophoto", exact=True).click()
+    ortho = tmp_path / "orthophoto.tif"
+    download.value.save_as(ortho)
+    assert ortho.read_bytes()[:4] in (b"II*\x00", b"MM\x00*")
+    tab.wait_for_function("document.getElementById('products-preview').complete"
+                          " && document.getElementById('products-preview').naturalWidth > 0")
+    tab.wait_for_selector("#products-map[data-ready=true]")
+    tab.wait_for_function("""() => { const tiles = document.querySelectorAll('#products-map img.leaflet-tile');
+        return tiles.length > 0 && [...tiles].every(t => t.complete && t.naturalWidth === 256); }""")
 
 
 def _open_new_job(chromium: Any, url: str, viewport: dict[str, int] = DESKTOP) -> tuple[Any, Any, list[str]]:  # noqa: F811

@@ -5,8 +5,12 @@ ranges, with the same uuid; the copy is released with the task; an interrupted c
 from __future__ import annotations
 
 import asyncio
+import html
+import io
+import re
 import signal
 import time
+import zipfile
 from pathlib import Path
 
 import aiohttp
@@ -275,7 +279,7 @@ def test_the_results_outlive_the_box_whose_node_made_them(tmp_path, netns_requir
             path = tmp_path / f"IMG_{i}.JPG"
             path.write_bytes(b"\xff\xd8" + bytes([i]) * 20000)
             files.append(str(path))
-        task = Node(entry.address, 3000).create_task(files, skip_post_processing=True, outputs=["cameras.json"])
+        task = Node(entry.address, 3000).create_task(files)  # the whole outputs: the page lists the orthophoto
         task.wait_for_completion(interval=0.5)
         uuid = task.uuid
 
@@ -306,3 +310,9 @@ def test_the_results_outlive_the_box_whose_node_made_them(tmp_path, netns_requir
         info = wait_until(lambda: requests.get(f"{asker.api}/task/{uuid}/info", timeout=10).json(), 30, "info")
         assert info["status"]["code"] == 40, info
         assert download().content == expected
+        page = requests.get(f"{asker.api}/ui/tasks/{uuid}", timeout=15).text  # the task page, for a responder
+        link = re.search(r'href="([^"]+)" download aria-label="Download Orthophoto"', page)
+        assert link, "the task page lists the orthophoto"
+        ortho = requests.get(asker.api + html.unescape(link.group(1)), timeout=15)
+        with zipfile.ZipFile(io.BytesIO(expected)) as archive:
+            assert ortho.status_code == 200 and ortho.content == archive.read("odm_orthophoto/odm_orthophoto.tif")

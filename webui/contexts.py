@@ -136,6 +136,8 @@ class JobSummary:
     eta: str = doc("'about 12 min left', when the coordinator can tell; else empty")
     finished: bool = doc("whether every part has ended")
     outcome: str = doc("once finished, one sentence saying where the results are")
+    parent: str = doc("the uuid of the task that made the parts (a split job started here), else empty",
+                      default="")
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +241,8 @@ class TaskPage:
     download_url: str | None = doc("where to download all.zip, once it completed")
     token_needed: bool = doc("whether the download needs the API token added as ?token=")
     products: ProductsSection = doc("what the task made: its downloads, a preview and a map (_products.html)")
+    parts: list[TaskRow] = doc("the submodels it sent to the passel, for a split job started here",
+                               default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ from webui.boxes import BOX_FACTS_KEY, BoxFactsCache, box_cards, box_names, node
 from webui.contexts import AdminPage, EventRow, JobPage, PasselPage, TaskPage, TasksPage, TimelinePage
 from webui.render import chrome, error_page, respond
 from webui.task_views import (STATUS_CHOICES, any_online, can_move, counts, facts_of, job_of, job_summary, list_tasks,
-                              log_of, members_of, move_targets, options_of, outcome_of, page_url, task_row)
+                              log_of, member_row, members_of, move_targets, options_of, outcome_of, page_url,
+                              task_row)
 from webui.timeline import SPAN_CHOICES, SPANS, build
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -82,8 +83,11 @@ async def task_page(request: web.Request) -> web.Response:
     events, eta = await snapshot.task_detail(request, snap, uuid)
     names = node_names(request, snap)
     key = job_of(task)
-    job = job_summary(snap, key, box_names(request, snap), await snapshot.etas(request, snap)) \
-        if key != task.uuid else None
+    etas = await snapshot.etas(request, snap)
+    job = job_summary(snap, key, box_names(request, snap), etas)  # None for a task on its own
+    now, online = time.time(), any_online(snap)
+    parts = [member_row(t, snap.node_url(t), names, now, etas.get(t.uuid), online)
+             for t in members_of(snap, key) if t.uuid != task.uuid] if job and job.parent == task.uuid else []
     page = TaskPage(
         chrome=chrome(request, "tasks", task.name or uuid, snap.banner),
         task=task_row(task, snap.node_url(task), names, time.time(), eta, any_online(snap)), job=job,
@@ -92,7 +96,7 @@ async def task_page(request: web.Request) -> web.Response:
         move_targets=move_targets(task, snap, names), can_move=can_move(task), can_restart=status.finished,
         download_url=f"/task/{uuid}/download/all.zip" if status == TaskStatus.COMPLETED else None,
         token_needed=bool(request.app[CONFIG_KEY].token),
-        products=await products_view.products_section(request, task))
+        products=await products_view.products_section(request, task), parts=parts)
     return respond(request, page)
 
 
@@ -106,7 +110,7 @@ async def job_page(request: web.Request) -> web.Response:
         return error_page(request, 404, "No such job",
                           "This passel has no job at that address; its tasks may have been removed.", "/ui/tasks")
     names, now, online = node_names(request, snap), time.time(), any_online(snap)
-    rows = [task_row(t, snap.node_url(t), names, now, etas.get(t.uuid), online) for t in members_of(snap, key)]
+    rows = [member_row(t, snap.node_url(t), names, now, etas.get(t.uuid), online) for t in members_of(snap, key)]
     return respond(request, JobPage(chrome=chrome(request, "tasks", job.title, snap.banner), job=job, rows=rows))
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import urlencode
 
 from appliance.nodeodm.sentences import host_port
@@ -67,9 +68,20 @@ def _matches(task: Task, status: str, node_url: str | None, node: str, text: str
     return not text or text in task.name.lower() or task.uuid.startswith(text)
 
 
+COLLECTED = "collected by its job, then removed"
+
+
 def job_of(task: Task) -> str:
-    """Split-merge submodels share options and ask for partial outputs; other tasks stand alone."""
+    """A submodel that names its job (`parent_uuid`, cluster/job_parts.py) goes under that task;
+    unnamed split-merge submodels share options and ask for partial outputs; other tasks stand alone."""
+    if task.parent_uuid:
+        return task.parent_uuid
     return task.job_key if task.job_key and (task.outputs or task.skip_post_processing) else task.uuid
+
+
+def _in_job_order(key: str) -> Any:
+    """The job's own task first (a linked job's key is its uuid), then its parts by name and age."""
+    return lambda t: (t.uuid != key, t.name, t.date_created_ms)
 
 
 @dataclass(frozen=True)
@@ -102,19 +114,30 @@ def list_tasks(snap: Snapshot, labels: dict[str, str], etas: dict[str, float | N
         rows_on_page += len(members)
     page = min(max(page, 1), len(pages))
     online = any_online(snap)
-    groups = [_group(key, sorted(members, key=lambda t: (t.name, t.date_created_ms)), urls, labels, etas, now, online)
+    groups = [_group(key, sorted(members, key=_in_job_order(key)), urls, labels, etas, now, online,
+                     len(snap.coordinator.book.removed_parts(key)))
               for key, members in pages[page - 1]]
     return TaskListing(groups, sum(len(m) for m in jobs.values()), page, len(pages))
 
 
 def _group(key: str, members: list[Task], urls: dict[str, str | None], labels: dict[str, str],
-           etas: dict[str, float | None], now: float, online: bool) -> TaskGroup:
+           etas: dict[str, float | None], now: float, online: bool, collected: int) -> TaskGroup:
+    """`collected`: parts of a linked job already removed (they show on the job's page only)."""
     rows = [task_row(t, urls[t.uuid], labels, now, etas.get(t.uuid), online) for t in members]
     done = sum(1 for t in members if t.status == TaskStatus.COMPLETED)
-    if len(members) == 1:
+    if len(members) == 1 and not collected:
         return TaskGroup(key=key, title=rows[0].name, is_job=False, done=done, rows=rows)
-    return TaskGroup(key=key, title=job_title([t.name for t in members]), is_job=True, done=done, rows=rows,
+    return TaskGroup(key=key, title=_title(key, members, collected), is_job=True, done=done, rows=rows,
                      url=f"/ui/jobs/{key}")
+
+
+def _title(key: str, members: list[Task], collected: int = 0) -> str:
+    """A linked job is named after its own task; other jobs after their parts' names (job_title)."""
+    own = next((t for t in members if t.uuid == key), None)
+    if own is None:
+        return job_title([t.name for t in members])
+    parts = len(members) - 1 + collected
+    return f"Job {own.name} ({parts} part{'s' if parts != 1 else ''})"
 
 
 def job_title(names: list[str]) -> str:
@@ -172,8 +195,17 @@ def any_online(snap: Snapshot) -> bool:
 
 
 def members_of(snap: Snapshot, key: str) -> list[Task]:
-    """The tasks of one job (by job_of's key), in name order."""
-    return sorted((t for t in snap.tasks if job_of(t) == key), key=lambda t: (t.name, t.date_created_ms))
+    """The tasks of one job (by job_of's key): its own task first for a linked job, then its parts in
+    name order, those ODM already collected and removed included."""
+    found = [t for t in snap.tasks if job_of(t) == key] + snap.coordinator.book.removed_parts(key)
+    return sorted(found, key=_in_job_order(key))
+
+
+def member_row(task: Task, node_url: str | None, labels: dict[str, str], now: float, eta: float | None,
+               online: bool) -> TaskRow:
+    """A job's member as a row; a part its job collected says so rather than 'completed' alone."""
+    row = task_row(task, node_url, labels, now, eta, online)
+    return replace(row, note=COLLECTED) if task.phase == Phase.REMOVED else row
 
 
 def outcome_of(task: Task) -> str:
@@ -194,6 +226,9 @@ def job_summary(snap: Snapshot, key: str, boxes_of: dict[str, str], etas: dict[s
     members = members_of(snap, key)
     if len(members) < 2:
         return None
+    own = next((t for t in members if t.uuid == key), None)
+    if own is not None:  # a linked job: its own task's progress follows its parts and ends with the merge
+        return _linked_summary(own, members, boxes_of, etas, snap)
     weights = [max(t.images_count, 1) for t in members]
     done = [TaskStatus(t.status).finished for t in members]
     progress = sum(w * (100.0 if d else t.progress) for t, w, d in zip(members, weights, done)) / sum(weights)
@@ -207,6 +242,33 @@ def job_summary(snap: Snapshot, key: str, boxes_of: dict[str, str], etas: dict[s
                       parts=len(members), done=completed, failed=failed, progress=round(progress, 1),
                       boxes=working, eta=eta, finished=all(done),
                       outcome=_job_outcome(len(members), completed, failed) if all(done) else "")
+
+
+def _linked_summary(own: Task, members: list[Task], boxes_of: dict[str, str], etas: dict[str, float | None],
+                    snap: Snapshot) -> JobSummary:
+    """A job started as one split task: it is done when that task has merged its parts, so its own
+    status and progress speak for the job; the parts are counted beside it."""
+    parts = [t for t in members if t is not own]
+    status = TaskStatus(own.status)
+    working = sorted({boxes_of.get(url, host_port(url)) for t in members
+                      if not TaskStatus(t.status).finished and (url := snap.node_url(t))})
+    eta = "" if status.finished else eta_text(etas.get(own.uuid))
+    return JobSummary(key=own.uuid, title=_title(own.uuid, members), url=f"/ui/jobs/{own.uuid}",
+                      parts=len(parts), done=sum(1 for t in parts if t.status == TaskStatus.COMPLETED),
+                      failed=sum(1 for t in parts if t.status == TaskStatus.FAILED),
+                      progress=round(100.0 if status == TaskStatus.COMPLETED else own.progress, 1),
+                      boxes=working, eta=eta, finished=status.finished, outcome=_linked_outcome(own, status),
+                      parent=own.uuid)
+
+
+def _linked_outcome(own: Task, status: TaskStatus) -> str:
+    if status == TaskStatus.COMPLETED:
+        return (f"Done: {own.name} merged its parts; the results are in its all.zip, downloaded from its page.")
+    if status == TaskStatus.FAILED:
+        return f"{own.name} failed, so the job has no results: open it to see why and restart it."
+    if status == TaskStatus.CANCELED:
+        return f"{own.name} was canceled, so the job has no results."
+    return ""
 
 
 def _job_outcome(parts: int, completed: int, failed: int) -> str:

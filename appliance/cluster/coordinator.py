@@ -42,8 +42,9 @@ class Coordinator:
 
     def __init__(self, store: Store, registry: NodeRegistry, staging: Staging, public_url: str,
                  dispatch_attempts: int, role: Role, speed_aware: bool = True,
-                 results_dir: Path | None = None) -> None:
+                 results_dir: Path | None = None, api_token: str = "") -> None:
         self.store, self.registry, self.staging = store, registry, staging
+        self.api_token = api_token  # a split task's submodels carry it, or their job, in ?token= (job_parts.py)
         self.speed_aware = speed_aware  # off: any free slot, oldest first, no straggler copies
         self.public_url = public_url
         self.dispatch_attempts = dispatch_attempts
@@ -51,12 +52,12 @@ class Coordinator:
         self.self_id = role.self_id
         self.book = TaskBook(store, self.self_id)
         self.replicas = ReplicaProgress(role)
-        self.info_cache = InfoCache()
+        self.info_cache = InfoCache(secret=api_token)
         self.dispatcher = Dispatcher(self.book, registry, staging, store, public_url, dispatch_attempts,
-                                     speed_aware, role)
+                                     speed_aware, role, api_token)
         self.intake = Intake(self.book, registry, staging, store, self.dispatcher, self.info_cache, self.replicas,
                              role, observe=self.observe)
-        self.receiver = Receiver(self.book, staging, registry, role, public_url)
+        self.receiver = Receiver(self.book, staging, registry, role, public_url, api_token)
         self.stragglers = Stragglers(self)
         self.dispatcher.stragglers = self.stragglers
         # copies of completed tasks' all.zip (results.py); beside staging unless the agent says where

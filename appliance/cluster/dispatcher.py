@@ -51,9 +51,9 @@ class Dispatcher:
     """Owns the queue and the sends in flight; the intake and the moves hand it tasks."""
 
     def __init__(self, book: TaskBook, registry: NodeRegistry, staging: Staging, store: Store, public_url: str,
-                 dispatch_attempts: int, speed_aware: bool, role: Role) -> None:
+                 dispatch_attempts: int, speed_aware: bool, role: Role, api_token: str = "") -> None:
         self.book, self.registry, self.staging, self.store = book, registry, staging, store
-        self.public_url = public_url
+        self.public_url, self.api_token = public_url, api_token  # api_token: sm-cluster carries it (job_parts.py)
         self.dispatch_attempts = dispatch_attempts
         self.speed_aware = speed_aware  # off: any free slot, oldest first, no straggler copies
         self.role = role
@@ -115,7 +115,7 @@ class Dispatcher:
         if node is not None:
             task.node_id = node.id
             if send_early:
-                self._early[task.uuid] = EarlyForward(Forwarder(self.book, self.staging, task, node, self.public_url))
+                self._early[task.uuid] = EarlyForward(Forwarder(self.book, self.staging, task, node, self.public_url, self.api_token))
 
     async def refresh_reservation(self, task: Task) -> None:
         """The client initialised its pending upload again: a node that holds it gets the new fields."""
@@ -243,7 +243,7 @@ class Dispatcher:
         await self.book.save(task)
         try:
             if task.staged_on in ("", self.role.self_id):
-                await Forwarder(self.book, self.staging, task, node, self.public_url).deliver(
+                await Forwarder(self.book, self.staging, task, node, self.public_url, self.api_token).deliver(
                     on_commit=lambda: self._committing.add(task.uuid))
             else:
                 await self._send_from(task.staged_on, task, node)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from appliance.cluster.job_parts import sm_cluster_url
 from appliance.cluster.registry import NodeState
 from appliance.cluster.staging import Staging, is_image
 from appliance.cluster.tasks import forwarded, set_forwarded
@@ -46,15 +47,18 @@ def worth_retrying(exc: Exception) -> bool:
     return isinstance(exc, NodeUnreachable) or (isinstance(exc, NodeError) and (exc.status or 0) >= 500)
 
 
-def init_fields(task: Task, node: NodeState, public_url: str) -> dict[str, str]:
+def init_fields(task: Task, node: NodeState, public_url: str, api_token: str = "") -> dict[str, str]:
     """The text fields of `/task/new/init`, as the client gave them after validation.
 
     A split task sends its submodels back to `sm-cluster`: the agent of the box that runs it, when
     known, because that agent relays to whoever is coordinator and so survives a coordinator change.
+    Its `?token=` is the passel's API token when it has one (else every submodel would be refused),
+    or else names the task, so its submodels are recorded as its parts (job_parts.py).
     """
     options = task.options
     if has_option(options, "split"):
-        options = set_option(options, "sm-cluster", node.row.agent_url or public_url)
+        options = set_option(options, "sm-cluster",
+                             sm_cluster_url(node.row.agent_url or public_url, task.uuid, api_token))
     fields = {"name": task.name, "options": json.dumps(options), "dateCreated": str(task.date_created_ms),
               "skipPostProcessing": "true" if task.skip_post_processing else "false"}
     if task.outputs is not None:
@@ -67,9 +71,10 @@ def init_fields(task: Task, node: NodeState, public_url: str) -> dict[str, str]:
 class Forwarder:
     """Moves one task's staged files to one node."""
 
-    def __init__(self, book: KeepsTasks, staging: Staging, task: Task, node: NodeState, public_url: str) -> None:
+    def __init__(self, book: KeepsTasks, staging: Staging, task: Task, node: NodeState, public_url: str,
+                 api_token: str = "") -> None:
         self.book, self.staging, self.task, self.node = book, staging, task, node
-        self.public_url = public_url
+        self.public_url, self.api_token = public_url, api_token
         self._init_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(PARALLEL_UPLOADS)
         self._confirmed: set[str] = set()
@@ -83,7 +88,7 @@ class Forwarder:
             if node_id == self.node.id:
                 return
             try:
-                await self.node.client.task_init(self.task.uuid, init_fields(self.task, self.node, self.public_url))
+                await self.node.client.task_init(self.task.uuid, init_fields(self.task, self.node, self.public_url, self.api_token))
             except NodeError as exc:
                 if not str(exc).startswith(_PENDING_EXISTS):
                     raise
@@ -99,7 +104,7 @@ class Forwarder:
         async with self._init_lock:
             node_id, _ = forwarded(self.task)
             if node_id == self.node.id:
-                await self.node.client.task_init(self.task.uuid, init_fields(self.task, self.node, self.public_url))
+                await self.node.client.task_init(self.task.uuid, init_fields(self.task, self.node, self.public_url, self.api_token))
 
     async def send_file(self, path: Path) -> None:
         async with self._slots:

@@ -70,7 +70,8 @@ class Console:
 class InfoCache:
     """The live view and console state of every task this process has answered for."""
 
-    def __init__(self) -> None:
+    def __init__(self, secret: str = "") -> None:
+        self.secret = secret  # the API token: a split task's node prints its sm-cluster URL, which carries it
         self.started = time.time()
         self.keep_for = 0.0  # seconds a node's reply answers clients; the tracker makes it two of its rounds
         self._consoles: dict[str, Console] = {}
@@ -117,7 +118,7 @@ class InfoCache:
         reply = dict(await ask(max(len(run.lines) - 1, 0)))  # one line of overlap shows a restart
         if self._consoles.get(task.uuid) is not console:
             return None  # moved, failed or restarted while we asked: the reply is about a run that is over
-        added = _append(run, reply.pop("output", None))
+        added = _append(run, _hidden(reply.pop("output", None), self.secret))
         was_final, run.reply = run.final, reply
         # A node may print its last lines just after it reports the end (NodeODM reads the process's
         # output after the exit), so the first finished reply is not trusted to hold them all: the
@@ -201,6 +202,13 @@ def waiting_line(task: Task, node_url: str | None) -> str | None:
     if task.phase == Phase.FORWARDING and node_url:
         return f"Passel: sending the task to {node_url}"
     return None
+
+
+def _hidden(lines: Any, secret: str) -> Any:
+    """The node's lines with the secret blanked out (consistently, so the overlap check still holds)."""
+    if not secret or not isinstance(lines, list):
+        return lines
+    return [line.replace(secret, "***") if isinstance(line, str) else line for line in lines]
 
 
 def _append(run: Run, lines: Any) -> int:

@@ -37,7 +37,8 @@ from appliance.store.models import Phase, Task
 log = logging.getLogger("passel.tasks")
 UUID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[1-5][0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}"
 # the columns a client's init fields fill (`Intake._prepare`); a second init with the same set-uuid replaces them
-CLIENT_COLUMNS = ("name", "options", "outputs", "skip_post_processing", "webhook", "date_created_ms", "job_key")
+CLIENT_COLUMNS = ("name", "options", "outputs", "skip_post_processing", "webhook", "date_created_ms", "job_key",
+                  "parent_uuid")
 HANDOVER_WAIT_SECONDS = 8.0  # under ODM's 30 s request timeout; a hand-over takes a heartbeat or two
 HANDOVER_RECHECK_SECONDS = 0.2
 MAX_ABANDONED = 10_000  # remembered removals of unknown uuids; bounded so such requests cannot grow memory
@@ -58,14 +59,15 @@ class NewTask:
     outputs: str | None = None
     webhook: str = ""
     date_created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    parent_uuid: str = ""  # a split job's submodel names its job in `?token=` (job_parts.py), not in a field
 
     @classmethod
-    def from_fields(cls, fields: dict[str, str]) -> NewTask:
+    def from_fields(cls, fields: dict[str, str], parent_uuid: str = "") -> NewTask:
         # WebODM sends dateCreated, and NodeODM purges a finished task 48 h after it: keep it as sent.
         created = re.match(r"\s*(\d+)", fields.get("dateCreated", ""))
         return cls(name=fields.get("name", ""), options=fields.get("options"),
                    skip_post_processing=fields.get("skipPostProcessing") == "true",
-                   outputs=fields.get("outputs"), webhook=fields.get("webhook", ""),
+                   outputs=fields.get("outputs"), webhook=fields.get("webhook", ""), parent_uuid=parent_uuid,
                    **({"date_created_ms": int(created.group(1))} if created else {}))
 
 
@@ -117,7 +119,8 @@ class Intake:
         job = hashlib.sha1(f"{json.dumps(options)}|{json.dumps(outputs) if outputs is not None else None}|"
                           f"{new.skip_post_processing}".encode()).hexdigest()[:16]
         return {"name": name, "options": options, "outputs": outputs, "skip_post_processing": new.skip_post_processing,
-                "webhook": new.webhook, "date_created_ms": new.date_created_ms, "job_key": job}
+                "webhook": new.webhook, "date_created_ms": new.date_created_ms, "job_key": job,
+                "parent_uuid": new.parent_uuid}
 
     async def init(self, new: NewTask, set_uuid: str | None, staged_on: str | None = None) -> Task:
         """Accept a new task: validate, and reserve a node. The files go to `staged_on`, the box the

@@ -49,9 +49,10 @@ class Upload:
 class Receiver:
     """The uploads held here for a coordinator on another box, and the sends it asks for."""
 
-    def __init__(self, book: TaskBook, staging: Staging, registry: NodeRegistry, role: Role, public_url: str) -> None:
+    def __init__(self, book: TaskBook, staging: Staging, registry: NodeRegistry, role: Role, public_url: str,
+                 api_token: str = "") -> None:
         self.book, self.staging, self.registry, self.role = book, staging, registry, role
-        self.public_url = public_url
+        self.public_url, self.api_token = public_url, api_token  # api_token: sm-cluster carries it (job_parts.py)
         self.uploads: dict[str, Upload] = {}
         self._reports: set[asyncio.Task[None]] = set()
 
@@ -68,9 +69,11 @@ class Receiver:
         self.uploads[uuid] = Upload(task_from_row(row_values(row)), early=None)
         return True
 
-    async def init(self, fields: dict[str, str], set_uuid: str | None) -> str:
-        """The coordinator validates the fields and reserves a node; the files will stay here."""
-        reply = await self._ask_coordinator("/intake/init", {"fields": fields, "set_uuid": set_uuid})
+    async def init(self, fields: dict[str, str], set_uuid: str | None, parent_uuid: str = "") -> str:
+        """The coordinator validates the fields and reserves a node; the files will stay here.
+        `parent_uuid`: the job a submodel belongs to, from its `?token=` (job_parts.py)."""
+        reply = await self._ask_coordinator("/intake/init", {"fields": fields, "set_uuid": set_uuid,
+                                                             "parent_uuid": parent_uuid})
         task = task_from_row(reply["task"])
         upload = self.uploads.get(task.uuid)
         if upload is not None:  # initialised again with its set-uuid: the client's new fields; what was
@@ -81,7 +84,7 @@ class Receiver:
             return task.uuid
         task.staging_path = str(self.staging.create(task.uuid))
         node = self.registry.find_url(reply["node_url"]) if reply.get("node_url") else None
-        early = EarlyForward(Forwarder(_NotInTable(), self.staging, task, node, self.public_url)) if node else None
+        early = EarlyForward(Forwarder(_NotInTable(), self.staging, task, node, self.public_url, self.api_token)) if node else None
         self.uploads[task.uuid] = Upload(task, early)
         log.info("Task %s: taking its upload here; the coordinator reserved %s", task.uuid[:8],
                  node.row.url if node else "no node yet")
@@ -137,7 +140,7 @@ class Receiver:
             raise NodeError(f"this box holds no files of task {task.uuid}")
         node = await self.registry.ensure(node_url)
         set_forwarded(task, node.id if on_node else None, on_node)
-        await Forwarder(_NotInTable(), self.staging, task, node, self.public_url).deliver()
+        await Forwarder(_NotInTable(), self.staging, task, node, self.public_url, self.api_token).deliver()
         log.info("Task %s: sent from this box straight to %s", task.uuid[:8], node.row.url)
         return sorted(forwarded(task)[1])
 

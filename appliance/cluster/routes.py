@@ -18,6 +18,7 @@ from appliance.cluster import held_files
 from appliance.cluster.coordinator import COORDINATOR_KEY, Coordinator
 from appliance.cluster.info_cache import Run, waiting_line
 from appliance.cluster.intake import NewTask, TaskRefused
+from appliance.cluster.job_parts import parent_of
 from appliance.cluster.results import asks_to_the_end, completed, serve_results
 from appliance.cluster.tracker import refresh_from_node
 from appliance.nodeodm import replies
@@ -72,10 +73,12 @@ async def task_new_init(request: web.Request) -> web.Response:
     try:
         await _check_disk(request)
         form = await receive_form(request, directory=None)
+        parent = parent_of(request.query.get("token"))  # a split job's submodel (job_parts.py)
         if c.role.coordinating:
-            uuid = (await c.intake.init(NewTask.from_fields(form.fields), request.headers.get("set-uuid"))).uuid
+            new = NewTask.from_fields(form.fields, parent)
+            uuid = (await c.intake.init(new, request.headers.get("set-uuid"))).uuid
         else:
-            uuid = await c.receiver.init(form.fields, request.headers.get("set-uuid"))
+            uuid = await c.receiver.init(form.fields, request.headers.get("set-uuid"), parent)
     except (UploadError, TaskRefused) as exc:
         return replies.error(str(exc))
     return replies.ok({"uuid": uuid})
@@ -151,7 +154,8 @@ async def task_new(request: web.Request) -> web.Response:
             raise TaskRefused("zipurl is not supported by Passel: upload the images instead")
         if not form.files:
             raise TaskRefused(replies.NEED_FILE_OR_ZIP)
-        task = await c.intake.init(NewTask.from_fields(form.fields), request.headers.get("set-uuid"))
+        new = NewTask.from_fields(form.fields, parent_of(request.query.get("token")))
+        task = await c.intake.init(new, request.headers.get("set-uuid"))
         c.staging.adopt(scratch, task.uuid)
         await c.intake.commit(task)
     except (UploadError, TaskRefused) as exc:
@@ -171,18 +175,31 @@ async def _visible(request: web.Request) -> Task | None:
 
 
 def _info(task: Task, run: Run | None) -> dict[str, Any]:
-    """The node's last reply, with what the row knows better: the client's name and date, and the
-    status as Passel shows it (its own cancel or restart at once; a finish no stale poll undoes)."""
+    """The node's last reply, with what the row knows better: the client's name, date and `sm-cluster`
+    (`_as_sent`), and the status as Passel shows it (its own cancel or restart at once; a finish no
+    stale poll undoes)."""
     status: dict[str, Any] = {"code": task.status}
     if task.error_message:
         status["errorMessage"] = task.error_message
     own: dict[str, Any] = {"uuid": task.uuid, "name": task.name, "dateCreated": task.date_created_ms, "status": status}
+    if run is not None:
+        own["options"] = _as_sent(run.reply.get("options"), task)
     if run is not None and (run.reply.get("status") or {}).get("code") == task.status:
         return {**run.reply, **own}
     row = {"processingTime": task.processing_time_ms, "progress": task.progress}
     if run is not None:
         return {**run.reply, **own, **row}
     return {**own, **row, "options": task.options, "imagesCount": task.images_count}
+
+
+def _as_sent(options: Any, task: Task) -> Any:
+    """The node's options (NodeODM adds its own post-processing ones), with `sm-cluster` as the
+    client sent it: the node's is rewritten to a box's agent, and may carry the API token."""
+    if not isinstance(options, list):
+        return task.options
+    sent = next((o for o in task.options if o.get("name") == "sm-cluster"), None)
+    return [sent if isinstance(o, dict) and o.get("name") == "sm-cluster" else o for o in options
+            if sent is not None or not (isinstance(o, dict) and o.get("name") == "sm-cluster")]
 
 
 async def _live_run(c: Coordinator, task: Task) -> Run | None:

@@ -269,7 +269,7 @@ class Stragglers:
         clone = Task(**row_values(task))
         set_forwarded(clone, None, [])
         copy = Copy(node.id, original.id)
-        forwarder = Forwarder(_Unrecorded(c.store), c.staging, clone, node, c.public_url)
+        forwarder = Forwarder(_Unrecorded(c.store), c.staging, clone, node, c.public_url, c.api_token)
         copy.sending = asyncio.create_task(self._send(task.uuid, copy, forwarder), name=f"copy-{task.uuid[:8]}")
         self.copies[task.uuid] = copy
         log.info("Task %s on %s is expected to need %.0f s more; a copy starts on %s (expected %.0f s)",

@@ -57,6 +57,10 @@ class TaskBook:
     def all_visible(self) -> list[Task]:
         return sorted((t for t in self.tasks.values() if t.phase in VISIBLE_PHASES), key=lambda t: t.date_created_ms)
 
+    def removed_parts(self, parent_uuid: str) -> list[Task]:
+        """A split job's submodels that ODM downloaded and removed: still its parts, for its page."""
+        return [t for t in self.tasks.values() if t.parent_uuid == parent_uuid and t.phase == Phase.REMOVED]
+
     def in_phase(self, *phases: str) -> list[Task]:
         return sorted((t for t in self.tasks.values() if t.phase in phases), key=lambda t: t.committed_at or 0)
 

@@ -29,6 +29,7 @@ from appliance.simnode.assets import ResultContext, default_outputs
 from appliance.simnode.catalog import POST_PROCESSING_OPTIONS, load_catalog
 from appliance.simnode.intake import IntakeError, prepare_project
 from appliance.simnode.settings import API_VERSION, Faults, SimnodeSettings
+from appliance.simnode.split_merge import Parent, SplitMerge, SplitPlan, SubmodelFailed, plan_split
 from appliance.simnode.tasks import PendingUpload, SimTask
 
 log = logging.getLogger("passel.simnode")
@@ -191,6 +192,8 @@ class Engine:
         task.status = status
         task.generation += 1
         task.stalled, task.initializing = False, False
+        if task.executor is not None:
+            task.executor.cancel()
 
     def cancel(self, uuid: str) -> None:
         """Cancel a task; canceling a canceled task is fine, as in NodeODM."""
@@ -206,8 +209,9 @@ class Engine:
         task = self._find(uuid)
         del self.tasks[uuid]
         self._abandon_run(task, TaskStatus.CANCELED)
-        if task.building is not None:
-            await asyncio.wait({task.building})
+        running = {t for t in (task.building, task.executor) if t is not None}
+        if running:
+            await asyncio.wait(running)
         await asyncio.to_thread(shutil.rmtree, task.project_dir, True)
         log.info("%s: task %s removed", self._label, uuid[:8])
         self._start_ready(time.monotonic())
@@ -237,7 +241,8 @@ class Engine:
 
     def tick(self, now: float) -> None:
         for task in list(self.tasks.values()):
-            if task.status is TaskStatus.RUNNING and not task.initializing and task.building is None:
+            if task.status is TaskStatus.RUNNING and not task.initializing and task.building is None \
+                    and task.executor is None:
                 self._advance(task, now)
         self._start_ready(now)
 
@@ -248,7 +253,10 @@ class Engine:
 
     async def wait_for_builds(self) -> None:
         """Let result archives being written in threads finish, before their folder is deleted."""
-        builds = {t.building for t in self.tasks.values() if t.building is not None}
+        for task in self.tasks.values():
+            if task.executor is not None:
+                task.executor.cancel()
+        builds = {t for task in self.tasks.values() for t in (task.building, task.executor) if t is not None}
         if builds:
             await asyncio.wait(builds)
 
@@ -269,6 +277,42 @@ class Engine:
         task.fail_at = self._rng.uniform(5.0, 90.0) if fails else None
         self._emit(task)
         log.info("%s: task %s started (%d images)", self._label, task.uuid[:8], len(task.images))
+        plan = plan_split(task.option_map, task.images)
+        if plan is not None:
+            task.executor = asyncio.get_running_loop().create_task(self._split(task, plan, task.generation))
+
+    async def _split(self, task: SimTask, plan: SplitPlan, generation: int) -> None:
+        """Act as ODM's split-merge executor (split_merge.py), then complete as any run does."""
+        def current() -> bool:
+            return task.generation == generation and task.uuid in self.tasks
+
+        def say(line: str) -> None:
+            if current():
+                task.output.append(line)
+                log.info("%s: task %s: %s", self._label, task.uuid[:8], line)
+
+        def set_progress(value: float) -> None:
+            if current():
+                task.progress = value
+
+        try:
+            await SplitMerge(plan, task.project_dir, task.option_map, Parent(say, set_progress), self._label).run()
+        except SubmodelFailed as exc:
+            if current():
+                self._fail(task, time.monotonic(), str(exc), [str(exc)])
+            return
+        except Exception as exc:  # noqa: BLE001 - a task must never stay RUNNING because its split broke
+            log.exception("%s: task %s could not run its submodels", self._label, task.uuid[:8])
+            if current():
+                self._fail(task, time.monotonic(), "Could not run the submodels", [f"Could not run the submodels: {exc}"])
+            return
+        finally:
+            if task.executor is asyncio.current_task():  # not a newer run's, after a restart
+                task.executor = None
+        if current():
+            task.progress = 100.0
+            task.output.append("Compressing all.zip")
+            task.building = asyncio.get_running_loop().create_task(self._build(task, generation))
 
     def _emit(self, task: SimTask) -> None:
         while task.cursor < len(task.script) and task.script[task.cursor][0] <= task.progress:

@@ -52,6 +52,7 @@ class SimTask:
     fail_at: float | None = None
     stalled: bool = False
     building: asyncio.Task[None] | None = None
+    executor: asyncio.Task[None] | None = None  # a split task's submodels on sm-cluster (split_merge.py)
 
     @property
     def all_zip(self) -> Path:

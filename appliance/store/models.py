@@ -64,6 +64,7 @@ class Task(Base):
     data_bytes: Mapped[int] = mapped_column(Integer, default=0)  # the staged files, counted at commit
     results_on: Mapped[str] = mapped_column(String(16), default="")  # the box that keeps a copy of all.zip
     results_copied_at: Mapped[float | None] = mapped_column(Float, default=None)  # when that copy was whole
+    parent_uuid: Mapped[str] = mapped_column(String(36), default="", index=True)  # a split job's submodel: that job
 
 
 class Node(Base):
