@@ -173,7 +173,7 @@ def main() -> int:
             "benchmark": "browser_upload",
             "machine": common.machine() | {"load_before": load_before},
             "params": {"images": args.images, "size_mb": args.size_mb, "repeat": args.repeat,
-                       "browser_parallel_uploads": 3, "pyodm_parallel_uploads": 10, "options": OPTIONS},
+                       "browser_parallel_uploads": 5, "pyodm_parallel_uploads": 10, "options": OPTIONS},
             "pyodm": {"median_to_running_s": round(pyodm_s, 3)},
             "browser": {"median_to_running_s": round(browser_s, 3)},
             "ratio_browser_over_pyodm": round(ratio, 3),

