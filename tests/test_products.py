@@ -32,7 +32,7 @@ from appliance.config import load_config
 from appliance.products import preview as preview_module
 from appliance.products.archive import open_archive, read_member
 from appliance.products.catalog import Kind, catalogue
-from appliance.products.footprint import geo_keys
+from appliance.products.footprint import _epsg
 from appliance.products.orthophoto import footprint, preview
 from appliance.products.preview import NoPreview
 from appliance.products.tiles import tile_set
@@ -443,14 +443,16 @@ def _zip_with(folder: Path, members: dict[str, Path]) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("directory", "keys"), [
-    ((1, 1, 0, 2, 1024, 0, 1, 1, 3072, 0, 1, 32615), {1024: 1, 3072: 32615}),
-    ((1, 1, 0, 2, 1024, 0, 1, 2, 1026, 34737, 7, 0), {1024: 2}),  # a text key (elsewhere) is passed over
-    ((1, 1, 0, 0), {}),
-    ((), {}),
+@pytest.mark.parametrize(("meta", "epsg"), [
+    ({"GTModelTypeGeoKey": 1, "ProjectedCSTypeGeoKey": 32615}, 32615),
+    ({"GTModelTypeGeoKey": 2, "GeographicTypeGeoKey": 4326}, 4326),
+    ({"GTModelTypeGeoKey": 1, "ProjectedCSTypeGeoKey": 32767}, None),  # spelled out in parameters
+    ({"GTModelTypeGeoKey": 2, "ProjectedCSTypeGeoKey": 32615}, None),  # the key of the other model
+    ({"ProjectedCSTypeGeoKey": 32615}, None),
+    ({}, None),
 ])
-def test_geo_keys(directory: tuple[int, ...], keys: dict[int, int]) -> None:
-    assert geo_keys(directory) == keys
+def test_the_coordinate_system_is_read_from_the_geokeys(meta: dict[str, int], epsg: int | None) -> None:
+    assert _epsg(meta) == epsg
 
 
 def test_a_geographic_orthophoto_with_overviews(tmp_path: Path) -> None:
