@@ -103,7 +103,7 @@ class Coordinator:
             if task.status == TaskStatus.COMPLETED and task.images_count and task.processing_time_ms > 0:
                 await self.registry.learn_speed(node.id, task.processing_time_ms / task.images_count,
                                                 demand_of(task).kind)
-            log.info("Task %s is %s on %s", task.uuid, TaskStatus(task.status).name, node.row.url)
+            log.info("Task %s is %s on %s", task.uuid, TaskStatus(task.status).name, node.name)
             self.dispatcher.wake()
         await self.book.save(task)
 
