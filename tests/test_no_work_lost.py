@@ -231,6 +231,38 @@ async def test_a_task_given_up_for_lost_comes_back_with_its_box_unless_its_clien
     await store.close()
 
 
+async def test_a_removal_handed_over_is_never_undone_by_a_copy_that_went_further(tmp_path):
+    """A box cut off alone ran a task again from its staging and completed it, while the other side's
+    client removed it. At the heal, the removal wins over the further-along copy: the row becomes a
+    tombstone and the staged images are released (a client's removal is never undone)."""
+    from appliance.cluster.coordinator import Coordinator
+    from appliance.cluster.registry import NodeRegistry
+    from appliance.cluster.staging import Staging
+    from appliance.store.database import Store
+    from appliance.store.models import Phase, Task, row_values
+    import aiohttp
+    store = Store(tmp_path / "db.sqlite3")
+    await store.open()
+    async with aiohttp.ClientSession() as session:
+        role = Role("me")
+        c = Coordinator(store, NodeRegistry(store, session, 1.0, role), Staging(tmp_path / "staging", 0), "", 3, role)
+        await c.recover()
+        uuid = "00000000-0000-4000-8000-00000000000c"
+        done = Task(uuid=uuid, phase=Phase.FINISHED, status=40, owner="me", staged_on="me")
+        await c.book.save(done)
+        c.staging.create(uuid)
+        (c.staging.path(uuid) / "IMG_1.JPG").write_bytes(b"\xff\xd8")
+        empty = tmp_path / "handed-over"
+        empty.mkdir()
+        removed = row_values(Task(uuid=uuid, phase=Phase.REMOVED, status=20, owner="other", rev=3))
+        assert await c.adopt(removed, None, empty, "other")
+        assert c.book.visible(uuid) is None and c.book.tasks[uuid].phase == Phase.REMOVED
+        assert not c.staging.path(uuid).exists(), "the staged images of a removed task are released"
+        assert not await c.adopt(row_values(done), None, empty, "lone"), "and the completed copy stays dropped"
+        assert c.book.visible(uuid) is None
+    await store.close()
+
+
 async def test_a_new_coordinator_counts_a_nodes_silence_from_when_it_took_over(tmp_path):
     """A follower polls no node, so when it becomes coordinator an unreachable node's last answer is
     long ago: its tasks must still get the whole grace period, not be lost at once."""

@@ -121,7 +121,8 @@ class Coordinator:
 
         A task this box had given up for lost (its node and images were out of reach) comes back with
         the box that holds it, unless its client has given it up too (removed it after a not-found).
-        Returns False when this box already had an equal or better version (its own is kept).
+        A removal from the other side wins over any version here. Returns False when this box already
+        had an equal or better version (its own is kept).
         """
         incoming = task_from_row(values)
         existing = self.book.tasks.get(incoming.uuid)
@@ -131,6 +132,11 @@ class Coordinator:
             await self.store.record("orphan", f"Task {incoming.uuid} from box {giver} was given up by its client "
                                     "(it sent the work again); dropped", task_uuid=incoming.uuid)
             return False
+        if incoming.phase == Phase.REMOVED and existing is not None and existing.phase != Phase.REMOVED:
+            # its client removed it on the other side: however far this box's copy got, a removal is
+            # never undone (and the copy's node task and staged images go with it)
+            await self.intake.remove(existing)
+            return True
         has_files = any(files_from.iterdir())
         back = existing is not None and existing.phase == Phase.LOST and incoming.phase not in GONE_PHASES \
             and not self.intake.given_up(incoming.uuid)
