@@ -15,8 +15,8 @@ from appliance.admin_password import ADMIN_PASSWORD_KEY
 from appliance.cluster.coordinator import COORDINATOR_KEY
 from appliance.cluster.intake import NewTask, TaskRefused
 from appliance.cluster.job_parts import parent_of
+from appliance.cluster.proxy import DOWNLOAD_TIMEOUT
 from appliance.cluster.results import AGENT_RESULTS
-from appliance.cluster.results_copies import FETCH_TIMEOUT
 from appliance.discovery.passel import (
     AGENT_API,
     PASSEL_KEY,
@@ -294,7 +294,7 @@ class SignedBoxFiles:
             raise BoxUnreachable(f"box {box_id} is not heard from")
         signed = passel.trust.sign_request("GET", path, body_digest(None), passel.state.term)
         async with passel.peers.session.get(f"{peer.url}{path}", headers=headers | signed,
-                                            timeout=FETCH_TIMEOUT) as reply:
+                                            timeout=DOWNLOAD_TIMEOUT) as reply:
             if reply.status == 401:
                 raise BoxUnreachable(f"box {box_id} refused the call")
             yield reply

@@ -23,10 +23,8 @@ from aiohttp import web
 
 from appliance.clock import boottime
 from appliance.cluster.coordinator import Coordinator
-from appliance.cluster.proxy import PASSED_HEADERS, stream_from_node
+from appliance.cluster.proxy import DOWNLOAD_TIMEOUT, range_headers, relay, stream_from_node
 from appliance.cluster.results_copies import (
-    CHUNK_BYTES,
-    FETCH_TIMEOUT,
     FetchFailed,
     NoRoom,
     Opener,
@@ -52,7 +50,7 @@ def _node_opener(coordinator: Coordinator, task: Task) -> Opener | None:
     if node is None:
         return None
     url = node.client.url(f"/task/{task.uuid}/download/all.zip")
-    return lambda headers: node.client.session.get(url, headers=headers, timeout=FETCH_TIMEOUT)
+    return lambda headers: node.client.session.get(url, headers=headers, timeout=DOWNLOAD_TIMEOUT)
 
 
 def _holder_opener(coordinator: Coordinator, task: Task) -> Opener | None:
@@ -111,31 +109,23 @@ async def serve_results(request: web.Request, coordinator: Coordinator, task: Ta
         return web.FileResponse(results.path(task.uuid), headers={
             "Content-Type": "application/zip", "Content-Disposition": 'attachment; filename="all.zip"'})
     node = coordinator.registry.get(task.node_id)
+    opener = _holder_opener(coordinator, task)
     if node is not None and (node.online or not coordinator.role.coordinating):  # a follower does not poll nodes
         try:
             return await stream_from_node(request, node, f"/task/{task.uuid}/download/all.zip",
-                                          refuse_errors=_holder_opener(coordinator, task) is not None)
+                                          refuse_errors=opener is not None)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:  # nothing sent yet
             log.info("Task %s: its node %s is not answering (%s); trying the copy of its results", task.uuid[:8],
                      node.name, exc or "timeout")
         except aiohttp.ClientResponseError:
             log.info("Task %s: its node %s no longer has its results; trying the copy", task.uuid[:8], node.name)
-    opener = _holder_opener(coordinator, task)
     if opener is None:
         return None
     try:
-        async with opener({k: v for k, v in request.headers.items() if k in ("Range", "If-Range")}) as upstream:
+        async with opener(range_headers(request)) as upstream:
             if upstream.status not in (200, 206):
                 return None
-            reply = web.StreamResponse(status=upstream.status)
-            for name in PASSED_HEADERS:
-                if name in upstream.headers:
-                    reply.headers[name] = upstream.headers[name]
-            await reply.prepare(request)
-            async for chunk in upstream.content.iter_chunked(CHUNK_BYTES):
-                await reply.write(chunk)
-            await reply.write_eof()
-            return reply
+            return await relay(request, upstream)
     except (aiohttp.ClientError, TimeoutError, BoxUnreachable) as exc:
         log.info("Task %s: the box holding its results copy is not answering (%s)", task.uuid[:8], exc or "timeout")
         return None

@@ -21,10 +21,10 @@ from typing import Protocol
 
 import aiohttp
 
+from appliance.cluster.proxy import CHUNK_BYTES
+
 RESULTS_FILE = "all.zip"
 PART_SUFFIX = ".part"
-CHUNK_BYTES = 256 * 1024
-FETCH_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=60)
 
 Opener = Callable[[dict[str, str]], AbstractAsyncContextManager[aiohttp.ClientResponse]]
 
