@@ -37,7 +37,7 @@ from appliance.products.preview import NoPreview
 from appliance.products.tiles import LAYERS
 from appliance.store.models import Task
 from webui import format as fmt
-from webui.products_context import ProductMap, ProductRow, ProductsSection
+from webui.contexts import ProductMap, ProductRow, ProductsSection
 from webui.render import error_page
 
 log = logging.getLogger("passel.ui")
