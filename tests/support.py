@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 from aiohttp import web
+
+from appliance.cluster.coordinator import Coordinator
+from appliance.cluster.registry import NodeRegistry
+from appliance.cluster.staging import Staging
+from appliance.role import Role
+from appliance.store.database import Store
 
 T = TypeVar("T")
 
@@ -28,6 +37,25 @@ class StubElection:
 
     def box_alive(self, box_id: str) -> bool:
         return True
+
+
+@contextlib.asynccontextmanager
+async def coordinator_in(tmp_path: Path, box: str = "me", passel: StubElection | None = None) -> AsyncIterator[Coordinator]:
+    """A coordinator built as agent.py builds one, in process, with its store and staging under
+    `tmp_path`, recovered; alone, or in the roles `passel` gives."""
+    store = Store(tmp_path / "db.sqlite3")
+    await store.open()
+    try:
+        async with aiohttp.ClientSession() as session:
+            role = Role(box)
+            if passel is not None:
+                role.attach(passel)  # type: ignore[arg-type]
+            c = Coordinator(store, NodeRegistry(store, session, 1.0, role), Staging(tmp_path / "staging", 0), "", 3,
+                            role)
+            await c.recover()
+            yield c
+    finally:
+        await store.close()
 
 
 class ServerThread:

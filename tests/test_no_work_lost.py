@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from appliance.role import Role
-from tests.support import StubElection
+from tests.support import StubElection, coordinator_in
 from tests.nodeodm_helpers import Api, committed, init_task, jcall, upload, wait_for
 
 TOKEN = "node-secret"
@@ -160,19 +160,9 @@ def test_disk_full_refuses_cleanly_and_keeps_accepted_tasks(simnode_factory, pas
 
 
 async def test_lifecycle_releases_downloaded_and_expired_staging(tmp_path):
-    from appliance.cluster.coordinator import Coordinator
     from appliance.cluster.lifecycle import StagingLifecycle
-    from appliance.cluster.registry import NodeRegistry
-    from appliance.cluster.staging import Staging
-    from appliance.store.database import Store
     from appliance.store.models import Phase, Task
-    import aiohttp
-    store = Store(tmp_path / "db.sqlite3")
-    await store.open()
-    async with aiohttp.ClientSession() as session:
-        role = Role("me")
-        c = Coordinator(store, NodeRegistry(store, session, 1.0, role), Staging(tmp_path / "staging", 0), "", 3, role)
-        await c.recover()
+    async with coordinator_in(tmp_path) as c:
         now = time.time()
         rows = {
             "downloaded": Task(uuid="00000000-0000-4000-8000-000000000001", phase=Phase.FINISHED, status=40,
@@ -196,25 +186,14 @@ async def test_lifecycle_releases_downloaded_and_expired_staging(tmp_path):
         assert "fresh" in staged and not {"downloaded", "expired", "abandoned"} & staged
         assert rows["tombstone"].uuid not in c.book.tasks
         assert c.book.tasks[rows["abandoned"].uuid].phase == Phase.REMOVED
-    await store.close()
 
 
 async def test_a_task_given_up_for_lost_comes_back_with_its_box_unless_its_client_gave_it_up(tmp_path):
     """Lost means out of reach (a partition, a crash), not gone: a box that returns with the task
     brings it back. A client that removed it after the not-found has sent the work again, so then
     the copy stays dropped, on this coordinator and on the next (the tombstone is replicated)."""
-    from appliance.cluster.coordinator import Coordinator
-    from appliance.cluster.registry import NodeRegistry
-    from appliance.cluster.staging import Staging
-    from appliance.store.database import Store
     from appliance.store.models import Phase, Task, row_values
-    import aiohttp
-    store = Store(tmp_path / "db.sqlite3")
-    await store.open()
-    async with aiohttp.ClientSession() as session:
-        role = Role("me")
-        c = Coordinator(store, NodeRegistry(store, session, 1.0, role), Staging(tmp_path / "staging", 0), "", 3, role)
-        await c.recover()
+    async with coordinator_in(tmp_path) as c:
         kept, dropped = "00000000-0000-4000-8000-00000000000a", "00000000-0000-4000-8000-00000000000b"
         for uuid in (kept, dropped):
             await c.lose(Task(uuid=uuid, phase=Phase.ON_NODE, status=20, owner="me"), "its node is out of reach")
@@ -228,25 +207,14 @@ async def test_a_task_given_up_for_lost_comes_back_with_its_box_unless_its_clien
             await c.adopt(done, None, empty, "other")
         assert c.book.visible(kept).status == 40
         assert c.book.visible(dropped) is None and c.book.tasks[dropped].phase == Phase.REMOVED
-    await store.close()
 
 
 async def test_a_removal_handed_over_is_never_undone_by_a_copy_that_went_further(tmp_path):
     """A box cut off alone ran a task again from its staging and completed it, while the other side's
     client removed it. At the heal, the removal wins over the further-along copy: the row becomes a
     tombstone and the staged images are released (a client's removal is never undone)."""
-    from appliance.cluster.coordinator import Coordinator
-    from appliance.cluster.registry import NodeRegistry
-    from appliance.cluster.staging import Staging
-    from appliance.store.database import Store
     from appliance.store.models import Phase, Task, row_values
-    import aiohttp
-    store = Store(tmp_path / "db.sqlite3")
-    await store.open()
-    async with aiohttp.ClientSession() as session:
-        role = Role("me")
-        c = Coordinator(store, NodeRegistry(store, session, 1.0, role), Staging(tmp_path / "staging", 0), "", 3, role)
-        await c.recover()
+    async with coordinator_in(tmp_path) as c:
         uuid = "00000000-0000-4000-8000-00000000000c"
         done = Task(uuid=uuid, phase=Phase.FINISHED, status=40, owner="me", staged_on="me")
         await c.book.save(done)
@@ -260,7 +228,6 @@ async def test_a_removal_handed_over_is_never_undone_by_a_copy_that_went_further
         assert not c.staging.path(uuid).exists(), "the staged images of a removed task are released"
         assert not await c.adopt(row_values(done), None, empty, "lone"), "and the completed copy stays dropped"
         assert c.book.visible(uuid) is None
-    await store.close()
 
 
 async def test_a_new_coordinator_counts_a_nodes_silence_from_when_it_took_over(tmp_path):

@@ -19,9 +19,7 @@ import requests
 from aiohttp import web
 
 from appliance.cluster import lifecycle
-from appliance.cluster.coordinator import Coordinator
 from appliance.cluster.lifecycle import StagingLifecycle
-from appliance.cluster.registry import NodeRegistry
 from appliance.cluster.results import local_results
 from appliance.cluster.results_copies import (
     FetchFailed,
@@ -29,13 +27,10 @@ from appliance.cluster.results_copies import (
     ResultsStore,
     choose_holder,
 )
-from appliance.cluster.staging import Staging
-from appliance.role import Role
 from appliance.simnode import SimnodeSettings, create_simnode_app
-from appliance.store.database import Store
 from appliance.store.models import Phase, Task
 from tests.nodeodm_helpers import Api, call, committed, jcall, wait_for
-from tests.support import ServerThread, StubElection
+from tests.support import ServerThread, StubElection, coordinator_in
 from tests.test_coordinator import status_of
 from tests.ui_support import free_port
 
@@ -57,13 +52,7 @@ def test_the_holder_is_never_the_box_whose_node_made_the_results():
 async def test_the_coordinator_names_a_holder_at_the_finish_and_another_when_one_refuses(tmp_path):
     """A box whose disk is full says so once; the coordinator names another (never the node's box). A
     task whose copy is confirmed stays COMPLETED when its node is lost, instead of being sent again."""
-    store = Store(tmp_path / "db.sqlite3")
-    await store.open()
-    async with aiohttp.ClientSession() as session:
-        role = Role("boss")
-        role.attach(StubElection(followers=["entry", "other"]))  # type: ignore[arg-type]
-        c = Coordinator(store, NodeRegistry(store, session, 1.0, role), Staging(tmp_path / "staging", 0), "", 3, role)
-        await c.recover()
+    async with coordinator_in(tmp_path, "boss", StubElection(followers=["entry", "other"])) as c:
         node = await c.registry.add(f"http://127.0.0.1:{free_port()}")
         node.row.box = "entry"  # the node runs on the box that took the upload in
         task = Task(uuid=UUID, phase=Phase.ON_NODE, status=20, node_id=node.id, staged_on="entry")
@@ -80,7 +69,6 @@ async def test_the_coordinator_names_a_holder_at_the_finish_and_another_when_one
 
         await c.move_away(task, "its node is gone")
         assert (task.phase, task.status, task.node_id) == (Phase.FINISHED, 40, node.id), "kept, not sent again"
-    await store.close()
 
 
 # -- an interrupted copy resumes with Range ---------------------------------------------------------
@@ -149,12 +137,7 @@ def _simnode() -> ServerThread:
 async def test_local_results_fetches_on_demand_and_the_sweep_releases_copies(tmp_path):
     node = _simnode()
     uuid, from_node = await asyncio.to_thread(_completed_on, node)
-    store = Store(tmp_path / "db.sqlite3")
-    await store.open()
-    async with aiohttp.ClientSession() as session:
-        role = Role("me")
-        c = Coordinator(store, NodeRegistry(store, session, 1.0, role), Staging(tmp_path / "staging", 0), "", 3, role)
-        await c.recover()
+    async with coordinator_in(tmp_path) as c:
         state = await c.registry.add(node.url)
         now = time.time()
         task = Task(uuid=uuid, phase=Phase.FINISHED, status=40, node_id=state.id, finished_at=now)
@@ -177,7 +160,6 @@ async def test_local_results_fetches_on_demand_and_the_sweep_releases_copies(tmp
         c.results.path(uuid).write_bytes(b"zip")
         await c.intake.remove(task)
         assert await sweep.sweep(now) >= 1 and not c.results.has(uuid), "released with its task"
-    await store.close()
 
 
 # -- one box: the copy is on the box itself and serves once the node is gone ------------------------
