@@ -66,10 +66,11 @@ class Box:
     def api(self) -> str:
         return f"http://{self.address}:3000"
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start a process in this box's namespace; `env` adds to the inherited environment."""
         log = open(self.workdir / f"{name}.log", "ab")
         process = subprocess.Popen(["ip", "netns", "exec", self.ns, *args], stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=REPO, start_new_session=True)
+                                   cwd=REPO, start_new_session=True, env={**os.environ, **(env or {})})
         log.close()
         self.processes[name] = process
         return process
@@ -90,11 +91,11 @@ class Box:
 
     key: str = "TEST-PASS-ELKE-YFOR-NETN-SONL"
 
-    def start_agent(self, *extra: str) -> None:
+    def start_agent(self, *extra: str, env: dict[str, str] | None = None) -> None:
         self.start("agent", sys.executable, "-m", "appliance", "run", "--host", "0.0.0.0", "--port", "3000",
                    "--key", self.key,
                    "--state-dir", str(self.workdir / "state"), "--name", f"box{self.index}",
-                   "--poll-seconds", "0.5", "--task-poll-seconds", "0.5", "--min-free-disk-mb", "0", *extra)
+                   "--poll-seconds", "0.5", "--task-poll-seconds", "0.5", "--min-free-disk-mb", "0", *extra, env=env)
 
     def signal(self, name: str, sig: int) -> None:
         process = self.processes[name]

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -51,16 +52,37 @@ class Submodel:
 
 class SplitMergeClient:
     def __init__(self, api: str, poll: float = 0.5, retry_wait: float = 1.0, keep: bool = True,
-                 on_stage: Callable[[Submodel, str], None] = lambda s, stage: None) -> None:
+                 on_stage: Callable[[Submodel, str], None] = lambda s, stage: None,
+                 on_reply: Callable[[dict[str, Any]], None] = lambda exchange: None) -> None:
+        """`on_reply` hears every request and what came back (the nemesis's history)."""
         self.api = api.rstrip("/")
         self.poll, self.retry_wait, self.keep, self.on_stage = poll, retry_wait, keep, on_stage
+        self.on_reply = on_reply
         self._upload_lock = threading.Lock()
 
-    def _json(self, method: str, path: str, **kwargs) -> dict | list:  # noqa: ANN003
+    def _request(self, method: str, path: str, **kwargs) -> requests.Response:  # noqa: ANN003
+        started = time.monotonic()
+        exchange: dict[str, Any] = {"method": method, "path": path, "sent": started}
+        if isinstance(kwargs.get("data"), dict) and "uuid" in kwargs["data"]:
+            exchange["uuid"] = kwargs["data"]["uuid"]  # /task/remove names its task in the body
         try:
             reply = requests.request(method, self.api + path, timeout=30, **kwargs)
         except requests.RequestException as exc:
+            self.on_reply(exchange | {"seconds": time.monotonic() - started, "error": f"connection: {exc}"})
             raise Retry(f"connection: {exc}") from None
+        exchange |= {"seconds": time.monotonic() - started, "http": reply.status_code}
+        if path.endswith("/download/all.zip"):
+            exchange["bytes"] = len(reply.content)
+        else:
+            try:
+                exchange["reply"] = reply.json()
+            except ValueError:
+                exchange["reply"] = reply.text[:200]
+        self.on_reply(exchange)
+        return reply
+
+    def _json(self, method: str, path: str, **kwargs) -> dict | list:  # noqa: ANN003
+        reply = self._request(method, path, **kwargs)
         if reply.status_code != 200:
             raise Retry(f"HTTP {reply.status_code}")
         return reply.json()
@@ -117,9 +139,9 @@ class SplitMergeClient:
             time.sleep(self.poll)
         self._json("GET", f"/task/{sub.uuid}/info")
         try:
-            zipped = requests.get(f"{self.api}/task/{sub.uuid}/download/all.zip", timeout=60)
+            zipped = self._request("GET", f"/task/{sub.uuid}/download/all.zip")
             archive = zipfile.ZipFile(io.BytesIO(zipped.content))
-        except (requests.RequestException, zipfile.BadZipFile) as exc:
+        except zipfile.BadZipFile as exc:
             raise Retry(f"download: {exc}") from None
         archive.extractall(out / sub.name)
         sub.zip_names = archive.namelist()

@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
      "appliance.sdnotify", "appliance.store", "appliance.nodeodm", "appliance.simnode", "appliance.simnode.split_merge",
      "appliance.sample", "appliance.admin_password", "appliance.products"),
     # machinery: the coordinator's parts, and finding and trusting boxes; neither knows the other
-    ("appliance.cluster", "appliance.cluster.job_parts"),
+    ("appliance.cluster", "appliance.cluster.job_parts", "appliance.cluster.task_merge"),
     ("appliance.discovery",),
     # keeping every box's copy of the table and the password, which needs both
     ("appliance.replication",),

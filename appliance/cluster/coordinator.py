@@ -27,8 +27,9 @@ from appliance.cluster.results_copies import ResultsStore, choose_holder
 from appliance.cluster.scheduler import Demand, why_not
 from appliance.cluster.staging import Staging
 from appliance.cluster.stragglers import Stragglers
+from appliance.cluster.task_merge import Verdict, Version, merge
 from appliance.cluster.task_states import Step, advance
-from appliance.cluster.tasks import GONE_PHASES, TaskBook, apply_node_info, forwarded, progress_rank, set_forwarded
+from appliance.cluster.tasks import TaskBook, apply_node_info, forwarded, set_forwarded
 from appliance.nodeodm.status import TaskStatus
 from appliance.role import Role
 from appliance.store.database import Store
@@ -117,34 +118,37 @@ class Coordinator:
         await self.book.save_replica(task)
 
     async def adopt(self, values: dict[str, Any], node_url: str | None, files_from: Path, giver: str) -> bool:
-        """Take a task from a box that is no longer coordinator; the further-along version wins.
-
-        A task this box had given up for lost (its node and images were out of reach) comes back with
-        the box that holds it, unless its client has given it up too (removed it after a not-found).
-        A removal from the other side wins over any version here. Returns False when this box already
-        had an equal or better version (its own is kept).
-        """
+        """Take a task from a box that is no longer coordinator, as `task_merge.merge` decides: a
+        removal is never undone, a task given up for lost comes back with the box that holds it
+        (unless its client gave it up), else the further-along version wins. Returns False when this
+        box's own version is kept."""
         incoming = task_from_row(values)
         existing = self.book.tasks.get(incoming.uuid)
-        if existing is None and self.intake.given_up(incoming.uuid):
+        known_node = self.registry.find_url(node_url) if node_url else None
+        theirs = Version.of(incoming, known_node.id if known_node else None, has_files=any(files_from.iterdir()))
+        mine = Version.of(existing, existing.node_id, bool(self.staging.files(existing.uuid))) if existing else None
+        verdict = merge(mine, theirs, client_gave_up=self.intake.given_up(incoming.uuid))
+        if verdict is Verdict.RECORD_GIVEN_UP:
+            reason = f"its client gave it up (it sent the work again) and box {giver} handed over a copy"
+            if existing is not None:
+                await self.lose(existing, reason)
+                return False
             incoming.node_id = None
             await self.book.tombstone(incoming, Step.LOSE)
             await self.store.record("orphan", f"Task {incoming.uuid} from box {giver} was given up by its client "
                                     "(it sent the work again); dropped", task_uuid=incoming.uuid)
             return False
-        if incoming.phase == Phase.REMOVED and existing is not None and existing.phase != Phase.REMOVED:
-            # its client removed it on the other side: however far this box's copy got, a removal is
-            # never undone (and the copy's node task and staged images go with it)
-            await self.intake.remove(existing)
+        if verdict is Verdict.TAKE_THEIR_TOMBSTONE and existing is not None:
+            if incoming.phase == Phase.REMOVED:  # its client removed it on the other side
+                await self.intake.remove(existing)
+            else:
+                await self.lose(existing, f"box {giver} had given it up for lost, and the copy here is older "
+                                          "(or its client gave it up)")
             return True
-        has_files = any(files_from.iterdir())
-        back = existing is not None and existing.phase == Phase.LOST and incoming.phase not in GONE_PHASES \
-            and not self.intake.given_up(incoming.uuid)
-        if existing is not None and not back and (existing.phase in GONE_PHASES
-                                                  or progress_rank(existing) >= progress_rank(incoming)):
-            if has_files and existing.phase not in GONE_PHASES and not self.staging.files(existing.uuid):
-                self._take_files(existing, files_from)
-                await self.book.save(existing)
+        if verdict is Verdict.KEEP_MINE_TAKE_THEIR_FILES and existing is not None:
+            self._take_files(existing, files_from)
+            await self.book.save(existing)
+        if verdict.mine_wins:
             return False
         node = await self.registry.ensure(node_url) if node_url else None
         old_node, files = forwarded(incoming)
@@ -154,7 +158,7 @@ class Coordinator:
             advance(incoming, Step.REQUEUE)
         if incoming.phase == Phase.UPLOADING:
             incoming.node_id = None
-        if has_files:
+        if theirs.has_files:
             self._take_files(incoming, files_from)
         self.dispatcher.stop(incoming.uuid)
         await self.book.save(incoming)

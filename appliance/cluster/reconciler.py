@@ -9,7 +9,9 @@ period ends rather than after a slow pass:
   has its unfinished tasks sent again from staging to another node;
 - a task whose staged upload is on a box that is gone for good is answered not-found, so ODM
   resubmits it (FAILED would abort the whole split-merge);
-- when a lost node comes back, the copies it still runs of tasks that moved are canceled and removed.
+- a task a node lists is judged against its row by `task_merge.merge`: one given up for lost there
+  comes back, and the copies a node still holds of tasks that moved on, were removed or were given
+  up by their client are canceled and removed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from aiohttp import web
 from appliance.clock import boottime
 from appliance.cluster.coordinator import Coordinator
 from appliance.cluster.registry import NodeState
+from appliance.cluster.task_merge import Verdict, Version, merge
 from appliance.nodeodm.client import NodeError, NodeUnreachable
 from appliance.nodeodm.status import TaskStatus
 from appliance.store.models import Phase, Task
@@ -104,11 +107,11 @@ class Reconciler:
             row = c.book.tasks.get(uuid)
             if row is None:
                 continue  # not ours: another user's task on a shared node
-            elsewhere = row.node_id is not None and row.node_id != node.id
-            moved_on = elsewhere and row.phase in (Phase.FORWARDING, Phase.ON_NODE, Phase.FINISHED)
-            if row.phase == Phase.LOST and row.node_id == node.id and not c.given_up(uuid):
+            verdict = merge(Version.of(row, row.node_id), Version.listed_on(node.id, row),
+                            client_gave_up=c.intake.given_up(uuid))
+            if verdict is Verdict.TAKE_THEIRS and row.phase == Phase.LOST:
                 await c.found_again(row, node)
-            elif row.phase in (Phase.REMOVED, Phase.LOST) or moved_on:
+            elif verdict in (Verdict.KEEP_MINE_DROP_THEIR_NODE_COPY, Verdict.RECORD_GIVEN_UP):
                 await c.drop_duplicate(node, row)
 
     async def _check_staging_boxes(self) -> None:

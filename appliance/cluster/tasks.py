@@ -18,13 +18,6 @@ OUTPUT_TAIL_LINES = 50  # kept in the table so output still answers when the nod
 ACTIVE_PHASES = (Phase.FORWARDING, Phase.ON_NODE)
 VISIBLE_PHASES = (Phase.WAITING, Phase.FORWARDING, Phase.ON_NODE, Phase.FINISHED)
 GONE_PHASES = (Phase.REMOVED, Phase.LOST)
-PHASE_ORDER = (Phase.UPLOADING, Phase.WAITING, Phase.FORWARDING, Phase.ON_NODE, Phase.FINISHED, Phase.LOST,
-               Phase.REMOVED)
-
-
-def progress_rank(task: Task) -> tuple[int, int]:
-    """How far a task has got; when two boxes hold different versions, the further one wins."""
-    return status_rank(task.status), PHASE_ORDER.index(task.phase) if task.phase in PHASE_ORDER else 0
 
 
 class TaskBook:

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from appliance.cluster.coordinator import Coordinator
 from appliance.cluster.lifecycle import done_with
+from appliance.cluster.task_merge import Verdict, Version, merge
 from appliance.cluster.tasks import GONE_PHASES, forwarded, set_forwarded
 from appliance.discovery.passel import AGENT_API, Peer
 from appliance.discovery.peer_client import PeerClient
@@ -94,7 +95,15 @@ class ReplicaFollower:
             set_forwarded(task, local_fwd.id if local_fwd else None, forwarded(task)[1])
             mine = book.tasks.get(task.uuid)
             if mine is not None and mine.owner == book.self_id and mine.owner != task.owner:
-                continue  # this box's own newer version is still to be handed over
+                # this box's own version is still to be handed over: the coordinator merges it by the
+                # same rule (Coordinator.adopt, with the images staged here). Only a tombstone of the
+                # coordinator's that wins is taken now, so this box never shows a removal undone
+                verdict = merge(Version.of(mine, mine.node_id), Version.of(task, task.node_id))
+                if verdict is not Verdict.TAKE_THEIR_TOMBSTONE:
+                    continue
+                log.info("Task %s: the coordinator has it %s, which wins over this box's own version; "
+                         "its staged images here are released", task.uuid, task.phase)
+                self.coordinator.staging.remove(task.uuid)
             seen.add(task.uuid)
             await book.save_replica(task)
             if task.staged_on == book.self_id and done_with(task):  # this box took the upload in: release it now
