@@ -16,6 +16,7 @@ from appliance.cluster.coordinator import COORDINATOR_KEY
 from appliance.cluster.intake import NewTask, TaskRefused
 from appliance.cluster.job_parts import parent_of
 from appliance.cluster.proxy import DOWNLOAD_TIMEOUT
+from appliance.cluster.receiving import CommitAbandoned
 from appliance.cluster.results import AGENT_RESULTS
 from appliance.discovery.passel import (
     AGENT_API,
@@ -209,13 +210,23 @@ async def intake_commit(request: web.Request) -> web.Response:
 
 
 async def deliver(request: web.Request) -> web.Response:
-    """The coordinator placed a task whose images are on this box: send them to the node from here."""
+    """The coordinator placed a task whose images are on this box: send them to the node from here.
+
+    Only the box this one follows may ask: a coordinator cut off from the passel, back at the heal, would
+    otherwise run what the passel's coordinator runs too. That refusal is not an error of the task (409:
+    the asking box waits for the election to settle). A task whose commit this box gave up on is refused
+    as an error (CommitAbandoned): its client sends the work again."""
+    if request[PEER_KEY] != request.app[PASSEL_KEY].state.coordinator_id:
+        return web.json_response({"error": "this box follows another coordinator; it sends images only when "
+                                           "its own coordinator asks"}, status=409)
     try:
         body = await _json_body(request)
         files = await request.app[COORDINATOR_KEY].receiver.deliver(dict(body["task"]), str(body["node_url"]),
                                                                     [str(f) for f in body.get("on_node", [])])
     except (ValueError, KeyError, TypeError) as exc:
         return web.json_response({"error": f"bad deliver call: {exc}"}, status=400)
+    except CommitAbandoned as exc:  # the asking coordinator drops the task: its client sent it again
+        return web.json_response({"error": str(exc), "given_up": True})
     except (NodeError, NodeUnreachable, OSError) as exc:
         return web.json_response({"error": str(exc)})
     return web.json_response({"files": files})

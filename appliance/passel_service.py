@@ -12,8 +12,9 @@ import aiohttp
 from aiohttp import web
 
 from appliance.admin_password import ADMIN_PASSWORD_KEY
-from appliance.cluster.coordinator import COORDINATOR_KEY
+from appliance.cluster.coordinator import COORDINATOR_KEY, Coordinator
 from appliance.cluster.reconciler import RECONCILER_KEY
+from appliance.cluster.tasks import GONE_PHASES
 from appliance.config import Config
 from appliance.discovery.election import COORDINATOR
 from appliance.discovery.identity import IDENTITY_KEY
@@ -25,6 +26,7 @@ from appliance.relay import RELAY_SESSION_KEY
 from appliance.replication.feed import REPLICA_KEY, ReplicaFollower
 from appliance.replication.handover import hand_over_all, own_rows
 from appliance.replication.password import agree
+from appliance.store.models import Phase
 
 log = logging.getLogger("passel.discovery")
 DEFAULT_SHARE = "http://127.0.0.1:3001"
@@ -56,6 +58,12 @@ async def _wait_listening(host: str, port: int) -> None:
             await asyncio.sleep(0.1)
 
 
+def unfinished_tasks(coordinator: Coordinator) -> int:
+    """Tasks in this box's table not finished, removed or lost: the work in hand that decides, with the
+    number of boxes, which coordinator keeps the role when two meet (discovery/election.py)."""
+    return sum(t.phase not in (Phase.FINISHED, *GONE_PHASES) for t in coordinator.book.tasks.values())
+
+
 def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         coordinator = app[COORDINATOR_KEY]
@@ -64,7 +72,8 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
         identity = app[IDENTITY_KEY]
         trust = Trust(load_or_create_key(config.key, config.state_dir), identity.id)
         passel = Passel(identity, config.state_dir, config.priority, config.port, session, trust,
-                        holds_rows_to_hand_over=lambda: next(own_rows(coordinator), None) is not None)
+                        holds_rows_to_hand_over=lambda: next(own_rows(coordinator), None) is not None,
+                        unfinished_tasks=lambda: unfinished_tasks(coordinator))
         app[PASSEL_KEY] = passel
         app[RELAY_SESSION_KEY] = relay_session = aiohttp.ClientSession(auto_decompress=False)
         coordinator.role.attach(passel)
@@ -155,6 +164,16 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
 
         follower = app[REPLICA_KEY] = ReplicaFollower(coordinator, passel.peers)
 
+        polls: set[asyncio.Future[int | None]] = set()  # the replica long poll in flight
+
+        async def end_poll(before: str, after: str) -> None:
+            """A long poll to a coordinator that was cut off hangs until SYNC_TIMEOUT (15 s). When this
+            box's role or coordinator changes, it is ended, so a box that steps down at a heal hands its
+            tasks over at once (the winner waits only HANDOVER_WAIT_SECONDS before answering not-found)."""
+            for poll in polls:
+                poll.cancel()
+        passel.listeners.append(end_poll)
+
         async def follow_forever() -> None:
             """As a follower: hand over what this box accepted as coordinator, then catch up, again and
             again, in a long poll. A failed round, or a caught-up one that the coordinator did not hold
@@ -169,7 +188,17 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
                     try:
                         await hand_over_all(coordinator, passel)
                         caught_up = follower.synced_from == leader.id
-                        changed = await follower.pull(leader, wait=LONG_POLL_SECONDS)
+                        # rows still to hand over (the winner of a heal may not have fenced its term above
+                        # this box's yet, and refused them): no long poll, so they are offered again soon
+                        wait = 0.0 if passel.holds_rows_to_hand_over() else LONG_POLL_SECONDS
+                        poll = asyncio.ensure_future(follower.pull(leader, wait=wait))
+                        polls.add(poll)
+                        try:
+                            await asyncio.wait({poll})
+                        finally:
+                            polls.discard(poll)
+                            poll.cancel()
+                        changed = None if poll.cancelled() else poll.result()
                         if changed is not None:
                             await agree(app[ADMIN_PASSWORD_KEY], passel.trust, passel.peers, leader,
                                         follower.leader_password)

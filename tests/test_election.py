@@ -1,12 +1,26 @@
 """The election rule as a pure function over membership snapshots."""
 
+from dataclasses import replace
+
 import pytest
 
 from appliance.discovery.election import COORDINATOR, FOLLOWER, Decision, Member, elect
 
 
-def m(id: str, priority: int = 0, term: int = 0, role: str = FOLLOWER) -> Member:
-    return Member(id=id, priority=priority, term=term, role=role)
+def m(id: str, priority: int = 0, term: int = 0, role: str = FOLLOWER, coordinator: str | None = None,
+      followers: int = 0, unfinished: int = 0) -> Member:
+    return Member(id=id, priority=priority, term=term, role=role, coordinator=coordinator, followers=followers,
+                  unfinished=unfinished)
+
+
+def boss(id: str, term: int, followers: int = 0, unfinished: int = 0, priority: int = 0) -> Member:
+    """A coordinator as its heartbeat describes its side."""
+    return m(id, priority, term, COORDINATOR, id, followers, unfinished)
+
+
+def everyone(boxes: list[Member]) -> dict[str, Decision]:
+    """What each box decides when it hears all the others."""
+    return {b.id: elect(b, [p for p in boxes if p.id != b.id], True) for b in boxes}
 
 
 def test_alone_and_settled_claims_term_one():
@@ -64,6 +78,90 @@ def test_every_box_agrees_on_one_coordinator_after_a_heal():
     decisions = {b.id: elect(b, [p for p in boxes if p.id != b.id], True) for b in boxes}
     assert [i for i, d in decisions.items() if d.role == COORDINATOR] == ["b"]
     assert {d.coordinator_id for d in decisions.values()} == {"b"}
+
+
+def test_lone_box_with_higher_term_loses_to_the_side_that_kept_working():
+    """Cut off alone, z elected itself at term 3; a kept term 2 with two followers and served clients."""
+    boxes = [boss("a", term=2, followers=2), m("b", term=2, coordinator="a"), m("c", term=2, coordinator="a"),
+             boss("z", term=3, priority=9)]
+    decisions = everyone(boxes)
+    assert decisions["z"] == Decision(FOLLOWER, "a", 3)
+    assert decisions["a"] == Decision(COORDINATOR, "a", 4), "the winner's term ends above the loser's"
+    assert {d.coordinator_id for d in decisions.values()} == {"a"}
+
+
+@pytest.mark.parametrize("a, z, winner", [
+    ({"followers": 2}, {"followers": 1, "priority": 9}, "a"),  # the bigger side
+    ({"followers": 1}, {"followers": 2}, "z"),
+    ({"followers": 1, "unfinished": 5}, {"followers": 1, "unfinished": 4, "priority": 9}, "a"),  # then the work in hand
+    ({"followers": 1, "unfinished": 4}, {"followers": 1, "unfinished": 5}, "z"),
+    ({"followers": 1, "unfinished": 4}, {"followers": 1, "unfinished": 4, "priority": 9}, "z"),  # then priority
+])
+def test_equal_terms_broken_by_side_then_unfinished(a, z, winner):
+    """Both sides claimed term 2: the side that served more wins, not the better (priority, id)."""
+    mine, theirs = boss("a", term=2, **a), boss("z", term=2, **z)
+    seen_by_a, seen_by_z = elect(mine, [theirs], True), elect(theirs, [mine], True)
+    assert seen_by_a.coordinator_id == seen_by_z.coordinator_id == winner, "both sides agree"
+    loser = seen_by_z if winner == "a" else seen_by_a
+    assert (seen_by_a if winner == "a" else seen_by_z) == Decision(COORDINATOR, winner, 3), "never equals at one term"
+    assert loser == Decision(FOLLOWER, winner, 2)
+
+
+def test_both_sides_and_their_followers_agree_after_a_heal():
+    """Three boxes against two; every box, on either side, ends up following the same coordinator."""
+    boxes = [boss("a", term=4, followers=2, unfinished=1), m("b", 3, 4, coordinator="a"), m("c", 1, 4, coordinator="a"),
+             boss("y", term=5, followers=1, unfinished=7, priority=9), m("x", 5, 5, coordinator="y")]
+    decisions = everyone(boxes)
+    assert [i for i, d in decisions.items() if d.role == COORDINATOR] == ["a"]
+    assert decisions["a"].term == 6 > max(b.term for b in boxes)
+    assert decisions["y"] == Decision(FOLLOWER, "a", 5)
+    # y's follower keeps following y until y steps down, then moves to a
+    assert decisions["x"] == Decision(FOLLOWER, "y", 5)
+    stepped_down = [boss("a", term=6, followers=2, unfinished=1), m("y", 9, 5, coordinator="a")]
+    assert elect(m("x", 5, 5, coordinator="y"), stepped_down, True) == Decision(FOLLOWER, "a", 6)
+
+
+def test_winner_fences_a_loser_that_stepped_down_with_a_higher_term():
+    """The loser may step down before the winner hears it as a coordinator: its term still fences."""
+    assert elect(boss("a", term=2, followers=2), [m("z", term=3, coordinator="a")], True) == Decision(COORDINATOR, "a", 4)
+    assert elect(boss("a", term=4, followers=2), [m("z", term=4, coordinator="a")], True) == Decision(COORDINATOR, "a", 4)
+
+
+def test_winner_keeps_its_term_when_already_above_the_loser():
+    assert elect(boss("a", term=5, followers=2), [boss("z", term=4)], True) == Decision(COORDINATOR, "a", 5)
+
+
+def test_follower_stays_with_its_coordinator_while_the_coordinators_decide():
+    """Side sizes must not change while the coordinators compare them, or the outcome could flip."""
+    heard = [boss("a", term=2, followers=1), boss("z", term=2, followers=3)]
+    assert elect(m("b", term=2, coordinator="a"), heard, True) == Decision(FOLLOWER, "a", 2)
+    assert elect(m("n", term=2), heard, True) == Decision(FOLLOWER, "z", 2)  # a newcomer picks the best side
+
+
+def test_sticky_coordinator_not_displaced_by_better_newcomer_follower():
+    """A newcomer with more priority, a higher term and a bigger replica is not a coordinator: no contest."""
+    newcomer = m("z", priority=100, term=9, unfinished=50)
+    kept = elect(boss("a", term=4, followers=1), [newcomer, m("b", term=4, coordinator="a")], True)
+    assert kept == Decision(COORDINATOR, "a", 10), "kept, and fenced above the newcomer's old term"
+    assert elect(newcomer, [boss("a", term=4, followers=1)], True) == Decision(FOLLOWER, "a", 9)
+
+
+def test_a_hand_over_by_hand_is_not_a_contest():
+    """o handed the role to x at term 4 and still shows its side of three until it hears the answer."""
+    giver, heir = boss("o", term=3, followers=2, unfinished=5), replace(boss("x", term=4), succeeds="o")
+    assert elect(giver, [heir], True) == Decision(FOLLOWER, "x", 4)
+    assert elect(heir, [giver], True) == Decision(COORDINATOR, "x", 4)
+    # the giver's followers move too: a giver going to sleep never says that it stepped down
+    assert elect(m("f", term=3, coordinator="o"), [giver, heir], True) == Decision(FOLLOWER, "x", 4)
+    # the same numbers without the hand-over: the bigger side keeps the role, fenced above the other
+    assert elect(boss("o", term=3, followers=2, unfinished=5), [boss("x", term=4)], True) == Decision(COORDINATOR, "o", 5)
+
+
+def test_a_giver_that_claims_again_later_is_a_rival_like_any_other():
+    """Once the giver holds a newer term (cut off, it claimed again), the old hand-over counts for nothing."""
+    giver, heir = boss("o", term=6, followers=2), replace(boss("x", term=4), succeeds="o")
+    assert elect(heir, [giver], True) == Decision(FOLLOWER, "o", 6)
+    assert elect(giver, [heir], True) == Decision(COORDINATOR, "o", 6)
 
 
 def test_clock_jump_after_sleep_listens_before_claiming():

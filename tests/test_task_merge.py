@@ -212,9 +212,9 @@ async def test_the_reconciler_judges_a_nodes_copies_by_the_rule(tmp_path):
             "lost elsewhere": Task(uuid=uuid(5), phase=Phase.LOST, status=RUN, node_id=other.id, attempts=2),
             "its own": Task(uuid=uuid(6), phase=Phase.ON_NODE, status=RUN, node_id=node.id, attempts=1),
         }
-        await c.intake.abandoned(uuid(2))  # its client removed it after the not-found (on another coordinator)
         for task in rows.values():
             await c.book.save(task)
+        await c.intake.abandoned(uuid(2))  # its client removed it after the not-found: a tombstone
         node.client, node.online = ListingNode([t.uuid for t in rows.values()]), True  # type: ignore[assignment]
         await Reconciler(c, grace_seconds=60)._compare_with_node(node)
         assert c.book.tasks[uuid(1)].phase == Phase.ON_NODE

@@ -39,6 +39,11 @@ DELIVER_TIMEOUT_SECONDS = 120.0  # plus the time the images take on the slowest 
 SLOWEST_LINK_BYTES_PER_SECOND = 1_000_000.0
 
 
+class GivenUp(Exception):
+    """The box holding a task's images gave up its commit (the coordinator was declared gone), and its
+    client was told so: the client sent the work again, so this copy must never run."""
+
+
 async def tell_node(node: NodeState, action: str, task: Task) -> None:
     """Cancel or remove a task's copy on a node, as far as the node answers: it may be gone."""
     try:
@@ -247,6 +252,10 @@ class Dispatcher:
                     on_commit=lambda: self._committing.add(task.uuid))
             else:
                 await self._send_from(task.staged_on, task, node)
+        except GivenUp as exc:  # an orphan: its client was told the commit failed and sent the work again
+            await self.book.tombstone(task, Step.LOSE)
+            await self.store.record("orphan", f"Task {task.uuid} is dropped: {exc}", task_uuid=task.uuid)
+            return
         except BoxUnreachable as exc:  # not the node's fault: wait for the box (the reconciler's grace)
             task.attempts -= 1
             log.info("Task %s: box %s, which holds its images, cannot send them now (%s)", task.uuid[:8],
@@ -275,6 +284,8 @@ class Dispatcher:
         reply = await self.role.call(box, "/deliver", {"task": row_values(task), "node_url": node.row.url,
                                                        "on_node": sorted(on_node) if node_id == node.id else []},
                                      timeout=DELIVER_TIMEOUT_SECONDS + task.data_bytes / SLOWEST_LINK_BYTES_PER_SECOND)
+        if reply.get("given_up"):
+            raise GivenUp(f"box {box}, which holds its images, gave up its commit: {reply['error']}")
         if "error" in reply:
             raise NodeError(f"box {box} could not send it: {reply['error']}")
         set_forwarded(task, node.id, reply.get("files", []))

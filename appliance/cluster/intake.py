@@ -13,7 +13,6 @@ import logging
 import re
 import time
 import uuid as uuidlib
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,7 +40,6 @@ CLIENT_COLUMNS = ("name", "options", "outputs", "skip_post_processing", "webhook
                   "parent_uuid")
 HANDOVER_WAIT_SECONDS = 8.0  # under ODM's 30 s request timeout; a hand-over takes a heartbeat or two
 HANDOVER_RECHECK_SECONDS = 0.2
-MAX_ABANDONED = 10_000  # remembered removals of unknown uuids; bounded so such requests cannot grow memory
 Observe = Callable[[Task, NodeState, dict[str, Any]], Awaitable[None]]
 
 
@@ -93,7 +91,6 @@ class Intake:
         self.dispatcher, self.info_cache, self.replicas = dispatcher, info_cache, replicas
         self.role, self.self_id = role, role.self_id
         self._observe = observe  # the tracker's view of a node's reply, which can finish the task
-        self._abandoned: OrderedDict[str, float] = OrderedDict()
 
     async def find_visible(self, uuid: str) -> Task | None:
         """The task a client asks about. While another box is still handing tasks over (it was
@@ -270,21 +267,24 @@ class Intake:
 
     async def abandoned(self, uuid: str) -> None:
         """Remember a client removing a task this coordinator does not show. ODM does that after a
-        not-found, and then sends the work again under a new uuid, so a copy of the old task that
-        turns up later (from a box that crashed) is an orphan and must not run. A task given up for
-        lost becomes a removed one, which the replicas carry to the next coordinator."""
+        not-found or a failed upload, and then sends the work again under a new uuid, so a copy of the
+        old task that turns up later (from a box that was cut off or crashed) is an orphan and must not
+        run. The removal is a tombstone, which the replicas carry to the next coordinator and which the
+        merge rule never lets a copy undo (`task_merge.py`): of a task given up for lost, of an upload
+        never committed, and of a uuid this box never heard of (its commit reached only a coordinator
+        that was cut off)."""
+        if not re.fullmatch(UUID_PATTERN, uuid):
+            return
         row = self.book.tasks.get(uuid)
-        if row is not None and row.phase == Phase.LOST:
-            await self.book.tombstone(row, Step.REMOVE)
-        if re.fullmatch(UUID_PATTERN, uuid):
-            self._abandoned[uuid] = time.time()
-            self._abandoned.move_to_end(uuid)
-            while len(self._abandoned) > MAX_ABANDONED:
-                self._abandoned.popitem(last=False)
+        if row is not None and row.phase == Phase.UPLOADING:
+            await self.remove(row)
+        elif row is None or row.phase == Phase.LOST:
+            await self.book.tombstone(row or Task(uuid=uuid), Step.REMOVE)
 
     def given_up(self, uuid: str) -> bool:
-        """Its client removed it after a not-found (and has sent the work again)."""
-        return uuid in self._abandoned
+        """Its client removed it (after a not-found, it has sent the work again): no copy may run."""
+        row = self.book.tasks.get(uuid)
+        return row is not None and row.phase == Phase.REMOVED
 
     async def _discard(self, task: Task) -> None:
         self.info_cache.forget(task.uuid)

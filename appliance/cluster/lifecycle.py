@@ -48,7 +48,8 @@ class StagingLifecycle:
         for task in list(c.book.tasks.values()):
             staged = c.staging.path(task.uuid).exists()
             if task.phase in (Phase.REMOVED, Phase.LOST):
-                if staged and task.staged_on == c.self_id and not c.receiver.holds(task.uuid):
+                # "": a removal of a uuid the coordinator never heard of, whose upload this box took in
+                if staged and task.staged_on in ("", c.self_id) and not c.receiver.holds(task.uuid):
                     c.staging.remove(task.uuid)
                     dropped += 1
                 if coordinating and task.finished_at and now - task.finished_at > TOMBSTONE_SECONDS:

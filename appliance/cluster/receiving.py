@@ -10,8 +10,11 @@ lacks and commit it there (`deliver`), so no byte ever passes through the coordi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from appliance.cluster.forwarding import EarlyForward, Forwarder
@@ -25,10 +28,60 @@ from appliance.store.models import Phase, Task, row_values, task_from_row
 
 log = logging.getLogger("passel.receive")
 INTAKE_TIMEOUT_SECONDS = 30.0
+ABANDONED_FILE = "abandoned-commits.json"  # in the state directory, next to staging/
+MAX_ABANDONED = 1000  # far more than the uploads a box holds: the oldest are forgotten first
 
 
 class CoordinatorUnreachable(TaskRefused):
     """The coordinator did not answer: the client may try again, and the upload stays here."""
+
+
+class CommitAbandoned(Exception):
+    """A coordinator asked for the images of an upload whose commit this box gave up on."""
+
+
+class AbandonedCommits:
+    """The uploads whose commit this box gave up waiting for: the coordinator was declared gone, or did
+    not answer, and the client was told the commit failed (ODM then removes the task and sends the work
+    again). The commit may still have reached that coordinator, which would ask for the images when it
+    can reach this box again, possibly after this box restarted: so the list lives in the state
+    directory, and a task on it is never sent on from here."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._uuids = self._load()
+
+    def _load(self) -> list[str]:
+        try:
+            uuids = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            log.warning("Could not read %s (%s); uploads whose commit was given up on before are forgotten",
+                        self.path, exc)
+            return []
+        return [str(u) for u in uuids][-MAX_ABANDONED:] if isinstance(uuids, list) else []
+
+    def __contains__(self, uuid: str) -> bool:
+        return uuid.lower() in self._uuids
+
+    def add(self, uuid: str) -> None:
+        if uuid.lower() not in self._uuids:
+            self._uuids = (self._uuids + [uuid.lower()])[-MAX_ABANDONED:]
+            self._save()
+
+    def discard(self, uuid: str) -> None:
+        if uuid.lower() in self._uuids:
+            self._uuids.remove(uuid.lower())
+            self._save()
+
+    def _save(self) -> None:
+        part = self.path.with_name(self.path.name + ".part")
+        with open(part, "w") as handle:
+            json.dump(self._uuids, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(part, self.path)
 
 
 class _NotInTable:
@@ -55,6 +108,7 @@ class Receiver:
         self.public_url, self.api_token = public_url, api_token  # api_token: sm-cluster carries it (job_parts.py)
         self.uploads: dict[str, Upload] = {}
         self._reports: set[asyncio.Task[None]] = set()
+        self.abandoned = AbandonedCommits(staging.root.parent / ABANDONED_FILE)
 
     def holds(self, uuid: str) -> bool:
         """Whether an upload in progress is taken in here. After a restart of this box, its replica
@@ -115,9 +169,17 @@ class Receiver:
     async def commit(self, uuid: str) -> dict[str, Any]:
         """Tell the coordinator the upload is complete; it places the task and answers the client."""
         report = await self.report(uuid)
+        # a commit sent again lifts an earlier give-up at once: the coordinator that takes it may ask for
+        # the images before its answer is back here (a box this one does not follow is refused anyway)
+        self.abandoned.discard(uuid)
         try:
             reply = await self._ask_coordinator("/intake/commit", report)
         except CoordinatorUnreachable:
+            # the commit may have landed on a coordinator now cut off: its client hears it failed and
+            # sends the work again, so that coordinator must never have these images sent on
+            self.abandoned.add(uuid)
+            log.info("Task %s: gave up on its commit (the coordinator did not answer); its images will not be "
+                     "sent on unless its client commits it again", uuid[:8])
             raise
         except TaskRefused:  # refused for good (no image, too many): the coordinator dropped the task
             self.done(uuid)
@@ -134,8 +196,13 @@ class Receiver:
 
     async def deliver(self, row: dict[str, Any], node_url: str, on_node: list[str]) -> list[str]:
         """The coordinator placed a task whose files are here: send what the node lacks (`on_node`: what
-        it holds already), then commit it there. Returns the files the node holds."""
+        it holds already), then commit it there. Returns the files the node holds; raises CommitAbandoned
+        for a task whose commit was given up on here, whichever coordinator asks."""
         task = task_from_row(row)
+        if task.uuid in self.abandoned:
+            log.info("Task %s: refused to send its images, as its commit was given up on here", task.uuid[:8])
+            raise CommitAbandoned(f"box {self.role.self_id} gave up on the commit of task {task.uuid} (the coordinator "
+                                  "did not answer) and told its client, which sends the work again: it must not run")
         if not self.staging.files(task.uuid):
             raise NodeError(f"this box holds no files of task {task.uuid}")
         node = await self.registry.ensure(node_url)

@@ -24,6 +24,9 @@ class Peer:
     coordinator_id: str | None = None
     version: str = ""
     handover: bool = False  # it holds task rows it wrote as coordinator, to hand over once it follows another
+    followers: int = 0  # live boxes following it, as it counts them
+    unfinished: int = 0  # tasks in its table not yet finished
+    succeeds: str | None = None  # the coordinator that handed it the role by hand
     last_heard: float | None = None  # boottime of the last heartbeat exchanged with it
     foreign: str = ""  # why its calls are refused: it does not hold this passel's key
 
@@ -35,7 +38,9 @@ class Peer:
         return not self.foreign and self.last_heard is not None and now - self.last_heard < LEASE_SECONDS
 
     def member(self) -> Member:
-        return Member(id=self.id, priority=self.priority, term=self.term, role=self.role)
+        return Member(id=self.id, priority=self.priority, term=self.term, role=self.role,
+                      coordinator=self.coordinator_id, followers=self.followers, unfinished=self.unfinished,
+                      succeeds=self.succeeds)
 
 
 class Membership:
@@ -70,6 +75,9 @@ class Membership:
         peer.coordinator_id = payload.get("coordinator") or None
         peer.version = str(payload.get("version", ""))
         peer.handover = bool(payload.get("handover"))
+        peer.followers = int(payload.get("followers") or 0)  # absent from an older box: counted as none
+        peer.unfinished = int(payload.get("unfinished") or 0)
+        peer.succeeds = payload.get("succeeds") or None
         peer.last_heard = boottime()
         peer.foreign = ""
         return peer

@@ -6,14 +6,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 
 from appliance import __version__
 from appliance.clock import JumpDetector, boottime
-from appliance.discovery.election import COORDINATOR, FOLLOWER, Decision, Member, elect
+from appliance.discovery.election import COORDINATOR, FOLLOWER, Decision, Member, elect, rivals
 from appliance.discovery.identity import BoxIdentity
 from appliance.discovery.membership import HEARTBEAT_SECONDS, LEASE_SECONDS, Membership, Peer
 from appliance.discovery.peer_client import PeerClient
@@ -27,6 +27,7 @@ HEARTBEAT_TIMEOUT = aiohttp.ClientTimeout(total=HEARTBEAT_SECONDS)
 SETTLE_SECONDS = LEASE_SECONDS  # listen this long after a start or a wake-up before claiming
 
 RoleListener = Callable[[str, str], Awaitable[None]]
+T = TypeVar("T")
 
 
 class TransferRefused(Exception):
@@ -37,7 +38,8 @@ class Passel:
     """This box's membership and role, driven by a one-second tick."""
 
     def __init__(self, identity: BoxIdentity, state_dir: Path, priority: int, api_port: int,
-                 session: aiohttp.ClientSession, trust: Trust, holds_rows_to_hand_over: Callable[[], bool]) -> None:
+                 session: aiohttp.ClientSession, trust: Trust, holds_rows_to_hand_over: Callable[[], bool],
+                 unfinished_tasks: Callable[[], int]) -> None:
         self.identity = identity
         self.state_dir = state_dir
         self.priority = priority
@@ -56,6 +58,10 @@ class Passel:
         self._changed = asyncio.Event()
         # whether this box holds task rows it wrote as coordinator, still to hand over (handover.py)
         self.holds_rows_to_hand_over = holds_rows_to_hand_over
+        # how many tasks in this box's table are not finished: what its side did, when two coordinators meet
+        self.unfinished_tasks = unfinished_tasks
+        self._rivals: set[str] = set()  # the other coordinators heard at the last tick
+        self._succeeds: str | None = None  # the coordinator that handed this box the role by hand, while it holds it
 
     # -- what others see -------------------------------------------------------------------
     @property
@@ -76,7 +82,9 @@ class Passel:
 
     async def call(self, box_id: str | None, path: str, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
         """A signed JSON call to a box's agent API: `box_id`, or the coordinator when None, waiting out
-        an election as a relayed request does (a box that is gone is tried once more after it)."""
+        an election as a relayed request does (a box that is gone is tried once more after it). A call to
+        the coordinator is cut when the coordinator is declared gone while it is in flight: the caller
+        hears it then, not after `timeout`, since the call may have been acted on (BoxUnreachable)."""
         failed: str | None = None
         for _ in range(2 if box_id is None else 1):
             if box_id is None and not await self.wait_for_coordinator(LEASE_SECONDS + 2, not_id=failed):
@@ -86,9 +94,10 @@ class Passel:
             peer = self.coordinator() if box_id is None else self.membership.peers.get(box_id)
             if peer is None or not peer.alive(boottime()):
                 raise BoxUnreachable("no coordinator is known" if box_id is None else f"box {box_id} is not heard from")
+            request = self.peers.call("POST", f"{peer.url}{AGENT_API}{path}", json_body=body,
+                                      timeout=aiohttp.ClientTimeout(total=timeout, connect=5))
             try:
-                status, data = await self.peers.call("POST", f"{peer.url}{AGENT_API}{path}", json_body=body,
-                                                     timeout=aiohttp.ClientTimeout(total=timeout, connect=5))
+                status, data = await (request if box_id is not None else while_alive(peer, request))
             except aiohttp.ClientConnectorError as exc:
                 failed = peer.id  # nothing was sent: its process is gone; the next coordinator gets it
                 error = f"{peer.name or peer.id} at {peer.url} did not answer: {exc}"
@@ -102,12 +111,15 @@ class Passel:
         raise BoxUnreachable(error)
 
     def me(self) -> Member:
-        return Member(id=self.identity.id, priority=self.priority, term=self.state.term, role=self.state.role)
+        return Member(id=self.identity.id, priority=self.priority, term=self.state.term, role=self.state.role,
+                      coordinator=self.state.coordinator_id, followers=len(self.followers()),
+                      unfinished=self.unfinished_tasks(), succeeds=self._succeeds)
 
     def payload(self) -> dict[str, Any]:
         return {"v": 1, "id": self.identity.id, "name": self.identity.name, "term": self.state.term,
                 "role": self.state.role, "priority": self.priority, "coordinator": self.state.coordinator_id,
-                "port": self.api_port, "version": __version__, "handover": self.holds_rows_to_hand_over()}
+                "port": self.api_port, "version": __version__, "handover": self.holds_rows_to_hand_over(),
+                "followers": len(self.followers()), "unfinished": self.unfinished_tasks(), "succeeds": self._succeeds}
 
     def coordinator(self) -> Peer | None:
         """The live coordinator, when it is another box."""
@@ -167,10 +179,37 @@ class Passel:
             self._settle_from = boottime()
         await asyncio.gather(*(self._beat(p) for p in list(self.membership.peers.values())))
         settled = boottime() - self._settle_from >= SETTLE_SECONDS
-        await self.apply(elect(self.me(), [p.member() for p in self.membership.alive()], settled))
+        me, alive = self.me(), self.membership.alive()
+        members = [p.member() for p in alive]
+        decision = elect(me, members, settled)
+        contested = {m.id for m in rivals(me, members)}
+        self._report_meeting(me, decision, [p for p in alive if p.id in contested])
+        await self.apply(decision)
+
+    def _report_meeting(self, me: Member, decision: Decision, contested: list[Peer]) -> None:
+        """Say once, in words a technician can follow, which coordinator kept the role when two met."""
+        new = [p for p in contested if p.id not in self._rivals]
+        self._rivals = {p.id for p in contested}
+        if me.role != COORDINATOR:
+            return
+
+        def side(m: Member | Peer) -> str:
+            return f"{m.followers + 1} box(es), {m.unfinished} unfinished task(s), term {m.term}"
+        if decision.role == COORDINATOR:
+            for peer in new:
+                log.info("Met coordinator %s (%s); this box (%s) keeps the role at term %d, and %s steps down",
+                         peer.name or peer.id, side(peer), side(me), decision.term, peer.name or peer.id)
+            return
+        winner = next(p for p in contested if p.id == decision.coordinator_id)  # a coordinator loses only to one it hears
+        if winner.succeeds == self.identity.id:
+            log.info("Box %s took over the coordinator role from this box; following it", winner.name or winner.id)
+            return
+        log.info("Coordinator %s (%s) keeps the role; this box (%s) steps down and hands its tasks over",
+                 winner.name or winner.id, side(winner), side(me))
 
     async def apply(self, decision: Decision) -> None:
         before = (self.state.role, self.state.coordinator_id)
+        giver = self.coordinator()  # alive and coordinator as this box takes the role only in a hand-over by hand
         if decision.role == COORDINATOR and self.state.role != COORDINATOR:
             for prepare in self.before_leading:
                 await prepare()
@@ -178,6 +217,9 @@ class Passel:
             save_term(self.state_dir, decision.term)
         self.state.term = max(self.state.term, decision.term)
         self.state.role, self.state.coordinator_id = decision.role, decision.coordinator_id
+        if self.state.role != before[0]:
+            handed = giver if self.is_coordinator and giver is not None and giver.role == COORDINATOR else None
+            self._succeeds = handed.id if handed is not None else None
         if (self.state.role, self.state.coordinator_id) == before:
             return
         old_leader = self.membership.peers.get(before[1] or "")
@@ -193,6 +235,10 @@ class Passel:
         else:
             log.info("No live coordinator; waiting for the best-placed box to claim the role")
         self._wake()
+        if before[0] == COORDINATOR and (leader := self.coordinator()) is not None:
+            # at once, not at the next tick: the winner may not have heard this box yet, and must know
+            # it holds tasks to hand over, to wait for them rather than answer a client not-found
+            await self._beat(leader)
         for listener in self.listeners:
             await listener(before[0], self.state.role)
 
@@ -259,6 +305,29 @@ class Passel:
             raise TransferRefused(f"Term {term} is not newer than {self.state.term}")
         await self.apply(Decision(COORDINATOR, self.identity.id, term))
         log.info("Took over the coordinator role from %s by hand", sender)
+
+
+async def while_alive(peer: Peer, request: Awaitable[T]) -> T:
+    """Await a request to the coordinator `peer`, cut as soon as this box declares it gone (its lease
+    ran out): a client is then answered within a lease, not after the request's own timeout. While it
+    answers heartbeats it is left to answer, even once it handed the role on (a transfer is answered
+    after that), and a long download from it runs on. Raises BoxUnreachable."""
+    work = asyncio.ensure_future(request)
+    try:
+        while True:
+            done, _ = await asyncio.wait({work}, timeout=HEARTBEAT_SECONDS / 4)
+            if done:
+                return work.result()
+            if not peer.alive(boottime()):
+                break
+    finally:
+        if not work.done():
+            work.cancel()
+            await asyncio.wait({work})
+    log.info("Coordinator %s at %s was declared gone while a request to it was in flight; the request was cut",
+             peer.name or peer.id, peer.url)
+    raise BoxUnreachable(f"the coordinator {peer.name or peer.id} at {peer.url} was declared gone while it had "
+                         "the request")
 
 
 PASSEL_KEY: web.AppKey[Passel] = web.AppKey("passel")  # where the app holds it

@@ -106,7 +106,8 @@ class ReplicaFollower:
                 self.coordinator.staging.remove(task.uuid)
             seen.add(task.uuid)
             await book.save_replica(task)
-            if task.staged_on == book.self_id and done_with(task):  # this box took the upload in: release it now
+            # this box took the upload in (or took in one the coordinator never heard of, now removed): release it
+            if task.staged_on in ("", book.self_id) and done_with(task):
                 self.coordinator.receiver.done(task.uuid)
                 self.coordinator.staging.remove(task.uuid)
             if task.phase in GONE_PHASES:  # removed or lost: a copy of its results kept here goes too
