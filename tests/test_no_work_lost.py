@@ -188,6 +188,28 @@ async def test_lifecycle_releases_downloaded_and_expired_staging(tmp_path):
         assert c.book.tasks[rows["abandoned"].uuid].phase == Phase.REMOVED
 
 
+async def test_a_clock_set_a_day_ahead_expires_no_upload_and_no_tombstone(tmp_path, monkeypatch):
+    """A box with no battery clock whose date is fixed while it runs (+1 day): the clean-up keeps the
+    upload that is still arriving and the removal replicas must still learn of. Ages it reads from
+    an earlier run (the table, the files) count no longer than this run has lasted."""
+    from appliance.clock import wall
+    from appliance.cluster.lifecycle import StagingLifecycle
+    from appliance.store.models import Phase, Task
+    async with coordinator_in(tmp_path) as c:
+        uploading = Task(uuid="00000000-0000-4000-8000-0000000000c1", phase=Phase.UPLOADING)
+        removed = Task(uuid="00000000-0000-4000-8000-0000000000c2", phase=Phase.REMOVED, finished_at=wall())
+        from_before = Task(uuid="00000000-0000-4000-8000-0000000000c3", phase=Phase.REMOVED,
+                           finished_at=wall() - 2 * 3600)  # written by an earlier run, under its clock
+        c.staging.create(uploading.uuid)
+        for task in (uploading, removed, from_before):
+            await c.book.save(task)
+        real_time = time.time
+        monkeypatch.setattr(time, "time", lambda: real_time() + 86400)
+        assert await StagingLifecycle(c, keep_hours=72).sweep() == 0
+        assert c.book.tasks[uploading.uuid].phase == Phase.UPLOADING and c.staging.path(uploading.uuid).exists()
+        assert {removed.uuid, from_before.uuid} <= set(c.book.tasks)
+
+
 async def test_a_task_given_up_for_lost_comes_back_with_its_box_unless_its_client_gave_it_up(tmp_path):
     """Lost means out of reach (a partition, a crash), not gone: a box that returns with the task
     brings it back. A client that removed it after the not-found has sent the work again, so then

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from appliance.clock import wall
+
 UNITS = ("B", "kB", "MB", "GB", "TB")
 
 
@@ -34,7 +36,7 @@ def ago(seconds: float | None) -> str:
 
 def since(epoch: float | None, now: float | None = None) -> str:
     """How long ago a wall-clock time was."""
-    return "never" if epoch is None else ago((now or time.time()) - epoch)
+    return "never" if epoch is None else ago((now or wall()) - epoch)
 
 
 def size(count: float | None) -> str:

@@ -6,12 +6,12 @@ so a page renders even when the coordinator is gone; actions go to the coordinat
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from appliance.clock import wall
 from appliance.cluster.coordinator import COORDINATOR_KEY
 from appliance.config import CONFIG_KEY
 from appliance.discovery.identity import IDENTITY_KEY
@@ -85,14 +85,14 @@ async def task_page(request: web.Request) -> web.Response:
     key = job_of(task)
     etas = await snapshot.etas(request, snap)
     job = job_summary(snap, key, box_names(request, snap), etas)  # None for a task on its own
-    now, online = time.time(), any_online(snap)
+    now, online = wall(), any_online(snap)
     parts = [member_row(t, snap.node_url(t), names, now, etas.get(t.uuid), online)
              for t in members_of(snap, key) if t.uuid != task.uuid] if job and job.parent == task.uuid else []
     page = TaskPage(
         chrome=chrome(request, "tasks", task.name or uuid, snap.banner),
-        task=task_row(task, snap.node_url(task), names, time.time(), eta, any_online(snap)), job=job,
+        task=task_row(task, snap.node_url(task), names, wall(), eta, any_online(snap)), job=job,
         outcome=outcome_of(task), error=readable(task.error_message or task.last_error, names),
-        facts=facts_of(task, time.time()), options=options_of(task), log=log_of(task), events=_events(events, names),
+        facts=facts_of(task, wall()), options=options_of(task), log=log_of(task), events=_events(events, names),
         move_targets=move_targets(task, snap, names), can_move=can_move(task), can_restart=status.finished,
         download_url=f"/task/{uuid}/download/all.zip" if status == TaskStatus.COMPLETED else None,
         token_needed=bool(request.app[CONFIG_KEY].token),
@@ -109,7 +109,7 @@ async def job_page(request: web.Request) -> web.Response:
     if job is None:
         return error_page(request, 404, "No such job",
                           "This passel has no job at that address; its tasks may have been removed.", "/ui/tasks")
-    names, now, online = node_names(request, snap), time.time(), any_online(snap)
+    names, now, online = node_names(request, snap), wall(), any_online(snap)
     rows = [member_row(t, snap.node_url(t), names, now, etas.get(t.uuid), online) for t in members_of(snap, key)]
     return respond(request, JobPage(chrome=chrome(request, "tasks", job.title, snap.banner), job=job, rows=rows))
 

@@ -4,11 +4,11 @@ left, where it has one), filters, split-merge jobs grouped, and one task's detai
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
+from appliance.clock import wall
 from appliance.nodeodm.sentences import host_port
 from appliance.nodeodm.status import TaskStatus
 from appliance.store.models import Phase, Task
@@ -95,7 +95,7 @@ class TaskListing:
 def list_tasks(snap: Snapshot, labels: dict[str, str], etas: dict[str, float | None], status: str, node: str,
                text: str, page: int) -> TaskListing:
     """The filtered tasks, newest job first, grouped by job, one page of about PAGE_ROWS rows."""
-    now = time.time()
+    now = wall()
     text = text.strip().lower()
     jobs: dict[str, list[Task]] = {}
     urls: dict[str, str | None] = {}

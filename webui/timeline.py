@@ -7,6 +7,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
+from appliance.clock import wall
 from appliance.nodeodm.status import TaskStatus
 from appliance.store.models import Phase, Task
 from webui import format as fmt
@@ -67,7 +68,7 @@ def _busy_share(spans: list[Span], t0: float, t1: float) -> float:
 
 def build(snap: Snapshot, labels: dict[str, str], span: str) -> tuple[list[Lane], list[Tick], str]:
     """Lanes, axis ticks and the window in words, for the chosen span."""
-    now = time.time()
+    now = wall()
     spans = [_span(t, snap.node_url(t) or QUEUE, now) for t in snap.tasks]
     seconds = SPANS.get(span)
     if seconds is None:  # from the first of the recent tasks to the last moment anything happened

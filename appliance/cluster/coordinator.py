@@ -9,13 +9,13 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from appliance.clock import wall
 from appliance.cluster.dispatcher import Dispatcher, tell_node
 from appliance.cluster.eta import Forecast, demand_of, forecast
 from appliance.cluster.info_cache import InfoCache
@@ -98,7 +98,7 @@ class Coordinator:
             return
         if TaskStatus(task.status).finished and not was_finished:
             advance(task, Step.FINISH)
-            task.finished_at = time.time()
+            task.finished_at = wall()
             if task.status == TaskStatus.COMPLETED:
                 task.results_on, task.results_copied_at = self.choose_results_holder(task), None
             if task.status == TaskStatus.COMPLETED and task.images_count and task.processing_time_ms > 0:
@@ -266,7 +266,7 @@ class Coordinator:
         """A box holds the whole all.zip now: record it, so a lost node no longer costs the results."""
         if task.results_copied_at is not None and task.results_on == box or not self._completed(task):
             return
-        task.results_on, task.results_copied_at = box, time.time()
+        task.results_on, task.results_copied_at = box, wall()
         await self.book.save(task)
         await self.store.record("results-copied", f"Task {task.uuid}: a copy of its results is kept on box {box}",
                                 task_uuid=task.uuid)
@@ -289,7 +289,7 @@ class Coordinator:
     async def downloaded(self, task: Task) -> None:
         """A client has the whole all.zip: the staged images are no longer needed (lifecycle.py)."""
         if not task.downloaded_at:
-            task.downloaded_at = time.time()
+            task.downloaded_at = wall()
             await self.book.save(task)
 
     def images_out_of_reach(self, task: Task) -> bool:
@@ -337,7 +337,7 @@ class Coordinator:
         """A real failure the client must see: FAILED, with the reason in the output."""
         await self._leave_node(task, self.registry.get(task.node_id))
         advance(task, Step.GIVE_UP)
-        task.node_id, task.status, task.finished_at = None, TaskStatus.FAILED, time.time()
+        task.node_id, task.status, task.finished_at = None, TaskStatus.FAILED, wall()
         task.error_message = reason
         self.info_cache.end_run(task, f"Passel: {reason}", keep_all=True)
         await self.book.save(task)

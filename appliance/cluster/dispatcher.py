@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance.clock import wall
 from appliance.cluster.eta import demand_of, with_backlog
 from appliance.cluster.forwarding import EarlyForward, Forwarder
 from appliance.cluster.registry import NodeRegistry, NodeState
@@ -295,7 +295,7 @@ class Dispatcher:
         self.avoid(task.uuid, node.id)
         if task.attempts >= self.dispatch_attempts:
             advance(task, Step.GIVE_UP)
-            task.status, task.finished_at = TaskStatus.FAILED, time.time()
+            task.status, task.finished_at = TaskStatus.FAILED, wall()
             task.error_message = f"Could not send the task to any node after {task.attempts} attempts. {task.last_error}"
             task.output_tail = [task.error_message]
             await self.book.save(task)

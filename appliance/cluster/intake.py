@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from appliance.clock import wall
 from appliance.cluster.dispatcher import Dispatcher, tell_node
 from appliance.cluster.info_cache import InfoCache
 from appliance.cluster.registry import NodeRegistry, NodeState
@@ -189,7 +190,7 @@ class Intake:
             await self._discard(task)
             raise TaskRefused(f"{task.images_count} images uploaded, but the largest node in this passel "
                               f"can only process up to {largest}.")
-        task.committed_at = time.time()
+        task.committed_at = wall()
         early = self.dispatcher.enqueue(task, reserved_elsewhere)
         await self.book.save(task)
         await self.store.record("accepted", f"Task {task.uuid} accepted: {task.images_count} images, "
@@ -220,7 +221,7 @@ class Intake:
         task.status = TaskStatus.CANCELED
         if task.phase != Phase.ON_NODE:  # on a node, the node reports it canceled
             advance(task, Step.CANCEL)
-        task.finished_at = time.time()
+        task.finished_at = wall()
         await self.book.save(task)
         await self.store.record("canceled", f"Task {task.uuid} canceled", task_uuid=task.uuid)
         self.dispatcher.wake()

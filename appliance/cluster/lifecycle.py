@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import math
+from collections.abc import Callable
 
+from appliance.clock import uptime, wall
 from appliance.cluster.coordinator import Coordinator
 from appliance.nodeodm.status import TaskStatus
 from appliance.store.models import Phase, Task
@@ -42,7 +44,11 @@ class StagingLifecycle:
         tombstones and abandoned uploads; every box releases the staged copies it holds (a box that
         took an upload in keeps it, cluster/receiving.py) once its replica says they are done with."""
         c = self.coordinator
-        now = time.time() if now is None else now
+        ceiling = uptime() if now is None else math.inf  # a test passes `now` to look into the future
+        now = wall() if now is None else now
+
+        def older(stamp: float | None, limit: float) -> bool:
+            return bool(stamp) and min(now - stamp, ceiling) > limit  # type: ignore[operator]
         coordinating = c.role.coordinating
         dropped = 0
         for task in list(c.book.tasks.values()):
@@ -52,20 +58,20 @@ class StagingLifecycle:
                 if staged and task.staged_on in ("", c.self_id) and not c.receiver.holds(task.uuid):
                     c.staging.remove(task.uuid)
                     dropped += 1
-                if coordinating and task.finished_at and now - task.finished_at > TOMBSTONE_SECONDS:
+                if coordinating and older(task.finished_at, TOMBSTONE_SECONDS):
                     await c.book.purge(task.uuid)
                     dropped += 1
             elif coordinating and task.phase == Phase.UPLOADING \
-                    and now - self._last_upload(task) > ABANDONED_UPLOAD_SECONDS:
+                    and older(self._last_upload(task), ABANDONED_UPLOAD_SECONDS):
                 await c.intake.remove(task)
                 dropped += 1
             elif staged and task.phase == Phase.FINISHED and (
-                    done_with(task) or (task.finished_at and now - task.finished_at > self.keep_seconds)):
+                    done_with(task) or older(task.finished_at, self.keep_seconds)):
                 c.staging.remove(task.uuid)
                 dropped += 1
-        return dropped + self._sweep_results(now)
+        return dropped + self._sweep_results(lambda stamp: older(stamp, self.keep_seconds))
 
-    def _sweep_results(self, now: float) -> int:
+    def _sweep_results(self, expired: Callable[[float | None], bool]) -> int:
         """Release the results copies on this box whose task is gone, expired, or no longer completed
         (restarted: the copy is of an earlier run)."""
         c = self.coordinator
@@ -73,7 +79,7 @@ class StagingLifecycle:
         for uuid in c.results.held():
             task = c.book.get(uuid)
             keep = task is not None and task.phase == Phase.FINISHED and task.status == TaskStatus.COMPLETED \
-                and not (task.finished_at and now - task.finished_at > self.keep_seconds)
+                and not expired(task.finished_at)
             if not keep and not c.results.lock(uuid).locked() and c.results.release(uuid):
                 dropped += 1
         return dropped

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from appliance.clock import wall
 from appliance.nodeodm.status import TaskStatus, status_rank
 from appliance.store.database import Store
 from appliance.cluster.task_states import Step, advance
@@ -87,7 +87,7 @@ class TaskBook:
     async def tombstone(self, task: Task, step: Step = Step.REMOVE) -> None:
         """Mark removed (or lost) rather than delete, so replicas and returning boxes learn of it."""
         advance(task, step)
-        task.finished_at = time.time()
+        task.finished_at = wall()
         await self.save(task)
 
     async def purge(self, uuid: str) -> None:
