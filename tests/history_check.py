@@ -217,7 +217,7 @@ def _convergence(r: _Reading, v: Verdict) -> None:
     if not r.fault_spans:
         v.report["convergence_seconds"] = None
         return
-    after = [s for s in r.snapshots if s["t"] >= r.last_heal]
+    after = [s for s in [*r.snapshots, *([r.final] if r.final else [])] if s["t"] >= r.last_heal]
     first = next((s for s in after if _agreed(s["boxes"], whole_table=False)), None)
     if first is None or first["t"] - r.last_heal > CONVERGE_LIMIT_SECONDS:
         v.violations.append(f"no convergence: the boxes did not agree within {CONVERGE_LIMIT_SECONDS:.0f} s "

@@ -426,8 +426,9 @@ def run_seed(seed: int, workdir: Path, schedule: list[Fault] | None = None) -> d
 
 
 def settled(history: History) -> bool:
-    """The latest snapshot shows one coordinator and the same table on every box."""
-    snaps = [e for e in history.events if e["kind"] == "snapshot"]
+    """The latest snapshot, taken after the last heal, shows one coordinator and the same table on every box."""
+    last_heal = max((e["t"] for e in history.events if e["kind"] == "heal"), default=0.0)
+    snaps = [e for e in history.events if e["kind"] == "snapshot" and e["t"] > last_heal]
     if not snaps:
         return False
     boxes = snaps[-1]["boxes"].values()
