@@ -17,8 +17,9 @@ Pure: a history in, a verdict out, so each rule is tested on small made-up histo
 7. no staged upload or results copy is left on any box for a task that is no longer live (a task
    whose removal failed is still its client's, and keeps its files).
 
-It reports, without failing on them: the client's resubmissions, error replies, slowest reply, the
-copies of removed tasks that ran during a partition, and the job's duration.
+It reports, without failing on them: the client's resubmissions (work sent again under a new
+uuid), error replies, slowest reply, the copies of removed tasks that ran during a partition, and
+the job's duration.
 """
 
 from __future__ import annotations
@@ -241,7 +242,8 @@ def _report(r: _Reading, v: Verdict) -> None:
     slowest = max(r.replies, key=lambda e: e.get("seconds", 0), default=None)
     v.report |= {
         "job_seconds": r.end["t"] if r.end else None,
-        "resubmissions": sum(max(s["attempts"] - 1, 0) for s in subs),
+        # work sent again under a new uuid; tries that never got a uuid (the entry box down) sent nothing
+        "resubmissions": sum(max(len(s["uuids"]) - 1, 0) for s in subs),
         "error_replies": len(errors),
         "slowest_reply": {"seconds": round(slowest["seconds"], 2), "path": slowest["path"]} if slowest else None,
         "faults": [f"{f['kind']}@box{f['box']} {f['at']}+{f['hold']}s" for f in r.schedule],

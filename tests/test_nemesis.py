@@ -16,7 +16,7 @@ from tests.history_check import check
 from tests.nemesis import KINDS, make_schedule
 
 U1, U2 = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
-FIXED_SEEDS = (3, 11, 24, 42, 57)
+FIXED_SEEDS = (11, 24, 38, 73, 84)  # together: every kind of fault, on the coordinator and the entry
 SEEDS_FILE = Path(__file__).parent / "nemesis_seeds.txt"
 
 
