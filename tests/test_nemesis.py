@@ -81,6 +81,15 @@ def test_completed_then_a_failed_download_is_a_stale_completed():
     assert any(v.startswith("stale COMPLETED:") for v in check(history(events)).violations)
 
 
+def test_a_download_cut_by_the_entry_box_dying_is_not_a_stale_completed():
+    events = healthy_job()
+    events[4] = reply(3.5, f"/task/{U1}/download/all.zip")
+    del events[4]["http"]
+    events[4]["error"] = "connection: ('Connection aborted.', RemoteDisconnected())"
+    verdict = check(history(events))
+    assert not any(v.startswith("stale COMPLETED:") for v in verdict.violations) and verdict.report["downloads_cut"] == 1
+
+
 def test_running_after_completed_moves_backwards():
     events = healthy_job()
     events.insert(4, info(3.2, U1, 20))
