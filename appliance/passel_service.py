@@ -127,6 +127,7 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
             registry.start_watching()
             await registry.poll_all(timeout=TAKEOVER_POLL_TIMEOUT)
         passel.before_leading.append(take_over_nodes)
+        passel.before_leading.append(coordinator.book.take_ownership)
 
         async def reconcile_on_win(before: str, after: str) -> None:
             if after == COORDINATOR:

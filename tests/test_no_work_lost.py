@@ -188,6 +188,29 @@ async def test_lifecycle_releases_downloaded_and_expired_staging(tmp_path):
         assert c.book.tasks[rows["abandoned"].uuid].phase == Phase.REMOVED
 
 
+async def test_a_new_coordinator_owns_the_rows_it_copied_so_their_writer_does_not_hand_them_over_again(tmp_path):
+    """Rows copied from the old coordinator become the new one's (its id, a new version, one
+    transaction): back as a follower, the old coordinator reads them as the coordinator's, not as
+    rows of its own still to hand over, and every box's table ends the same."""
+    from appliance.replication.handover import own_rows
+    from appliance.store.models import Phase, Task
+    async with coordinator_in(tmp_path, box="new") as c:
+        copied = Task(uuid="00000000-0000-4000-8000-0000000000d1", phase=Phase.REMOVED, owner="old", rev=7)
+        mine = Task(uuid="00000000-0000-4000-8000-0000000000d2", phase=Phase.WAITING)
+        await c.book.save(mine)
+        await c.book.save_replica(copied)
+        before = c.book.rev
+        await c.book.take_ownership()
+        assert c.book.tasks[copied.uuid].owner == "new" and c.book.tasks[copied.uuid].rev == before + 1
+        assert c.book.tasks[mine.uuid].rev == before, "its own rows are left as they are"
+        await c.book.load()  # written through
+        assert c.book.tasks[copied.uuid].owner == "new"
+    (tmp_path / "old-box").mkdir()
+    async with coordinator_in(tmp_path / "old-box", box="old") as old:
+        await old.book.save_replica(c.book.tasks[copied.uuid])
+        assert not list(own_rows(old))
+
+
 async def test_a_clock_set_a_day_ahead_expires_no_upload_and_no_tombstone(tmp_path, monkeypatch):
     """A box with no battery clock whose date is fixed while it runs (+1 day): the clean-up keeps the
     upload that is still arriving and the removal replicas must still learn of. Ages it reads from

@@ -63,6 +63,10 @@ class TaskBook:
         task.rev, task.owner = self.rev, self.self_id
         self.tasks[task.uuid] = task
         await self.store.save(task)
+        self._announce()
+
+    def _announce(self) -> None:
+        """Wake the replica feed's long polls: a new version exists."""
         self._saved.set()
         self._saved = asyncio.Event()
 
@@ -78,6 +82,18 @@ class TaskBook:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await saved.wait()
+
+    async def take_ownership(self) -> None:
+        """Once this box coordinates, the rows it copied from the coordinator before are its own truth:
+        stamped with its id and a new version (one transaction). Otherwise the box that wrote them,
+        coming back as a follower, would read them in the feed as its own rows still to hand over."""
+        taken = [t for t in self.tasks.values() if t.owner != self.self_id]
+        for task in taken:
+            self.rev += 1
+            task.rev, task.owner = self.rev, self.self_id
+        if taken:
+            await self.store.save(*taken)
+            self._announce()
 
     async def save_replica(self, task: Task) -> None:
         """Write a row as received from the coordinator, keeping its version."""
