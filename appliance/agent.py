@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
 from appliance import __version__
+from appliance.background import background
 from appliance.admin_auth import setup_admin_auth
 from appliance.agent_api import agent_auth_middleware, setup_agent_routes
 from appliance.box_api import setup_box_routes
@@ -46,26 +46,6 @@ log = logging.getLogger("passel.agent")
 MAX_REQUEST_BYTES = 1024 ** 4  # uploads stream to disk; the disk-space guard is the real limit
 
 
-RESTART_DELAY_SECONDS = 2.0
-
-
-async def _supervise(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run a background loop forever: a bug in one round is logged and the loop starts again,
-    instead of silently ending task tracking until the next restart."""
-    while True:
-        try:
-            await job()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("Background job %s failed; restarting it in %.0f s", name, RESTART_DELAY_SECONDS)
-        await asyncio.sleep(RESTART_DELAY_SECONDS)
-
-
-def _background(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
-    return asyncio.create_task(_supervise(name, job), name=name)
-
-
 def _coordinator_ctx(config: Config):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         store = Store(config.database_path)
@@ -90,12 +70,12 @@ def _coordinator_ctx(config: Config):
         reconciler = app[RECONCILER_KEY] = Reconciler(coordinator, config.grace_seconds)
         lifecycle = StagingLifecycle(coordinator, config.staging_keep_hours)
         keeper = app[RESULTS_KEEPER_KEY] = ResultsKeeper(coordinator)
-        jobs = [_background("node-health", registry.poll_forever),
-                _background("dispatch", coordinator.dispatcher.run_dispatch_loop),
-                _background("task-tracker", tracker.run_forever),
-                _background("reconcile", reconciler.run_forever),
-                _background("staging-lifecycle", lifecycle.run_forever),
-                _background("results-copies", keeper.run_forever)]
+        jobs = [background("node-health", registry.poll_forever),
+                background("dispatch", coordinator.dispatcher.run_dispatch_loop),
+                background("task-tracker", tracker.run_forever),
+                background("reconcile", reconciler.run_forever),
+                background("staging-lifecycle", lifecycle.run_forever),
+                background("results-copies", keeper.run_forever)]
         log.info("Passel %s ready: %d node(s) and %d task(s) on record, public URL %s",
                  __version__, len(registry.nodes), len(coordinator.book.tasks), public_url)
         yield

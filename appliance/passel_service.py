@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from appliance.background import background
 from appliance.admin_password import ADMIN_PASSWORD_KEY
 from appliance.cluster.coordinator import COORDINATOR_KEY, Coordinator
 from appliance.cluster.reconciler import RECONCILER_KEY
@@ -208,9 +209,8 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
                 if changed is None or (caught_up and not changed):
                     await asyncio.sleep(max(0.0, started + SYNC_SECONDS - asyncio.get_running_loop().time()))
 
-        jobs = [asyncio.create_task(advertise(), name="mdns-advertise"),
-                asyncio.create_task(passel.run_forever(), name="election"),
-                asyncio.create_task(follow_forever(), name="replica")]
+        jobs = [background("mdns-advertise", advertise), background("election", passel.run_forever),
+                background("replica", follow_forever)]
         yield
         for job in [*jobs, *pending]:
             job.cancel()

@@ -13,7 +13,7 @@ ROOT = Path(__file__).parent.parent
 
 LAYERS: list[tuple[str, ...]] = [
     # foundations: no knowledge of boxes or of the cluster
-    ("appliance.__init__", "appliance.config", "appliance.role", "appliance.clock", "appliance.netaddr", "appliance.logs",
+    ("appliance.__init__", "appliance.background", "appliance.config", "appliance.role", "appliance.clock", "appliance.netaddr", "appliance.logs",
      "appliance.sdnotify", "appliance.store", "appliance.nodeodm", "appliance.simnode", "appliance.simnode.split_merge",
      "appliance.sample", "appliance.admin_password", "appliance.products"),
     # machinery: the coordinator's parts, and finding and trusting boxes; neither knows the other

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -140,3 +141,31 @@ def test_sigterm_exits_cleanly(tmp_path, simnode_factory):
     coordinator.start()
     coordinator.process.send_signal(signal.SIGTERM)
     assert coordinator.process.wait(15) == 0, (tmp_path / "c.log").read_text()
+
+
+async def test_a_background_loop_that_hits_a_full_disk_says_so_in_one_line_and_goes_on(monkeypatch, caplog):
+    """The replica loop used to end for good when SQLite found the disk full: the box's copy of the
+    table then stayed stale after the disk had room again (nemesis seed 12)."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from appliance import background
+    monkeypatch.setattr(background, "RESTART_DELAY_SECONDS", 0.0)
+    rounds: list[int] = []
+
+    async def replica_loop() -> None:
+        rounds.append(1)
+        if len(rounds) == 1:
+            raise OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+        await asyncio.sleep(3600)
+
+    job = background.background("replica", replica_loop)
+    for _ in range(100):
+        if len(rounds) == 2:
+            break
+        await asyncio.sleep(0.01)
+    job.cancel()
+    assert len(rounds) == 2, "started again"
+    warned = [r for r in caplog.records if "could not write to this box's disk" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].exc_info is None and "database or disk is full" in warned[0].getMessage()
