@@ -211,6 +211,22 @@ async def test_a_new_coordinator_owns_the_rows_it_copied_so_their_writer_does_no
         assert not list(own_rows(old))
 
 
+async def test_a_hand_over_that_ends_after_this_box_took_the_role_back_leaves_the_row_its_own(tmp_path):
+    """A hand-over answered by a coordinator that was then cut off, while this box became coordinator
+    again: its row and images stay its own (nemesis seed 16); as a follower they become a replica."""
+    from appliance.store.models import Phase, Task
+    passel = StubElection(is_coordinator=True)
+    async with coordinator_in(tmp_path, box="me", passel=passel) as c:
+        task = Task(uuid="00000000-0000-4000-8000-0000000000e1", phase=Phase.WAITING, staged_on="me")
+        c.staging.create(task.uuid)
+        await c.book.save(task)
+        await c.handed_over(task, "other")
+        assert (task.owner, task.staged_on) == ("me", "me") and c.staging.path(task.uuid).exists()
+        passel.is_coordinator = False
+        await c.handed_over(task, "other")
+        assert (task.owner, task.staged_on) == ("other", "other") and not c.staging.path(task.uuid).exists()
+
+
 async def test_a_clock_set_a_day_ahead_expires_no_upload_and_no_tombstone(tmp_path, monkeypatch):
     """A box with no battery clock whose date is fixed while it runs (+1 day): the clean-up keeps the
     upload that is still arriving and the removal replicas must still learn of. Ages it reads from

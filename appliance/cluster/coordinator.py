@@ -109,7 +109,11 @@ class Coordinator:
         await self.book.save(task)
 
     async def handed_over(self, task: Task, to: str) -> None:
-        """Another coordinator has this task and its files now; keep the row as a replica only."""
+        """Another coordinator has this task and its files now; keep the row as a replica only. Unless
+        this box has taken the role back while the hand-over was under way: the row is its own truth
+        again, and the other box hands its copy back when the two meet."""
+        if self.role.coordinating:
+            return
         self.dispatcher.stop(task.uuid)
         self.staging.remove(task.uuid)
         task.owner = to

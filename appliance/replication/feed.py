@@ -35,7 +35,7 @@ def export_since(coordinator: Coordinator, since: int, trust: Trust) -> dict[str
     full = since <= 0 or since > book.rev
     rows = []
     for task in (book.tasks.values() if full else book.changed_since(since)):
-        values: dict[str, Any] = row_values(task)
+        values: dict[str, Any] = row_values(task) | {"owner": book.self_id}  # all of it is this coordinator's truth
         node = registry.get(task.node_id)
         fwd_node = registry.get(forwarded(task)[0])
         values["node_url"] = node.row.url if node else None
