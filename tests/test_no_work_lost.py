@@ -227,6 +227,23 @@ async def test_a_hand_over_that_ends_after_this_box_took_the_role_back_leaves_th
         assert (task.owner, task.staged_on) == ("other", "other") and not c.staging.path(task.uuid).exists()
 
 
+async def test_an_upload_its_client_gave_up_on_holds_its_nodes_slot_for_a_while_only(tmp_path, monkeypatch):
+    """ODM never removes a task whose upload failed (it never learned the uuid): such a reservation
+    lapses after RESERVATION_SECONDS, so faults during uploads do not eat the passel's slots."""
+    from appliance.cluster import tasks
+    from appliance.store.models import Phase, Task
+    async with coordinator_in(tmp_path) as c:
+        node = await c.registry.add("http://127.0.0.1:9")
+        upload = Task(uuid="00000000-0000-4000-8000-0000000000f1", phase=Phase.UPLOADING)
+        c.book.reserve(upload, node.id)
+        await c.book.save(upload)
+        assert c.book.busy_by_node() == {node.id: 1}
+        later = tasks.boottime() + tasks.RESERVATION_SECONDS + 1
+        monkeypatch.setattr(tasks, "boottime", lambda: later)
+        assert c.book.busy_by_node() == {}, "the slot is free again"
+        assert c.book.tasks[upload.uuid].node_id == node.id, "the files already sent there stay useful at commit"
+
+
 async def test_a_clock_set_a_day_ahead_expires_no_upload_and_no_tombstone(tmp_path, monkeypatch):
     """A box with no battery clock whose date is fixed while it runs (+1 day): the clean-up keeps the
     upload that is still arriving and the removal replicas must still learn of. Ages it reads from

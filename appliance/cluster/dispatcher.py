@@ -118,7 +118,7 @@ class Dispatcher:
         `send_early`, else from the box that receives them (receiving.py)."""
         node = self.pick(task, images=0)
         if node is not None:
-            task.node_id = node.id
+            self.book.reserve(task, node.id)
             if send_early:
                 self._early[task.uuid] = EarlyForward(Forwarder(self.book, self.staging, task, node, self.public_url, self.api_token))
 

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from appliance.clock import wall
+from appliance.clock import boottime, wall
 from appliance.nodeodm.status import TaskStatus, status_rank
 from appliance.store.database import Store
 from appliance.cluster.task_states import Step, advance
@@ -18,6 +18,7 @@ OUTPUT_TAIL_LINES = 50  # kept in the table so output still answers when the nod
 ACTIVE_PHASES = (Phase.FORWARDING, Phase.ON_NODE)
 VISIBLE_PHASES = (Phase.WAITING, Phase.FORWARDING, Phase.ON_NODE, Phase.FINISHED)
 GONE_PHASES = (Phase.REMOVED, Phase.LOST)
+RESERVATION_SECONDS = 15 * 60.0  # an upload holds its node's slot this long at most, uncommitted
 
 
 class TaskBook:
@@ -29,6 +30,7 @@ class TaskBook:
         self.tasks: dict[str, Task] = {}
         self.rev = 0
         self._saved = asyncio.Event()
+        self._reserved_at: dict[str, float] = {}  # uuid -> boot time its upload's node was reserved
 
     async def load(self) -> None:
         self.tasks = {t.uuid: t for t in await self.store.load(Task)}
@@ -62,6 +64,8 @@ class TaskBook:
         self.rev += 1
         task.rev, task.owner = self.rev, self.self_id
         self.tasks[task.uuid] = task
+        if task.phase != Phase.UPLOADING:
+            self._reserved_at.pop(task.uuid, None)
         await self.store.save(task)
         self._announce()
 
@@ -113,13 +117,27 @@ class TaskBook:
     def changed_since(self, rev: int) -> list[Task]:
         return sorted((t for t in self.tasks.values() if t.rev > rev), key=lambda t: t.rev)
 
+    def reserve(self, task: Task, node_id: int) -> None:
+        """An upload's node, chosen at init so its files go on while they arrive (dispatcher.reserve)."""
+        task.node_id = node_id
+        self._reserved_at[task.uuid] = boottime()
+
+    def reserving(self, task: Task) -> bool:
+        """Whether an upload still holds its node's slot. ODM does not remove a task whose upload
+        failed (it never learned the uuid), so a reservation lapses RESERVATION_SECONDS after init,
+        or with this coordinator (a new one never made it): otherwise each upload that a fault cut
+        short would take a node's slot until the upload is dropped as abandoned, a day later."""
+        made = self._reserved_at.get(task.uuid)
+        return made is not None and boottime() - made < RESERVATION_SECONDS
+
     def busy_by_node(self) -> dict[int, int]:
         """Slots each node owes to our tasks: sent or being sent, unfinished, plus upload reservations."""
         counts: Counter[int] = Counter()
         for t in self.tasks.values():
             if t.node_id is None:
                 continue
-            if t.phase in ACTIVE_PHASES and not TaskStatus(t.status).finished or t.phase == Phase.UPLOADING:
+            if t.phase in ACTIVE_PHASES and not TaskStatus(t.status).finished \
+                    or t.phase == Phase.UPLOADING and self.reserving(t):
                 counts[t.node_id] += 1
         return dict(counts)
 
