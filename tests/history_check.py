@@ -4,7 +4,8 @@ Pure: a history in, a verdict out, so each rule is tested on small made-up histo
 (tests/test_nemesis.py) as well as on real runs. What it asserts:
 
 1. every submodel completes, with its outputs, within the job's time limit;
-2. exactly once: no box's final table lists a submodel twice or a task its client removed, no node
+2. exactly once: no box's final table lists a submodel twice (uploads never committed aside: ODM
+   does not remove an upload that failed, and they never run) or a task its client removed, no node
    still runs a task of the job at the end, or holds one its client removed, no task runs on two nodes at once, and no task
    its client removed (and so sent again) is still running on a node 10 s after the last heal;
 3. no COMPLETED answered for a task whose all.zip then fails to download (an error or an empty
@@ -121,10 +122,13 @@ def _completion(r: _Reading, v: Verdict) -> None:
 
 def _exactly_once(r: _Reading, v: Verdict) -> None:
     final_boxes = (r.final or {}).get("boxes", {})
+    uploads_left: set[str] = set()
     for index, box in final_boxes.items():
         live: dict[str, list[str]] = defaultdict(list)
         for uuid, (phase, *_rest) in (box.get("table") or {}).items():
-            if phase not in GONE:
+            if phase == "uploading":  # never committed, never run: ODM does not remove an upload that failed
+                uploads_left.add(uuid)
+            elif phase not in GONE:
                 live[r.submodel_of.get(uuid, uuid)].append(uuid)
                 if uuid in r.removed:
                     v.violations.append(f"undone removal: box {index} still lists task {uuid} ({phase}), "
@@ -153,6 +157,7 @@ def _exactly_once(r: _Reading, v: Verdict) -> None:
                     v.violations.append(f"duplicated: task {uuid}, removed by its client at {removed_at} s, still "
                                         f"ran at {snap['t']} s")
     v.report["orphan_runs"] = len(orphan_runs)
+    v.report["uploads_left_uncommitted"] = len(uploads_left)
 
 
 def _no_stale_completed(r: _Reading, v: Verdict) -> None:

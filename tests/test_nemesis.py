@@ -141,6 +141,16 @@ def test_a_submodel_listed_twice_in_a_final_table_is_duplicated():
     assert any(v.startswith("duplicated: box") for v in check(history(events)).violations)
 
 
+def test_an_upload_odm_gave_up_before_its_commit_is_not_a_duplicate():
+    events = healthy_job()
+    events[6]["submodels"][0]["uuids"] = [U2, U1]
+    left = {U1: ["removed", 40, "c", "b1"], U2: ["uploading", 10, "c", "b1"]}
+    events[-1]["boxes"] = {str(i): box(left) for i in (1, 2, 3)}
+    verdict = check(history(events))
+    assert verdict.ok, verdict.violations
+    assert verdict.report["uploads_left_uncommitted"] == 1 and verdict.report["resubmissions"] == 1
+
+
 def test_boxes_that_never_agree_after_the_last_heal_do_not_converge():
     events = healthy_job()
     split = {"1": box({U1: ["removed", 40, "c", "b1"]}, coordinator="c"),

@@ -287,6 +287,24 @@ async def test_a_task_given_up_for_lost_comes_back_with_its_box_unless_its_clien
         assert c.book.visible(dropped) is None and c.book.tasks[dropped].phase == Phase.REMOVED
 
 
+async def test_a_commit_this_box_gave_up_on_never_runs_when_its_copy_is_handed_back(tmp_path):
+    """This box took the upload in and gave up its commit (the coordinator was cut off; ODM was told
+    and sent the work again). The cut-off coordinator had committed it: at the heal, this box wins and
+    is handed that copy. It must not run here either (nemesis seed 30)."""
+    from appliance.store.models import Phase, Task, row_values
+    async with coordinator_in(tmp_path) as c:
+        uuid = "00000000-0000-4000-8000-0000000000f2"
+        await c.book.save(Task(uuid=uuid, phase=Phase.UPLOADING, staged_on="me"))
+        c.staging.create(uuid)
+        c.receiver.abandoned.add(uuid)
+        empty = tmp_path / "handed-over"
+        empty.mkdir()
+        committed = row_values(Task(uuid=uuid, phase=Phase.WAITING, staged_on="me", owner="other", rev=9))
+        assert not await c.adopt(committed, None, empty, "other")
+        assert c.book.tasks[uuid].phase == Phase.LOST and not c.staging.path(uuid).exists()
+        assert not c.dispatcher.views() or all(v.uuid != uuid for v in c.dispatcher.views())
+
+
 async def test_a_removal_handed_over_is_never_undone_by_a_copy_that_went_further(tmp_path):
     """A box cut off alone ran a task again from its staging and completed it, while the other side's
     client removed it. At the heal, the removal wins over the further-along copy: the row becomes a

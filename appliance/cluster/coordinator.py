@@ -131,7 +131,10 @@ class Coordinator:
         known_node = self.registry.find_url(node_url) if node_url else None
         theirs = Version.of(incoming, known_node.id if known_node else None, has_files=any(files_from.iterdir()))
         mine = Version.of(existing, existing.node_id, bool(self.staging.files(existing.uuid))) if existing else None
-        verdict = merge(mine, theirs, client_gave_up=self.intake.given_up(incoming.uuid))
+        # its client gave it up: removed it, or was told its commit failed here (this box took the
+        # upload in, gave up waiting for a coordinator that was cut off, and ODM sent the work again)
+        gave_up = self.intake.given_up(incoming.uuid) or incoming.uuid in self.receiver.abandoned
+        verdict = merge(mine, theirs, client_gave_up=gave_up)
         if verdict is Verdict.RECORD_GIVEN_UP:
             reason = f"its client gave it up (it sent the work again) and box {giver} handed over a copy"
             if existing is not None:

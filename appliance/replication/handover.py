@@ -14,6 +14,8 @@ from typing import Any
 import aiohttp
 
 from appliance.cluster.coordinator import Coordinator
+from appliance.cluster.task_states import Step
+from appliance.cluster.tasks import GONE_PHASES
 from appliance.discovery.passel import AGENT_API, Passel
 from appliance.discovery.trust import UNSIGNED_BODY, Untrusted, body_digest
 from appliance.store.models import Task, row_values
@@ -36,6 +38,11 @@ async def hand_over_all(coordinator: Coordinator, passel: Passel) -> int:
     own = list(own_rows(coordinator))  # a snapshot: handing over writes rows
     for task in own:
         await coordinator.dispatcher.settle(task.uuid)
+        if task.uuid in coordinator.receiver.abandoned and task.phase not in GONE_PHASES:
+            # its commit was given up here and its client told so (ODM sent the work again): whatever
+            # the coordinator holds of it must not run, so it gets the removal, without the images
+            coordinator.staging.remove(task.uuid)
+            await coordinator.book.tombstone(task, Step.REMOVE)
         node = coordinator.registry.get(task.node_id)
         values: dict[str, Any] = row_values(task)
         row = json.dumps(values | {"node_url": node.row.url if node else None})
