@@ -70,7 +70,7 @@ def _coordinator_ctx(config: Config):
         reconciler = app[RECONCILER_KEY] = Reconciler(coordinator, config.grace_seconds)
         lifecycle = StagingLifecycle(coordinator, config.staging_keep_hours)
         keeper = app[RESULTS_KEEPER_KEY] = ResultsKeeper(coordinator)
-        jobs = [background("node-health", registry.poll_forever),
+        jobs = [background("node-health", registry.poll_forever), background("table-writer", coordinator.book.keep_written),
                 background("dispatch", coordinator.dispatcher.run_dispatch_loop),
                 background("task-tracker", tracker.run_forever),
                 background("reconcile", reconciler.run_forever),

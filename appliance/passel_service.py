@@ -188,7 +188,9 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
                 changed, caught_up = None, False
                 if leader is not None and not passel.is_coordinator:
                     try:
-                        await hand_over_all(coordinator, passel)
+                        if await hand_over_all(coordinator, passel):
+                            follower.synced_from = None  # the next pull is a full copy: rows handed over
+                            # are then the coordinator's version, not this box's idea of what it became
                         caught_up = follower.synced_from == leader.id
                         # rows still to hand over (the winner of a heal may not have fenced its term above
                         # this box's yet, and refused them): no long poll, so they are offered again soon

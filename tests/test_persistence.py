@@ -169,3 +169,33 @@ async def test_a_background_loop_that_hits_a_full_disk_says_so_in_one_line_and_g
     assert len(rounds) == 2, "started again"
     warned = [r for r in caplog.records if "could not write to this box's disk" in r.getMessage()]
     assert len(warned) == 1 and warned[0].exc_info is None and "database or disk is full" in warned[0].getMessage()
+
+
+async def test_a_row_the_disk_refused_is_written_once_there_is_room(tmp_path, monkeypatch):
+    """The row changed in memory (and replicas may have copied it) while the disk was full: the file
+    must follow, or a restart would load the older version (nemesis seed 38)."""
+    from sqlalchemy.exc import OperationalError
+
+    from appliance.cluster import tasks
+    from appliance.store.models import Phase, Task
+    from tests.support import coordinator_in
+    monkeypatch.setattr(tasks, "UNSAVED_RETRY_SECONDS", 0.01)
+    async with coordinator_in(tmp_path) as c:
+        task = Task(uuid="00000000-0000-4000-8000-0000000000a9", phase=Phase.WAITING)
+        await c.book.save(task)
+        real_save = c.store.save
+
+        async def full(*rows):
+            raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+        monkeypatch.setattr(c.store, "save", full)
+        task.phase = Phase.REMOVED
+        with pytest.raises(OperationalError):
+            await c.book.save(task)
+        monkeypatch.setattr(c.store, "save", real_save)
+        writer = asyncio.create_task(c.book.keep_written())
+        for _ in range(200):
+            if {t.uuid: t.phase for t in await c.store.load(Task)}[task.uuid] == Phase.REMOVED:
+                break
+            await asyncio.sleep(0.01)
+        writer.cancel()
+        assert {t.uuid: t.phase for t in await c.store.load(Task)}[task.uuid] == Phase.REMOVED

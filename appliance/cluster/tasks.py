@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -14,10 +15,12 @@ from appliance.store.database import Store
 from appliance.cluster.task_states import Step, advance
 from appliance.store.models import Phase, Task
 
+log = logging.getLogger("passel.tasks")
 OUTPUT_TAIL_LINES = 50  # kept in the table so output still answers when the node is gone
 ACTIVE_PHASES = (Phase.FORWARDING, Phase.ON_NODE)
 VISIBLE_PHASES = (Phase.WAITING, Phase.FORWARDING, Phase.ON_NODE, Phase.FINISHED)
 GONE_PHASES = (Phase.REMOVED, Phase.LOST)
+UNSAVED_RETRY_SECONDS = 2.0  # how soon rows a full disk refused are written again
 RESERVATION_SECONDS = 15 * 60.0  # an upload holds its node's slot this long at most, uncommitted
 
 
@@ -31,6 +34,7 @@ class TaskBook:
         self.rev = 0
         self._saved = asyncio.Event()
         self._reserved_at: dict[str, float] = {}  # uuid -> boot time its upload's node was reserved
+        self._unsaved: set[str] = set()  # rows changed in memory that the disk refused (full)
 
     async def load(self) -> None:
         self.tasks = {t.uuid: t for t in await self.store.load(Task)}
@@ -66,8 +70,26 @@ class TaskBook:
         self.tasks[task.uuid] = task
         if task.phase != Phase.UPLOADING:
             self._reserved_at.pop(task.uuid, None)
-        await self.store.save(task)
+        await self._write(task)
         self._announce()
+
+    async def _write(self, *tasks: Task) -> None:
+        """Write these rows, and any that a full disk refused before: the in-memory row has changed
+        already (the replicas may have it), so the file must follow it, or a restart would load the
+        older version. Raises when the disk still refuses; `keep_written` tries again."""
+        self._unsaved.update(t.uuid for t in tasks)
+        rows = [self.tasks[uuid] for uuid in self._unsaved if uuid in self.tasks]
+        await self.store.save(*rows)
+        self._unsaved.clear()
+
+    async def keep_written(self) -> None:
+        """Every few seconds, write what a full disk refused (appliance/background.py logs the refusals)."""
+        while True:
+            await asyncio.sleep(UNSAVED_RETRY_SECONDS)
+            if self._unsaved:
+                count = len(self._unsaved)
+                await self._write()
+                log.info("The disk has room again: wrote the %d task row(s) it had refused", count)
 
     def _announce(self) -> None:
         """Wake the replica feed's long polls: a new version exists."""
@@ -96,13 +118,13 @@ class TaskBook:
             self.rev += 1
             task.rev, task.owner = self.rev, self.self_id
         if taken:
-            await self.store.save(*taken)
+            await self._write(*taken)
             self._announce()
 
     async def save_replica(self, task: Task) -> None:
         """Write a row as received from the coordinator, keeping its version."""
         self.tasks[task.uuid] = task
-        await self.store.save(task)
+        await self._write(task)
 
     async def tombstone(self, task: Task, step: Step = Step.REMOVE) -> None:
         """Mark removed (or lost) rather than delete, so replicas and returning boxes learn of it."""
@@ -112,6 +134,7 @@ class TaskBook:
 
     async def purge(self, uuid: str) -> None:
         self.tasks.pop(uuid, None)
+        self._unsaved.discard(uuid)
         await self.store.delete(Task, uuid)
 
     def changed_since(self, rev: int) -> list[Task]:
