@@ -18,11 +18,13 @@ RESTART_DELAY_SECONDS = 2.0
 
 
 async def supervise(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run `job` forever. A full disk is said in one line (the loop goes on once there is room);
-    anything else is a bug, logged with its traceback."""
+    """Run `job` until it ends by itself (announcing this box, say), starting it again whenever it
+    fails. A full disk is said in one line (the loop goes on once there is room); anything else is a
+    bug, logged with its traceback."""
     while True:
         try:
             await job()
+            return
         except asyncio.CancelledError:
             raise
         except (SQLAlchemyError, OSError) as exc:

@@ -167,6 +167,11 @@ async def test_a_background_loop_that_hits_a_full_disk_says_so_in_one_line_and_g
         await asyncio.sleep(0.01)
     job.cancel()
     assert len(rounds) == 2, "started again"
+
+    async def announce_once() -> None:
+        rounds.append(1)
+    await background.background("mdns-advertise", announce_once)
+    assert len(rounds) == 3, "a job that ends by itself is not started again"
     warned = [r for r in caplog.records if "could not write to this box's disk" in r.getMessage()]
     assert len(warned) == 1 and warned[0].exc_info is None and "database or disk is full" in warned[0].getMessage()
 
