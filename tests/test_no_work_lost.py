@@ -305,6 +305,25 @@ async def test_a_commit_this_box_gave_up_on_never_runs_when_its_copy_is_handed_b
         assert not c.dispatcher.views() or all(v.uuid != uuid for v in c.dispatcher.views())
 
 
+async def test_a_follower_restarted_mid_upload_keeps_taking_it_in(tmp_path):
+    """The entry box is killed while ODM uploads through it: restarted, its replica still says which
+    upload it takes in, for the coordinator. Recovering must not rewrite that row as its own (it would
+    then hand it over, images and all, and answer the next file not-found: nemesis seed 7)."""
+    from appliance.replication.handover import own_rows
+    from appliance.store.models import Phase, Task
+    uuid = "00000000-0000-4000-8000-0000000000f3"
+    follower = StubElection(is_coordinator=False)
+    async with coordinator_in(tmp_path, box="entry", passel=follower) as c:
+        node = await c.registry.add("http://127.0.0.1:9")
+        await c.book.save_replica(Task(uuid=uuid, phase=Phase.UPLOADING, staged_on="entry", owner="boss", rev=3,
+                                       node_id=node.id))
+        c.staging.create(uuid)
+    async with coordinator_in(tmp_path, box="entry", passel=follower) as c:  # after the kill -9
+        row = c.book.tasks[uuid]
+        assert (row.owner, row.rev, row.node_id) == ("boss", 3, node.id)
+        assert not list(own_rows(c)) and c.receiver.holds(uuid)
+
+
 async def test_a_removal_handed_over_is_never_undone_by_a_copy_that_went_further(tmp_path):
     """A box cut off alone ran a task again from its staging and completed it, while the other side's
     client removed it. At the heal, the removal wins over the further-along copy: the row becomes a

@@ -67,11 +67,17 @@ class Coordinator:
 
     # -- start-up ---------------------------------------------------------------------------
     async def recover(self) -> None:
-        """Reload the table after a restart and pick up every task where it stopped."""
+        """Reload the table after a restart and pick up every task where it stopped. Only the rows this
+        box wrote as coordinator: the others are a replica of another coordinator's, which picks its
+        own up (rewriting them here would make them this box's, to hand over with their images, and
+        an upload this box takes in for that coordinator would be lost: nemesis seed 7)."""
         await self.book.load()
         self.staging.open()
         self.staging.clean(set(self.book.tasks))
+        own = {uuid for uuid, task in self.book.tasks.items() if task.owner in ("", self.self_id)}
         for task in self.book.in_phase(Phase.UPLOADING, Phase.FORWARDING):
+            if task.uuid not in own:
+                continue
             node_id, _ = forwarded(task)
             if node_id is not None:
                 # Files were on their way to that node when we died: which arrived is uncertain, so
@@ -80,7 +86,7 @@ class Coordinator:
             if task.phase == Phase.UPLOADING and task.node_id is not None:
                 task.node_id = None  # the early forward died with the old process; the commit resends
                 await self.book.save(task)
-        resumed = self.book.in_phase(Phase.FORWARDING)
+        resumed = [task for task in self.book.in_phase(Phase.FORWARDING) if task.uuid in own]
         for task in resumed:
             advance(task, Step.REQUEUE)
             await self.book.save(task)
