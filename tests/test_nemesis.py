@@ -170,6 +170,17 @@ def test_staged_files_left_behind_are_a_leak():
     assert any(v.startswith("leaked: box 2") for v in check(history(events)).violations)
 
 
+def test_the_harness_observes_until_a_snapshot_after_the_last_heal():
+    """Seeds 3 and 9 once failed only because observing stopped at the job's end, before the last heal."""
+    from tests.nemesis import History, settled
+    agreed = {str(i): box({U1: ["removed", 40, "c", "b1"]}) for i in (1, 2)}
+    history = History(0, [])
+    history.events = [{"t": 5.0, "kind": "snapshot", "boxes": agreed}, {"t": 6.0, "kind": "heal", "id": 0}]
+    assert not settled(history)
+    history.events.append({"t": 6.5, "kind": "snapshot", "boxes": agreed})
+    assert settled(history)
+
+
 # -- the schedule ------------------------------------------------------------------------------
 
 def test_a_seed_always_gives_the_same_schedule_of_two_to_four_faults():
