@@ -5,13 +5,15 @@ this module only when they run, as PyODM and requests take a while to load."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -124,7 +126,7 @@ class PatientNode(Node):
         program instead of leaving it waiting on them for ever."""
         unit = max(1, round(self.patience / sum(range(1, UPLOAD_ATTEMPTS + 1))))
         outcome: dict[str, Any] = {}
-        with tqdm(total=100, desc="Uploading", unit="%", bar_format=BAR) as bar:
+        with progress_bar("Uploading") as bar:
             def run() -> None:
                 try:
                     outcome["task"] = self.create_task(files, options, name=name, parallel_uploads=parallel,
@@ -143,6 +145,22 @@ class PatientNode(Node):
         return outcome["task"]
 
 
+@contextmanager
+def progress_bar(desc: str) -> Iterator[tqdm]:
+    """A bar that Ctrl-C cannot catch half-built: tqdm's __init__ cut short by it leaves an object whose
+    __del__ prints a traceback at exit. The interrupt is held until the bar is whole, then raised."""
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        bar = tqdm(total=100, desc=desc, unit="%", bar_format=BAR)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with bar:
+        if held:
+            raise KeyboardInterrupt
+        yield bar
+
+
 def set_bar(bar: Any, percent: float) -> None:
     bar.n = min(100.0, max(bar.n, round(float(percent), 1)))
     bar.refresh()
@@ -151,7 +169,7 @@ def set_bar(bar: Any, percent: float) -> None:
 def follow(task: Task, interval: float) -> TaskInfo:
     """Poll the task until it ends, with a processing bar and a line per status change."""
     last_status = None
-    with tqdm(total=100, desc="Processing", unit="%", bar_format=BAR) as bar:
+    with progress_bar("Processing") as bar:
         while True:
             info = task.info()
             if info.status != last_status:
@@ -167,7 +185,7 @@ def download_results(task: Task, output: Path, patience: float) -> None:
     """all.zip into a scratch folder beside the results, then unpacked; a cut download starts again."""
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output, prefix=".download-") as scratch, \
-            tqdm(total=100, desc="Downloading", unit="%", bar_format=BAR) as bar:
+            progress_bar("Downloading") as bar:
         archive = patiently(lambda: task.download_zip(scratch, progress_callback=lambda pct: set_bar(bar, pct),
                                                       parallel_downloads=4), patience, "downloading the results")
         try:
