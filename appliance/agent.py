@@ -85,6 +85,7 @@ def _coordinator_ctx(config: Config):
             with contextlib.suppress(asyncio.CancelledError):
                 await job
         await coordinator.dispatcher.shutdown()
+        await coordinator.stragglers.shutdown()
         await session.close()
         await store.close()
     return ctx

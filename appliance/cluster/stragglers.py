@@ -147,6 +147,13 @@ class Stragglers:
                 await self._drop(copy_uuid, f"real work needs the slot on {node.row.url}")
                 excess -= 1
 
+    async def shutdown(self) -> None:
+        """Copies still being sent stop with the box: the loop that runs them is about to close."""
+        sending = [copy.sending for copy in self.copies.values() if copy.sending is not None]
+        for job in sending:
+            job.cancel()
+        await asyncio.gather(*sending, return_exceptions=True)
+
     async def tick(self) -> None:
         for uuid in list(self.copies):
             await self._check(uuid)
