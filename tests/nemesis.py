@@ -66,6 +66,17 @@ class Fault:
         return self.at + self.hold
 
 
+SEEDS_FILE = Path(__file__).parent / "nemesis_seeds.txt"
+
+
+def recorded_seeds() -> list[int]:
+    """The seeds in tests/nemesis_seeds.txt: one per line, each with an optional `# what it found`."""
+    if not SEEDS_FILE.exists():
+        return []
+    lines = (line.split("#", 1)[0].strip() for line in SEEDS_FILE.read_text().splitlines())
+    return sorted({int(line) for line in lines if line.isdigit()})
+
+
 def make_schedule(seed: int, boxes: int = BOXES) -> list[Fault]:
     """2 to 4 overlapping faults, all undone by about 35 s into the job."""
     rng = random.Random(seed)
