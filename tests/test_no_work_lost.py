@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -136,6 +138,21 @@ def test_stalled_task_is_sent_again_then_failed_with_an_explanation(simnode_fact
     assert on_node(node, uuid) is None or on_node(node, uuid)["status"]["code"] == 50
 
 
+def fill(path: Path) -> None:
+    """Write until the file system has no room left."""
+    with open(path, "wb") as ballast:
+        with contextlib.suppress(OSError):
+            while True:
+                ballast.write(b"\0" * 65536)
+                ballast.flush()
+
+
+def phase_on_disk(database: Path, uuid: str) -> str | None:
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT phase FROM tasks WHERE uuid = ?", (uuid,)).fetchone()
+    return row and row[0]
+
+
 def test_disk_full_refuses_cleanly_and_keeps_accepted_tasks(simnode_factory, passel_factory, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
@@ -152,9 +169,13 @@ def test_disk_full_refuses_cleanly_and_keeps_accepted_tasks(simnode_factory, pas
         reply = jcall(api, "POST", f"/task/new/upload/{victim}", files={"images": ("big.JPG", b"\xff\xd8" + b"x" * 8_000_000)})
         assert "Disk full" in reply["error"], reply
         assert not list((mount / "state" / "staging" / victim).iterdir()), "no partial file left behind"
+        fill(mount / "ballast")  # now SQLite too finds no room
         assert jcall(api, "POST", f"/task/new/commit/{kept}") == {"uuid": kept}
         done = wait_for(lambda: (i := info(api, kept))["status"]["code"] == 40 and i, what="the kept task")
         assert done["imagesCount"] == 3
+        (mount / "ballast").unlink()
+        wait_for(lambda: phase_on_disk(mount / "state" / "passel.sqlite3", kept) == "finished", timeout=30,
+                 what="the rows the full disk refused, written once there was room")
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 

@@ -1,4 +1,5 @@
-"""The task table in memory, written through to SQLite before anything is promised to a client."""
+"""The task table in memory, written through to SQLite before anything is promised to a client (on a
+full disk, promised from memory and the replicas, and written once there is room)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from appliance.clock import boottime, wall
 from appliance.nodeodm.status import TaskStatus, status_rank
-from appliance.store.database import Store
+from appliance.store.database import Store, is_disk_full
 from appliance.cluster.task_states import Step, advance
 from appliance.store.models import Phase, Task
 
@@ -35,6 +38,7 @@ class TaskBook:
         self._saved = asyncio.Event()
         self._reserved_at: dict[str, float] = {}  # uuid -> boot time its upload's node was reserved
         self._unsaved: set[str] = set()  # rows changed in memory that the disk refused (full)
+        self._disk_full = False  # said once per spell, not at every refused write
 
     async def load(self) -> None:
         self.tasks = {t.uuid: t for t in await self.store.load(Task)}
@@ -76,20 +80,32 @@ class TaskBook:
     async def _write(self, *tasks: Task) -> None:
         """Write these rows, and any that a full disk refused before: the in-memory row has changed
         already (the replicas may have it), so the file must follow it, or a restart would load the
-        older version. Raises when the disk still refuses; `keep_written` tries again."""
+        older version. A full disk does not stop the caller half-way (a task set FORWARDING whose send
+        never starts would wait for ever): the rows stay in memory and on the replicas, and
+        `keep_written` writes them once there is room."""
         self._unsaved.update(t.uuid for t in tasks)
         rows = [self.tasks[uuid] for uuid in self._unsaved if uuid in self.tasks]
-        await self.store.save(*rows)
+        try:
+            await self.store.save(*rows)
+        except (OperationalError, OSError) as exc:
+            if not is_disk_full(exc):
+                raise
+            if not self._disk_full:
+                log.warning("The disk is full: %d task row(s) are kept in memory (and in the other boxes' "
+                            "copies) and written here once there is room", len(rows))
+            self._disk_full = True
+            return
         self._unsaved.clear()
+        if self._disk_full:
+            self._disk_full = False
+            log.info("The disk has room again: wrote the %d task row(s) it had refused", len(rows))
 
     async def keep_written(self) -> None:
-        """Every few seconds, write what a full disk refused (appliance/background.py logs the refusals)."""
+        """Every few seconds, write what a full disk refused."""
         while True:
             await asyncio.sleep(UNSAVED_RETRY_SECONDS)
             if self._unsaved:
-                count = len(self._unsaved)
                 await self._write()
-                log.info("The disk has room again: wrote the %d task row(s) it had refused", count)
 
     def _announce(self) -> None:
         """Wake the replica feed's long polls: a new version exists."""

@@ -7,7 +7,9 @@ runs on the event loop, and one owner thread means no lock fights inside the pro
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +22,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from appliance.store.models import Base, Event, Node, Task, row_values
@@ -28,6 +31,14 @@ T = TypeVar("T")
 log = logging.getLogger("passel.events")
 schema_log = logging.getLogger("passel.store")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's "database or disk is full", or a file write that found no room: a state the box
+    outlives (the disk frees up), unlike any other database error."""
+    if isinstance(exc, OperationalError):
+        return getattr(exc.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -65,6 +76,7 @@ class Store:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="passel-db")
         self._engine: Engine | None = None
+        self._events_refused = False  # a full disk: said once, not at every event
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +130,17 @@ class Store:
     async def record(self, kind: str, message: str, task_uuid: str | None = None, node_id: int | None = None) -> None:
         """Append to the audit log, and say the same thing in the journal."""
         log.info("%s", message)
-        await self.session(lambda s: s.add(Event(kind=kind, message=message, task_uuid=task_uuid, node_id=node_id)))
+        try:
+            await self.session(lambda s: s.add(Event(kind=kind, message=message, task_uuid=task_uuid, node_id=node_id)))
+        except (OperationalError, OSError) as exc:
+            if not is_disk_full(exc):
+                raise
+            if not self._events_refused:
+                schema_log.warning("The disk is full: events are written to the journal only, not to the UI's "
+                                   "log, until there is room")
+            self._events_refused = True
+            return
+        self._events_refused = False
 
     async def events(self, task_uuid: str | None = None, limit: int = 200) -> list[Event]:
         def work(session: Session) -> list[Event]:
