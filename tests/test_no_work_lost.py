@@ -384,3 +384,24 @@ async def test_a_new_coordinator_counts_a_nodes_silence_from_when_it_took_over(t
         await registry.poll_one(state, timeout=aiohttp.ClientTimeout(total=1))
         assert state.misses == 1 and state.silent_for() < 5
     await store.close()
+
+
+async def test_a_send_the_old_coordinator_left_half_way_is_settled_by_the_new_one(tmp_path, simnode_factory):
+    """A new coordinator makes every copied row its own before it leads (`take_ownership`); the rows
+    the old one was still sending must be settled all the same, by what the node lists. Told by the
+    row's owner, they stayed RUNNING for ever and the split-merge job never ended (tests/test_faults.py b)."""
+    from appliance.cluster.reconciler import Reconciler
+    from appliance.store.models import Phase, Task
+    node = simnode_factory(seconds_per_image=60)
+    arrived = committed(Api(node), images=2)  # the old coordinator's last send got through
+    async with coordinator_in(tmp_path, box="new") as c:
+        state = await c.registry.add(node.url)
+        await c.registry.poll_one(state)
+        cut_off = "00000000-0000-4000-8000-0000000000e1"  # its send died before the commit
+        for rev, uuid in enumerate((arrived, cut_off), start=1):
+            await c.book.save_replica(Task(uuid=uuid, phase=Phase.FORWARDING, status=20, node_id=state.id,
+                                           owner="old", rev=rev))
+        await c.book.take_ownership()
+        await Reconciler(c, grace_seconds=60).reconcile()
+        assert c.book.tasks[arrived].phase == Phase.ON_NODE
+        assert c.book.tasks[cut_off].phase == Phase.WAITING  # to be sent again from its staged images

@@ -215,6 +215,10 @@ class Dispatcher:
             self.stop(uuid)
         await asyncio.gather(job, return_exceptions=True)
 
+    def sending(self, uuid: str) -> bool:
+        """Whether a send of this task runs here now."""
+        return uuid in self._sending
+
     def stop(self, uuid: str) -> None:
         """Stop sending the task, early forward included."""
         job = self._sending.pop(uuid, None)

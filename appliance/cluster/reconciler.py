@@ -68,16 +68,18 @@ class Reconciler:
         c = self.coordinator
         for node in list(c.registry.nodes.values()):
             if not node.online and node.silent_for() >= self.grace:
-                for task in self._sends_of_a_previous_coordinator(node.id):
+                for task in self._sends_nobody_runs(node.id):
                     await c.settle_send(task, on_node=False)
                 for task in self._unfinished_on(node.id):
                     await c.move_away(task, f"node {node.row.url} has not answered for {node.silent_for():.0f} s")
 
-    def _sends_of_a_previous_coordinator(self, node_id: int) -> list[Task]:
-        """Tasks a coordinator before this one was sending to the node when it stopped: from a box
-        that took the upload in, the send itself may well have finished (receiving.py)."""
+    def _sends_nobody_runs(self, node_id: int) -> list[Task]:
+        """Tasks being sent to the node by no send of this coordinator: a coordinator before it was
+        sending them when it stopped (from a box that took the upload in, the send itself may well
+        have finished: receiving.py). Not told by the row's owner: a new coordinator makes every row
+        its own before it leads (`TaskBook.take_ownership`)."""
         c = self.coordinator
-        return [t for t in c.book.in_phase(Phase.FORWARDING) if t.node_id == node_id and t.owner != c.self_id]
+        return [t for t in c.book.in_phase(Phase.FORWARDING) if t.node_id == node_id and not c.dispatcher.sending(t.uuid)]
 
     def _unfinished_on(self, node_id: int) -> list[Task]:
         return [t for t in self.coordinator.book.in_phase(Phase.ON_NODE)
@@ -89,7 +91,7 @@ class Reconciler:
             listed = {str(item.get("uuid")) for item in await node.client.task_list(COMPARE_TIMEOUT)}
         except (NodeError, NodeUnreachable):
             return
-        for task in self._sends_of_a_previous_coordinator(node.id):
+        for task in self._sends_nobody_runs(node.id):
             await c.settle_send(task, on_node=task.uuid in listed)
         now = boottime()
         for task in c.book.in_phase(Phase.ON_NODE, Phase.FINISHED):
