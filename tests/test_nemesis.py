@@ -1,4 +1,4 @@
-"""The nemesis in the suite: fixed seeds, and every seed that ever failed, on a 4-box passel with a
+"""The nemesis in the suite: every seed that ever found a defect, on a 4-box passel with a
 real NodeODM (tests/nemesis.py), each history read by the checker (tests/history_check.py).
 
 The checker is tested first, on small made-up histories: each rule must see the defect it is for,
@@ -16,14 +16,6 @@ from tests.history_check import check
 from tests.nemesis import KINDS, make_schedule, recorded_seeds
 
 U1, U2 = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
-FIXED_SEEDS = (73, 84)  # with the recorded seeds: every kind of fault, on the coordinator and the entry
-
-
-def ever_failed() -> list[int]:
-    """Seeds bench/nemesis.py found failing once: each stays in CI for good."""
-    return [s for s in recorded_seeds() if s not in FIXED_SEEDS]
-
-
 # -- the checker, on made-up histories ---------------------------------------------------------
 
 def reply(t: float, path: str, reply: Any = None, http: int = 200, method: str = "GET", **extra: Any) -> dict[str, Any]:
@@ -200,11 +192,17 @@ def test_a_seed_always_gives_the_same_schedule_of_two_to_four_faults():
     assert kinds == set(KINDS)
 
 
+def test_the_seeds_ci_runs_try_every_kind_of_fault_and_both_node_faults():
+    schedules = [make_schedule(seed) for seed in recorded_seeds()]
+    assert {f.kind for schedule in schedules for f in schedule} == set(KINDS)
+    assert {f.detail for schedule in schedules for f in schedule if f.kind == "node"} == {"kill", "reboot"}
+
+
 # -- the real thing ----------------------------------------------------------------------------
 
 @pytest.mark.netns
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("seed", [*FIXED_SEEDS, *ever_failed()])
+@pytest.mark.parametrize("seed", recorded_seeds())
 def test_a_seeded_fault_schedule_loses_duplicates_and_strands_nothing(seed, tmp_path, netns_required):
     from tests.conftest import require_realnode
     from tests.nemesis import run_seed
