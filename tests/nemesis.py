@@ -316,7 +316,8 @@ class Observer(threading.Thread):
 
     def run(self) -> None:
         while not self.halt.wait(0.5):
-            self.history.add("snapshot", boxes=self.snapshot())
+            began = self.history.now()  # `t` is when it was recorded, after every box was read
+            self.history.add("snapshot", boxes=self.snapshot(), began=began)
 
     def snapshot(self) -> dict[str, Any]:
         seen: dict[str, Any] = {}
@@ -437,9 +438,10 @@ def run_seed(seed: int, workdir: Path, schedule: list[Fault] | None = None) -> d
 
 
 def settled(history: History) -> bool:
-    """The latest snapshot, taken after the last heal, shows one coordinator and the same table on every box."""
-    last_heal = max((e["t"] for e in history.events if e["kind"] == "heal"), default=0.0)
-    snaps = [e for e in history.events if e["kind"] == "snapshot" and e["t"] > last_heal]
+    """The latest snapshot, begun after the last heal and after the job's end (its last removal may
+    still be on its way to the replicas), shows one coordinator and the same table on every box."""
+    since = max((e["t"] for e in history.events if e["kind"] in ("heal", "job-end")), default=0.0)
+    snaps = [e for e in history.events if e["kind"] == "snapshot" and e.get("began", e["t"]) > since]
     if not snaps:
         return False
     boxes = snaps[-1]["boxes"].values()

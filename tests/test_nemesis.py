@@ -159,14 +159,19 @@ def test_staged_files_left_behind_are_a_leak():
     assert any(v.startswith("leaked: box 2") for v in check(history(events)).violations)
 
 
-def test_the_harness_observes_until_a_snapshot_after_the_last_heal():
-    """Seeds 3 and 9 once failed only because observing stopped at the job's end, before the last heal."""
+def test_the_harness_observes_until_a_snapshot_after_the_last_heal_and_the_job_end():
+    """Seeds 3 and 9 once failed only because observing stopped at the job's end, before the last heal;
+    a baseline once failed because a snapshot begun before the job's last removal ended the watch."""
     from tests.nemesis import History, settled
     agreed = {str(i): box({U1: ["removed", 40, "c", "b1"]}) for i in (1, 2)}
     history = History(0, [])
     history.events = [{"t": 5.0, "kind": "snapshot", "boxes": agreed}, {"t": 6.0, "kind": "heal", "id": 0}]
     assert not settled(history)
     history.events.append({"t": 6.5, "kind": "snapshot", "boxes": agreed})
+    assert settled(history)
+    history.events += [{"t": 7.0, "kind": "job-end"}, {"t": 7.2, "kind": "snapshot", "boxes": agreed, "began": 6.9}]
+    assert not settled(history), "begun before the job's end"
+    history.events.append({"t": 7.7, "kind": "snapshot", "boxes": agreed, "began": 7.4})
     assert settled(history)
 
 
