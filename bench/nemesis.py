@@ -53,7 +53,7 @@ def one(seed: int | None, scratch: Path, keep: bool) -> dict[str, Any]:
     started = time.monotonic()
     history = run_seed(seed or 0, workdir, schedule=[] if seed is None else None)
     verdict = check(history)
-    if not keep:
+    if not keep and verdict.ok:  # a failing seed's box logs stay: its replay may take another path
         shutil.rmtree(workdir, ignore_errors=True)
     result = {"seed": seed, "ok": verdict.ok, "violations": verdict.violations, "report": verdict.report,
               "wall_seconds": round(time.monotonic() - started, 1)}
@@ -150,7 +150,9 @@ def main() -> int:
     path = common.write_results("nemesis", {"machine": common.machine(), "summary": summary, "baseline": baseline,
                                             "results": results, "schedules": schedules})
     print(f"Results: {path}")
-    if not args.keep:
+    if summary["failed_seeds"] or not baseline["ok"]:
+        print(f"The failing runs' box logs are in {scratch}")
+    elif not args.keep:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0 if not summary["failed_seeds"] else 1
 
