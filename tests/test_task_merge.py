@@ -241,3 +241,24 @@ async def test_a_follower_takes_the_coordinators_removal_of_its_own_task_at_once
         assert c.book.tasks[removed].phase == Phase.REMOVED and not c.staging.path(removed).exists()
         assert c.book.tasks[completed].phase == Phase.WAITING and c.book.tasks[completed].owner == "me"
         assert c.staging.files(completed), "kept for the hand-over"
+
+
+async def test_a_follower_never_undoes_a_removal_the_coordinator_has_not_heard_of(tmp_path):
+    """Nemesis seed 48: the client removed a task on one side of a split; the other side's coordinator,
+    which took the role back later, still had it on its node. The follower that saw the removal kept
+    the coordinator's version (the removal undone on the box, and the task run again); now it keeps
+    its tombstone and offers it to the coordinator as a row of its own to hand over."""
+    from appliance.replication.feed import ReplicaFollower
+    from appliance.replication.handover import own_rows
+    from appliance.store.models import row_values
+    from tests.support import coordinator_in
+    async with coordinator_in(tmp_path) as c:
+        uuid = "00000000-0000-4000-8000-0000000000a3"
+        await c.book.save_replica(Task(uuid=uuid, phase=Phase.REMOVED, status=DONE, owner="other-side", rev=9))
+        stale = [row_values(Task(uuid=uuid, phase=Phase.ON_NODE, status=RUN, owner="boss", rev=3))]
+        await ReplicaFollower(c, peers=None)._apply_tasks(stale, full=True)  # type: ignore[arg-type]
+        assert c.book.tasks[uuid].phase == Phase.REMOVED
+        assert [t.uuid for t in own_rows(c)] == [uuid], "to hand over, so the coordinator removes it too"
+        took_it = [row_values(Task(uuid=uuid, phase=Phase.REMOVED, status=DONE, owner="boss", rev=4))]
+        await ReplicaFollower(c, peers=None)._apply_tasks(took_it, full=True)  # type: ignore[arg-type]
+        assert c.book.tasks[uuid].phase == Phase.REMOVED

@@ -22,7 +22,7 @@ from appliance.cluster.tasks import GONE_PHASES, forwarded, set_forwarded
 from appliance.discovery.passel import AGENT_API, Peer
 from appliance.discovery.peer_client import PeerClient
 from appliance.discovery.trust import Trust
-from appliance.store.models import row_values, task_from_row
+from appliance.store.models import Phase, Task, row_values, task_from_row
 
 log = logging.getLogger("passel.replica")
 SYNC_TIMEOUT = aiohttp.ClientTimeout(total=15)  # above the long poll's wait, with room for a full copy
@@ -104,6 +104,10 @@ class ReplicaFollower:
                 log.info("Task %s: the coordinator has it %s, which wins over this box's own version; "
                          "its staged images here are released", task.uuid, task.phase)
                 self.coordinator.staging.remove(task.uuid)
+            elif mine is not None and mine.phase == Phase.REMOVED and task.phase != Phase.REMOVED \
+                    and merge(Version.of(mine, mine.node_id), Version.of(task, task.node_id)).mine_wins:
+                await self._offer_removal(mine)
+                continue
             seen.add(task.uuid)
             await book.save_replica(task)
             # this box took the upload in (or took in one the coordinator never heard of, now removed): release it
@@ -120,5 +124,16 @@ class ReplicaFollower:
                     dropped += 1
         return len(seen) + dropped
 
+
+    async def _offer_removal(self, mine: Task) -> None:
+        """Its client removed it on a side of a partition that this coordinator was not on (nemesis
+        seed 48): the removal is never undone here. It becomes a row of this box's to hand over
+        (`hand_over_all`), and the coordinator takes the removal by the same rule (`Coordinator.adopt`)."""
+        book = self.coordinator.book
+        if mine.owner != book.self_id:
+            log.info("Task %s: its client removed it, which the coordinator has not heard of; telling it",
+                     mine.uuid)
+            mine.owner = book.self_id
+            await book.save_replica(mine)
 
 REPLICA_KEY: web.AppKey[ReplicaFollower] = web.AppKey("replica")  # where the app holds it
