@@ -64,7 +64,8 @@ def one(seed: int | None, scratch: Path, keep: bool) -> dict[str, Any]:
 
 
 def record_failed(seeds: list[int]) -> None:
-    new = [s for s in seeds if s not in recorded_seeds()]
+    known = set(recorded_seeds())
+    new = [s for s in seeds if s not in known]
     if new:
         with SEEDS_FILE.open("a") as out:
             out.writelines(f"{s}  # found by bench/nemesis.py: say here what it was once it is fixed\n" for s in new)

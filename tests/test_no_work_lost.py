@@ -386,13 +386,15 @@ async def test_a_new_coordinator_counts_a_nodes_silence_from_when_it_took_over(t
     await store.close()
 
 
-async def test_a_send_the_old_coordinator_left_half_way_is_settled_by_the_new_one(tmp_path, simnode_factory):
+@pytest.mark.parametrize("kind", ["simnode", "nodeodm"])
+async def test_a_send_the_old_coordinator_left_half_way_is_settled_by_the_new_one(tmp_path, simnode_factory, request, kind):
     """A new coordinator makes every copied row its own before it leads (`take_ownership`); the rows
     the old one was still sending must be settled all the same, by what the node lists. Told by the
     row's owner, they stayed RUNNING for ever and the split-merge job never ended (tests/test_faults.py b)."""
     from appliance.cluster.reconciler import Reconciler
     from appliance.store.models import Phase, Task
-    node = simnode_factory(seconds_per_image=60)
+    node = simnode_factory(seconds_per_image=60) if kind == "simnode" else \
+        request.getfixturevalue("realnode_factory")("--test_seconds", "60")
     arrived = committed(Api(node), images=2)  # the old coordinator's last send got through
     async with coordinator_in(tmp_path, box="new") as c:
         state = await c.registry.add(node.url)

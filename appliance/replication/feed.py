@@ -124,7 +124,6 @@ class ReplicaFollower:
                     dropped += 1
         return len(seen) + dropped
 
-
     async def _offer_removal(self, mine: Task) -> None:
         """Its client removed it on a side of a partition that this coordinator was not on (nemesis
         seed 48): the removal is never undone here. It becomes a row of this box's to hand over
@@ -135,5 +134,6 @@ class ReplicaFollower:
                      mine.uuid)
             mine.owner = book.self_id
             await book.save_replica(mine)
+
 
 REPLICA_KEY: web.AppKey[ReplicaFollower] = web.AppKey("replica")  # where the app holds it
