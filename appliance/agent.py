@@ -63,9 +63,9 @@ def _coordinator_ctx(config: Config):
                                   api_token=config.token or "")  # split tasks send their parts back with it
         await coordinator.recover()
         app[COORDINATOR_KEY] = coordinator
-        for url in config.node:  # checked by config.node_url: a bad one stopped `passel run` already
-            address, _, label = url.partition("#")  # http://host:port#name names the node in the UI
-            await registry.add(address, source="config", label=label)
+        for url, upstream in [*((u, False) for u in config.node), *((u, True) for u in config.upstream)]:
+            address, _, label = url.partition("#")  # checked by config.node_url; #name names the node in the UI
+            await registry.add(address, source="config", label=label, upstream=upstream)
         tracker = TaskTracker(coordinator, config.task_poll_seconds, config.stall_seconds)
         reconciler = app[RECONCILER_KEY] = Reconciler(coordinator, config.grace_seconds)
         lifecycle = StagingLifecycle(coordinator, config.staging_keep_hours)

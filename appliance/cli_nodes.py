@@ -17,6 +17,10 @@ def add_nodes_parser(sub: Any) -> None:
     nodes.add_argument("action", choices=["list", "add", "remove", "lock", "unlock", "best"])
     nodes.add_argument("target", nargs="?", help="a URL for add (http://host:port[?token=T]); an id or URL otherwise; "
                                                  "an image count for best")
+    nodes.add_argument("--upstream", action="store_true",
+                       help="with add: the node is beyond the site (a cloud NodeODM or ClusterODM over an uplink); "
+                            "it gets only the tasks it finishes sooner, counting the time the images take to go up "
+                            "and the results to come home, and only while it answers")
     nodes.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_api_flags(nodes, what="Passel API")
 
@@ -32,6 +36,8 @@ def print_nodes(nodes: list[dict[str, Any]]) -> None:
         state = ("online" if n["online"] else "offline") + (", locked" if n["locked"] else "")
         print(f"{n['id']:>3}  {n['url']:<32} {state:<14} {n['active_tasks']:>3}/{n['slots']:<3} "
               f"{n['cores'] or '?':>5} {n['max_images'] or 'any':>7}  {n['source']}")
+        if n.get("upstream"):
+            print(f"     upstream, link {n['link']}")
 
 
 def _facts(node: dict[str, Any]) -> str:
@@ -65,6 +71,8 @@ def _find(nodes: list[dict[str, Any]], ref: str) -> dict[str, Any] | None:
 
 
 def nodes_command(args: argparse.Namespace) -> int:
+    if args.upstream and args.action != "add":
+        raise SystemExit("--upstream goes with add: passel nodes add --upstream https://cloud.example.org:3000")
     if args.action != "list" and not args.target:
         example = {"add": "http://10.0.0.5:3001", "best": "120"}.get(args.action, "1")
         raise SystemExit(f"passel nodes {args.action} needs a target, e.g. passel nodes {args.action} {example}")
@@ -75,7 +83,7 @@ def nodes_command(args: argparse.Namespace) -> int:
     if args.action == "list":
         result = client.call("GET", "/-/nodes")
     elif args.action == "add":
-        result = client.call("POST", "/-/nodes", {"url": args.target})
+        result = client.call("POST", "/-/nodes", {"url": args.target, "upstream": args.upstream})
     elif args.action == "remove":
         known = None if args.json else _find(client.call("GET", "/-/nodes"), args.target)
         result = client.call("DELETE", f"/-/nodes/{ref}")

@@ -44,6 +44,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("state_dir", "./passel-state", "where the task database and staged uploads live"),
     Setting("node", (), "a NodeODM node as http://host:port[?token=T][#name] (or host:port); repeat for more nodes",
             str, True),
+    Setting("upstream", (), "a NodeODM-compatible node beyond the site (a cloud NodeODM, ClusterODM), reached over "
+                            "an uplink: used only while it answers, and only for tasks it finishes sooner, counting "
+                            "the link both ways; as http://host:port[?token=T][#name]; repeat for more", str, True),
     Setting("token", "", "token clients must pass as ?token= (empty: no token, like a default NodeODM)"),
     Setting("public_url", "", "URL that nodes use to reach this Passel for split-merge submodels "
                               "(default: http://<this box's address>:<port>)"),
@@ -85,6 +88,7 @@ class Config:
     port: int
     state_dir: Path
     node: tuple[str, ...]
+    upstream: tuple[str, ...]
     token: str
     public_url: str
     discovery: bool
@@ -183,7 +187,7 @@ def load_config(config_file: str | Path | None = None, environ: Mapping[str, str
         values["state_dir"] = environ["STATE_DIRECTORY"].split(":")[0]
         sources["state_dir"] = "STATE_DIRECTORY (systemd's StateDirectory=)"
     values["state_dir"] = Path(values["state_dir"])
-    for name in ("node", "share"):
+    for name in ("node", "upstream", "share"):
         values[name] = tuple(node_url(url, f"{name} from {sources.get(name, 'the defaults')}") for url in values[name])
     if values["public_url"]:
         values["public_url"] = node_url(values["public_url"], f"public_url from {sources['public_url']}")

@@ -66,6 +66,10 @@ def node_card(n: dict[str, Any], name: str | None = None, queued: int | None = N
     if n.get("locked"):
         state += ", locked"
     state_class = "muted" if online is None else ("warn" if online and n.get("locked") else ("ok" if online else "bad"))
+    last_error = readable(str(n.get("last_error") or ""), {n["url"]: name or _label(n)})
+    if n.get("upstream"):  # beyond the site: a link that is down is its normal state much of the day, not a fault
+        state, last_error = f"upstream, link {n.get('link') or 'unknown'}", ""
+        state_class = "ok" if online else "muted"
     last_seen = n.get("last_seen")
     return NodeCard(
         id=int(n["id"]), ref=quote(n["url"], safe=""), url=n["url"], label=name or _label(n), state=state,
@@ -74,7 +78,7 @@ def node_card(n: dict[str, Any], name: str | None = None, queued: int | None = N
         queue=queued if queued is not None else max(0, int(n.get("queue") or 0) - int(n.get("active_tasks") or 0)),
         cores=str(n.get("cores") or "?"), memory=fmt.size(n.get("total_memory")),
         max_images=str(n.get("max_images") or "any"), last_seen=fmt.since(last_seen) if last_seen else "never",
-        source=str(n.get("source", "")), last_error=readable(str(n.get("last_error") or ""), {n["url"]: name or _label(n)}))
+        source=str(n.get("source", "")), last_error=last_error)
 
 
 def _label(n: dict[str, Any]) -> str:

@@ -55,8 +55,10 @@ async def _body(request: web.Request) -> dict[str, Any]:
 async def add_node(request: web.Request) -> web.Response:
     data = await _body(request)
     url = str(data.get("url", ""))
+    upstream = data.get("upstream") in (True, "1", "true", "on", "yes")
     try:
-        state = await _c(request).registry.add(url, source="manual", label=str(data.get("label", "")))
+        state = await _c(request).registry.add(url, source="manual", label=str(data.get("label", "")),
+                                               upstream=upstream)
     except ValueError as exc:
         return web.json_response({"error": str(exc)}, status=400)
     return web.json_response(state.public(0))
@@ -166,6 +168,7 @@ async def settings(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG_KEY]
     shown = {k: ("***" if k in SECRET_SETTINGS and v else v) for k, v in vars(cfg).items() if k != "sources"}
     shown["node"] = [n.split("?")[0] for n in cfg.node]
+    shown["upstream"] = [n.split("?")[0] for n in cfg.upstream]
     shown["state_dir"] = str(cfg.state_dir)
     return web.json_response({"settings": shown, "sources": dict(cfg.sources)})
 

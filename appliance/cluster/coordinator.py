@@ -99,6 +99,8 @@ class Coordinator:
         """Take in what a node says about a task (from a poll or a proxied info) and act on a finish."""
         if task.phase not in (Phase.ON_NODE, Phase.FINISHED) or task.node_id != node.id:
             return  # moved, canceled or removed while we asked
+        if node.upstream and task.phase == Phase.ON_NODE:
+            info = self._until_home(task, info)
         was_finished = TaskStatus(task.status).finished
         if not apply_node_info(task, info, tail):
             return
@@ -113,6 +115,40 @@ class Coordinator:
             log.info("Task %s is %s on %s", task.uuid, TaskStatus(task.status).name, node.name)
             self.dispatcher.wake()
         await self.book.save(task)
+
+    def _until_home(self, task: Task, info: dict[str, Any]) -> dict[str, Any]:
+        """An upstream's COMPLETED is shown as RUNNING at 99% until its all.zip is in the passel
+        (`results.ResultsKeeper` brings it home, then `results_copied` completes the task): a client
+        told COMPLETED must be able to download, even once the uplink is gone."""
+        if (info.get("status") or {}).get("code") != TaskStatus.COMPLETED:
+            task.results_on = ""  # running (again): nothing to bring home yet
+            return info
+        task.results_on = self.self_id  # the coordinator holds the upstream's token: it brings them home
+        return {**info, "status": {"code": TaskStatus.RUNNING}, "progress": min(float(info.get("progress") or 0), 99.0)}
+
+    def bringing_home(self, task: Task) -> bool:
+        """An upstream node has completed the task, and its all.zip is on its way into the passel."""
+        node = self.registry.get(task.node_id)
+        return task.phase == Phase.ON_NODE and node is not None and node.upstream and bool(task.results_on) \
+            and task.results_copied_at is None
+
+    async def _home(self, task: Task, box: str) -> None:
+        """An upstream's results are whole on a box of the passel: the task completes now, and the
+        upstream's copy is removed (the link and its storage are not ours to keep busy)."""
+        node = self.registry.get(task.node_id)
+        advance(task, Step.FINISH)
+        task.status, task.progress, task.finished_at = TaskStatus.COMPLETED, 100.0, wall()
+        task.results_on, task.results_copied_at = box, wall()
+        await self.book.save(task)
+        await self.store.record("results-home", f"Task {task.uuid}: its results came home from "
+                                f"{node.name if node else 'its upstream node'} to box {box}; it is completed",
+                                task_uuid=task.uuid, node_id=task.node_id)
+        if node is not None:
+            if task.images_count and task.processing_time_ms > 0:
+                await self.registry.learn_speed(node.id, task.processing_time_ms / task.images_count,
+                                                demand_of(task).kind)
+            await tell_node(node, "remove", task)
+        self.dispatcher.wake()
 
     async def handed_over(self, task: Task, to: str) -> None:
         """Another coordinator has this task and its files now; keep the row as a replica only. Unless
@@ -249,6 +285,7 @@ class Coordinator:
     async def _requeue_with_note(self, task: Task, note: str, kind: str) -> None:
         self.info_cache.end_run(task, note)
         set_forwarded(task, None, [])
+        task.results_on, task.results_copied_at = "", None  # results of this run, if any, are not kept
         advance(task, Step.REQUEUE)
         task.node_id, task.status = None, TaskStatus.RUNNING
         task.progress, task.processing_time_ms = 0.0, -1
@@ -276,7 +313,11 @@ class Coordinator:
                              self.role.box_alive, self.results_refused.get(task.uuid, ()))
 
     async def results_copied(self, task: Task, box: str) -> None:
-        """A box holds the whole all.zip now: record it, so a lost node no longer costs the results."""
+        """A box holds the whole all.zip now: record it, so a lost node no longer costs the results
+        (an upstream's task completes only now)."""
+        if self.bringing_home(task) and task.results_on == box:
+            await self._home(task, box)
+            return
         if task.results_copied_at is not None and task.results_on == box or not self._completed(task):
             return
         task.results_on, task.results_copied_at = box, wall()

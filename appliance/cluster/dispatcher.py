@@ -13,12 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from appliance.clock import wall
+from appliance.clock import boottime, wall
 from appliance.cluster.eta import demand_of, with_backlog
 from appliance.cluster.forwarding import EarlyForward, Forwarder
 from appliance.cluster.registry import NodeRegistry, NodeState
 from appliance.cluster.scheduler import (Demand, NodeView, choose_node, could_start_now, dispatch_order,
-                                         keeps_reservation, shows_running)
+                                         keeps_reservation, move_ms, shows_running)
 from appliance.cluster.staging import Staging
 from appliance.cluster.task_states import Step, advance
 from appliance.cluster.tasks import TaskBook, forwarded, set_forwarded
@@ -83,7 +83,14 @@ class Dispatcher:
         same_job = self.book.same_job_by_node(task.job_key) if task is not None else {}
         copies = self.stragglers.by_node() if self.stragglers is not None else {}
         views = self.registry.views(busy, same_job, copies)
+        views = [replace(v, uploading_ms=self._uploading_ms(v)) if v.upstream else v for v in views]
         return with_backlog(views, self.book.tasks.values(), exclude=task.uuid if task is not None else "")
+
+    def _uploading_ms(self, view: NodeView) -> float:
+        """How long the sends under way to an upstream still hold its link (as if each had just begun:
+        a send does not say how far it is)."""
+        return sum(move_ms(view, self.demand(t)) for t in self.book.in_phase(Phase.FORWARDING)
+                   if t.node_id == view.id and t.uuid in self._sending)
 
     def demand(self, task: Task) -> Demand:
         """What the task needs from a node, and where its images are: moving them costs time."""
@@ -250,6 +257,8 @@ class Dispatcher:
             await self.stragglers.yield_slot(node, task.uuid)
         task.attempts += 1
         await self.book.save(task)
+        held_by, held = forwarded(task)
+        fresh, began = held_by != node.id or not held, boottime()  # a whole send measures an upstream's link
         try:
             if task.staged_on in ("", self.role.self_id):
                 await Forwarder(self.book, self.staging, task, node, self.public_url, self.api_token).deliver(
@@ -275,6 +284,8 @@ class Dispatcher:
         advance(task, Step.DELIVERED)
         task.last_error = ""
         await self.book.save(task)
+        if fresh and node.upstream:
+            await self.registry.learn_link(node.id, sent=True, size=task.data_bytes, seconds=boottime() - began)
         self._avoid.pop(task.uuid, None)
         self._pinned.pop(task.uuid, None)
         await self.store.record("dispatched", f"Task {task.uuid} is now on node {node.name}",
@@ -297,6 +308,8 @@ class Dispatcher:
     async def _send_failed(self, task: Task, node: NodeState, exc: Exception) -> None:
         task.last_error = node_problem(exc, node.row.label or host_port(node.row.url))  # a sentence for the pages
         self.avoid(task.uuid, node.id)
+        if node.upstream and isinstance(exc, (NodeUnreachable, OSError)):
+            task.attempts -= 1  # the uplink dropped: not the task's fault, and the passel runs it itself
         if task.attempts >= self.dispatch_attempts:
             advance(task, Step.GIVE_UP)
             task.status, task.finished_at = TaskStatus.FAILED, wall()

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from appliance.clock import boottime
+from appliance.cluster.link import Link, after_probe, after_transfer
 from appliance.cluster.scheduler import NodeView
 from appliance.cluster.speed import (
     Estimate,
@@ -69,6 +70,14 @@ class NodeState:
         `#name`) with its address, or the address alone."""
         return f"{self.row.label} ({self.row.url})" if self.row.label else self.row.url
 
+    @property
+    def upstream(self) -> bool:
+        return self.row.upstream
+
+    @property
+    def link(self) -> Link:
+        return Link.from_json(self.row.link)
+
     def silent_for(self) -> float:
         """Seconds since the node last answered, while it is not answering (0 when it answers)."""
         return boottime() - self.last_answer if self.misses else 0.0
@@ -99,6 +108,7 @@ class NodeState:
         return {
             "id": self.id, "url": self.row.url, "label": self.row.label or self.row.url,
             "source": self.row.source, "locked": self.row.locked, "online": self.online,
+            "upstream": self.row.upstream, "link": self.link_state() if self.row.upstream else None,
             "has_token": bool(self.row.token), "last_seen": self.row.last_seen,
             "last_error": self.last_error, "active_tasks": active_tasks,
             "slots": int(info.get("maxParallelTasks") or 1), "queue": int(info.get("taskQueueCount") or 0),
@@ -109,6 +119,13 @@ class NodeState:
             "speeds": {kind: {"ms_per_image": round(e.ms_per_image, 1), "source": e.source, "samples": e.samples}
                        for kind, e in speeds.items()},
         }
+
+
+    def link_state(self) -> str:
+        """An upstream's link as the pages say it: up (with what was measured) or down."""
+        if not self.online:
+            return "down: not answering" + (f" ({self.last_error})" if self.last_error else "")
+        return "up: " + self.link.summary()
 
 
 def _on_loopback(url: str) -> bool:
@@ -153,24 +170,29 @@ class NodeRegistry:
         base = url.split("?")[0].rstrip("/")
         return next((s for s in self.nodes.values() if s.row.url == base), None)
 
-    async def add(self, url: str, source: str = "manual", label: str = "") -> NodeState:
-        """Add a node, or return it unchanged when its URL is already known."""
+    async def add(self, url: str, source: str = "manual", label: str = "", upstream: bool = False) -> NodeState:
+        """Add a node, or return it unchanged when its URL is already known (an upstream one stays
+        upstream: mDNS or a hand-over naming it again does not make it local)."""
         async with self._adding:
-            return await self._add(url, source, label)
+            return await self._add(url, source, label, upstream)
 
-    async def _add(self, url: str, source: str, label: str) -> NodeState:
+    async def _add(self, url: str, source: str, label: str, upstream: bool) -> NodeState:
         base, token = split_node_url(url)
         for state in self.nodes.values():
             if state.row.url == base:
-                if token and token != state.row.token:
-                    state.row.token = token
-                    state.client = NodeClient(self.session, base, token)
+                if (token and token != state.row.token) or (upstream and not state.row.upstream):
+                    state.row.token = token or state.row.token
+                    state.row.upstream = state.row.upstream or upstream
+                    state.client = NodeClient(self.session, base, state.row.token or None)
                     await self.store.save(state.row)
+                    self._changed()
                 return state
-        row = await self.store.add_node(Node(url=base, token=token or "", source=source, label=label))
+        row = await self.store.add_node(Node(url=base, token=token or "", source=source, label=label,
+                                             upstream=upstream))
         state = self._state(row)
         self.nodes[row.id] = state
-        await self.store.record("node-added", f"Node {state.name} added ({source})", node_id=row.id)
+        kind = "Upstream node" if upstream else "Node"
+        await self.store.record("node-added", f"{kind} {state.name} added ({source})", node_id=row.id)
         if self.role.coordinating:
             await self.poll_one(state)
         return state
@@ -203,6 +225,17 @@ class NodeRegistry:
         self._recalibrate()
         await self.store.save(state.row)
 
+    async def learn_link(self, node_id: int, sent: bool, size: int, seconds: float) -> None:
+        """Fold a whole transfer to or from an upstream node into its measured link."""
+        state = self.nodes.get(node_id)
+        if state is None or not state.row.upstream:
+            return
+        link = after_transfer(state.link, sent, size, seconds)
+        if link != state.link:
+            state.row.link = link.to_json()
+            await self.store.save(state.row)
+            log.info("Upstream %s: link now %s", state.name, link.summary())
+
     def _recalibrate(self) -> None:
         states = list(self.nodes.values())
         factors = calibrations(s.hardware() for s in states)
@@ -224,8 +257,11 @@ class NodeRegistry:
     async def poll_one(self, state: NodeState, timeout: aiohttp.ClientTimeout | None = None) -> None:
         """Ask one node for /info (and /options on the way back online)."""
         was_online = state.online
+        asked = boottime()
         try:
             info = await state.client.info(timeout)
+            if state.row.upstream:  # the light probe: a small request, so its time is the round trip
+                state.row.link = after_probe(state.link, boottime() - asked).to_json()
             if not was_online or not state.row.last_options:
                 state.row.last_options = await state.client.options()
         except (NodeUnreachable, NodeError) as exc:
@@ -242,7 +278,8 @@ class NodeRegistry:
         state.online = True
         await self.store.save(state.row)
         if not was_online:
-            await self.store.record("node-online", f"Node {state.name} is online "
+            await self.store.record("node-online", f"{'Upstream node' if state.row.upstream else 'Node'} {state.name} "
+                                    "is online "
                                     f"({info.get('maxParallelTasks')} slots, {info.get('cpuCores')} cores)", node_id=state.id)
         self._changed()
 
@@ -304,7 +341,9 @@ class NodeRegistry:
                 max_images=info.get("maxImages"), engine=str(info.get("engine") or "odm"),
                 cores=int(info.get("cpuCores") or 1), memory_mb=int(info.get("totalMemory") or 0) // (1024 * 1024),
                 speeds=tuple((kind, e.ms_per_image) for kind, e in s.speeds().items()),
-                same_job=(same_job or {}).get(s.id, 0)))
+                same_job=(same_job or {}).get(s.id, 0),
+                **(dict(upstream=True, link_mbps=s.link.up, home_mbps=s.link.down, rtt_ms=s.link.rtt)
+                   if s.row.upstream else {})))
         return views
 
     def option_specs(self) -> list[OptionSpec]:

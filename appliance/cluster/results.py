@@ -25,6 +25,8 @@ from appliance.clock import boottime
 from appliance.cluster.coordinator import Coordinator
 from appliance.cluster.proxy import DOWNLOAD_TIMEOUT, range_headers, relay, stream_from_node
 from appliance.cluster.results_copies import (
+    PART_SUFFIX,
+    RESULTS_FILE,
     FetchFailed,
     NoRoom,
     Opener,
@@ -149,8 +151,8 @@ class ResultsKeeper:
         self.release_stale()
         if c.role.coordinating:
             await self.assign()
-        for task in [t for t in c.book.tasks.values() if completed(t) and t.results_on == c.self_id
-                     and t.results_copied_at is None]:
+        for task in [t for t in c.book.tasks.values() if (completed(t) or c.bringing_home(t))
+                     and t.results_on == c.self_id and t.results_copied_at is None]:
             await self._hold(task)
 
     def release_stale(self) -> None:
@@ -159,7 +161,8 @@ class ResultsKeeper:
         c = self.coordinator
         for uuid in c.results.held():
             task = c.book.get(uuid)
-            if (task is None or not completed(task)) and not c.results.lock(uuid).locked() and c.results.release(uuid):
+            if (task is None or not (completed(task) or c.bringing_home(task))) and not c.results.lock(uuid).locked() \
+                    and c.results.release(uuid):
                 log.info("Task %s: released the copy of its results (the task was %s)", uuid[:8],
                          "restarted" if task is not None and task.phase not in GONE_PHASES else "removed")
 
@@ -179,7 +182,10 @@ class ResultsKeeper:
     async def _hold(self, task: Task) -> None:
         c = self.coordinator
         failures, not_before = self._failures.get(task.uuid, (0, 0.0))
-        if failures >= len(RETRY_SECONDS) or boottime() < not_before:
+        home = c.bringing_home(task)  # from an upstream: tried while the task waits for it, never given up
+        node = c.registry.get(task.node_id)
+        if (failures >= len(RETRY_SECONDS) and not home) or boottime() < not_before \
+                or (home and node is not None and not node.online):
             return
         opener = _node_opener(c, task)
         try:
@@ -187,17 +193,26 @@ class ResultsKeeper:
                 if not c.results.has(task.uuid):
                     if opener is None:
                         raise FetchFailed("this box does not know its node")
-                    await c.results.fetch(task.uuid, opener)
-                    log.info("Task %s: copied its results (all.zip) to this box", task.uuid[:8])
+                    part = c.results.path(task.uuid).with_name(RESULTS_FILE + PART_SUFFIX)
+                    had, began = part.stat().st_size if part.exists() else 0, boottime()
+                    path = await c.results.fetch(task.uuid, opener)
+                    if home and node is not None:
+                        await c.registry.learn_link(node.id, sent=False, size=path.stat().st_size - had,
+                                                    seconds=boottime() - began)
+                    log.info("Task %s: %s its results (all.zip) to this box", task.uuid[:8],
+                             "brought home" if home else "copied")
         except NoRoom as exc:
-            self._failures[task.uuid] = (len(RETRY_SECONDS), 0.0)
+            self._failures[task.uuid] = (len(RETRY_SECONDS), boottime() + RETRY_SECONDS[-1])  # bringing home: later
             log.warning("Task %s: this box cannot keep a copy of its results: %s", task.uuid[:8], exc)
             await self._report(task, "/results/refused", {"reason": str(exc)})
             return
         except FetchFailed as exc:
             failures += 1
-            self._failures[task.uuid] = (failures, boottime() + RETRY_SECONDS[failures - 1])
-            if failures < len(RETRY_SECONDS):
+            self._failures[task.uuid] = (failures, boottime() + RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1])
+            if home:
+                log.info("Task %s: bringing its results home broke off (%s); going on from there once %s answers",
+                         task.uuid[:8], exc, node.name if node else "its upstream node")
+            elif failures < len(RETRY_SECONDS):
                 log.info("Task %s: copying its results failed (%s); trying again in %.0f s", task.uuid[:8], exc,
                          RETRY_SECONDS[failures - 1])
             else:

@@ -15,6 +15,11 @@ The order of preference, and why:
    ODM's split-merge submodels that wait like this show RUNNING, not QUEUED (`shows_running`): ODM
    takes QUEUED as "task limit reached", takes the task back, and caps its remote tasks for the rest
    of the job at the number then running, although a slot is free. QUEUED means every node is full.
+   An upstream node (beyond the site, `link.py`) counts its link both ways: its start waits for the
+   uploads placed on that link before it (one uplink carries one upload at a time), and its finish
+   adds the time the task's expected results (`OUTPUT_SHARE`) take to come home. So a task goes
+   upstream only when that still finishes sooner than the best local choice; a task whose size is
+   not known yet never does (nothing to weigh the link against).
 3. The node beside the images (the same box), then, while the task's size is not known yet
    (reserved at init), the node that takes the most images.
 4. Fewest tasks of the same job on the node: equal nodes share a job's submodels.
@@ -41,6 +46,10 @@ MIN_MB_PER_IMAGE = 16.0  # below this the node would swap on a task of this size
 MIN_BUSY_MS = 1.0  # a busy slot is never free "now", even when its task is overdue
 RESERVATION_SLACK = 0.2  # the files already sent to a reserved node are worth this much of the run
 FIELD_LINK_MBPS = 100.0  # a field switch's port, until a node's own rate is measured
+# The size of a task's all.zip as a share of its images, by kind: what must come home from an upstream.
+# ODM's reconstruction submodel sends back its OpenSfM folder; a toolchain submodel or a whole run its
+# products (orthophoto, DEMs, point cloud, textured model), which with their tiles are about the images' size.
+OUTPUT_SHARE = {"reconstruction": 0.3, "toolchain": 0.8, "full": 1.0, "split": 1.0}
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,10 @@ class NodeView:
     backlog_ms: tuple[float, ...] = ()  # expected remaining ms of each of our tasks active on it
     same_job: int = 0  # active tasks of the job being placed
     link_mbps: float = FIELD_LINK_MBPS  # how fast files reach it from another box
+    upstream: bool = False  # beyond the site: its results come home over `home_mbps`, each way costs `rtt_ms`
+    home_mbps: float = FIELD_LINK_MBPS
+    rtt_ms: float = 0.0
+    uploading_ms: float = 0.0  # uploads already under way on its link: a new one waits for them
 
     @property
     def free_slots(self) -> int:
@@ -82,6 +95,11 @@ class Demand:
     kind: str = "full"
     data_mb: float = 0.0  # the task's files, which a node away from them must receive first
     near: frozenset[int] = frozenset()  # the nodes on the box that holds the files: nothing to move
+
+    @property
+    def output_mb(self) -> float:
+        """The expected size of its results, which an upstream must send home."""
+        return self.data_mb * OUTPUT_SHARE.get(self.kind, 1.0)
 
     @property
     def impatient(self) -> bool:
@@ -110,12 +128,22 @@ def move_ms(node: NodeView, demand: Demand) -> float:
     return demand.data_mb * 8.0 / max(node.link_mbps, 0.001) * 1000.0
 
 
+def home_ms(node: NodeView, demand: Demand) -> float:
+    """How long the task's results take to come back from an upstream (nothing from a local node:
+    results are read where they are)."""
+    if not node.upstream:
+        return 0.0
+    return demand.output_mb * 8.0 / max(node.home_mbps, 0.001) * 1000.0 + 2 * node.rtt_ms
+
+
 def unfit(node: NodeView, demand: Demand) -> str | None:
     """The reason `node` can never take `demand` as it is now, slots aside, or None."""
     if not node.online:
         return "offline"
     if node.locked:
         return "locked"
+    if node.upstream and not demand.images:
+        return "an upstream node gets a task only once its size is known"
     if node.max_images is not None and demand.images > node.max_images:
         return f"takes at most {node.max_images} images"
     if demand.engine and node.engine != demand.engine:
@@ -155,9 +183,18 @@ def slot_free_times(node: NodeView, unknown_ms: float) -> list[float]:
     return heap
 
 
+def arrival(node: NodeView, demand: Demand, start: float, link_free: float = 0.0) -> float:
+    """When the task can begin to run on the node: its slot is free and its files are there. The move
+    overlaps the wait for a slot; on an upstream it queues behind the uploads before it on the link."""
+    if node.upstream:
+        return max(start, link_free + move_ms(node, demand) + node.rtt_ms)
+    return max(start, move_ms(node, demand))
+
+
 def plan(nodes: Sequence[NodeView], demands: Sequence[Demand]) -> list[Placement]:
     """Earliest-finish-time list scheduling of `demands`, in order, over the nodes' slots."""
     heaps: dict[int, list[float]] = {}
+    link_free = {n.id: n.uploading_ms for n in nodes}  # when each upstream's link is next free to upload
     same_job = {n.id: n.same_job for n in nodes}
     placements = []
     for demand in demands:
@@ -174,15 +211,17 @@ def plan(nodes: Sequence[NodeView], demands: Sequence[Demand]) -> list[Placement
             # size unknown (reserved at init): a free node beside the images first, whatever its speed;
             # the commit weighs the real move against the real run (keeps_reservation)
             away = not demand.images and (far or start > 0)
-            key = (away, max(start, move_ms(node, demand)) + run, start, far, headroom(node, demand),
-                   same_job[node.id], -free_now, -node.memory_mb, node.id)
+            key = (away, arrival(node, demand, start, link_free[node.id]) + run + home_ms(node, demand), start, far,
+                   headroom(node, demand), same_job[node.id], -free_now, -node.memory_mb, node.id)
             if best is None or key < best[0]:
                 best = (key, node)
         if best is None:
             placements.append(Placement(None))
             continue
         (_, finish, start, *_), node = best
-        heapq.heapreplace(heaps[node.id], finish)
+        if node.upstream:
+            link_free[node.id] += move_ms(node, demand) + node.rtt_ms
+        heapq.heapreplace(heaps[node.id], finish - home_ms(node, demand))  # the slot frees once it has run
         same_job[node.id] += 1
         placements.append(Placement(node.id, start, finish))
     return placements
@@ -194,7 +233,8 @@ def rank(nodes: Sequence[NodeView], demand: Demand, speed_aware: bool = True) ->
 
     def key(n: NodeView) -> tuple[float, ...]:
         tail = (n.id not in demand.near, headroom(n, demand), n.same_job, -n.free_slots, -n.memory_mb, n.busy, n.id)
-        return (move_ms(n, demand) + run_ms(n, demand), *tail) if speed_aware else tail
+        return (arrival(n, demand, 0.0, n.uploading_ms) + run_ms(n, demand) + home_ms(n, demand), *tail) \
+            if speed_aware else tail
     return sorted(eligible, key=key)
 
 
@@ -224,7 +264,7 @@ def keeps_reservation(nodes: Sequence[NodeView], demand: Demand, reserved: int, 
     if not speed_aware:
         return True
     best = plan(nodes, [*ahead, demand])[-1]
-    return best.node_id == reserved or move_ms(node, demand) + run_ms(node, demand) <= best.finish_ms * (
+    return best.node_id == reserved or arrival(node, demand, 0.0) + run_ms(node, demand) <= best.finish_ms * (
         1 + RESERVATION_SLACK)
 
 

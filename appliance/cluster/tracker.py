@@ -35,6 +35,8 @@ class TrackerHost(Protocol):
 
     def can_send_again(self, task: Task) -> bool: ...
 
+    def bringing_home(self, task: Task) -> bool: ...
+
     async def observe(self, task: Task, node: NodeState, info: dict[str, Any], tail: bool = False) -> None: ...
 
     async def move_away(self, task: Task, reason: str) -> None: ...
@@ -88,8 +90,8 @@ class TaskTracker:
         await self._check_stall(task)
 
     async def _check_stall(self, task: Task) -> None:
-        if task.phase != Phase.ON_NODE or task.status != TaskStatus.RUNNING:
-            self._last_change.pop(task.uuid, None)
+        if task.phase != Phase.ON_NODE or task.status != TaskStatus.RUNNING or self.coordinator.bringing_home(task):
+            self._last_change.pop(task.uuid, None)  # done (or done upstream, its results on their way home)
             return
         now = boottime()
         signature = (task.progress, task.output_tail)

@@ -73,7 +73,7 @@ class Node(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True, init=False)
     url: Mapped[str] = mapped_column(Text, unique=True)
     token: Mapped[str] = mapped_column(Text, default="")
-    source: Mapped[str] = mapped_column(String(16), default="manual")  # manual, config or mdns
+    source: Mapped[str] = mapped_column(String(16), default="manual")  # manual, config, mdns or handover
     locked: Mapped[bool] = mapped_column(Boolean, default=False)
     label: Mapped[str] = mapped_column(Text, default="")
     last_info: Mapped[dict[str, Any]] = mapped_column(JSON, default_factory=dict)  # the node's /info, as last seen
@@ -83,6 +83,8 @@ class Node(Base):
     speeds: Mapped[dict[str, Any]] = mapped_column(JSON, default_factory=dict)  # {"engine/kind": {"ms": .., "n": ..}}
     agent_url: Mapped[str] = mapped_column(Text, default="")  # the Passel agent on the node's own box
     box: Mapped[str] = mapped_column(String(16), default="")  # that box's id, when it shares the node over mDNS
+    upstream: Mapped[bool] = mapped_column(Boolean, default=False)  # beyond the site, over an uplink (cluster/link.py)
+    link: Mapped[dict[str, Any]] = mapped_column(JSON, default_factory=dict)  # that link as measured
 
 
 class Event(Base):
