@@ -16,7 +16,7 @@ from appliance.config import Config, ConfigError, add_setting_flags, load_config
 from appliance.discovery.trust import KEY_FILE, normalize_code
 from appliance.logs import setup_logging
 
-RUN_SETTINGS = ("host", "port", "state_dir", "node", "token", "public_url", "discovery", "name", "priority",
+RUN_SETTINGS = ("host", "port", "state_dir", "node", "upstream", "token", "public_url", "discovery", "name", "priority",
                 "share", "key", "alias", "poll_seconds", "grace_seconds", "stall_seconds", "staging_keep_hours",
                 "task_poll_seconds", "dispatch_attempts", "speed_aware", "min_free_disk_mb", "log_level")
 BAD_SETTINGS_EXIT = 78  # EX_CONFIG: passel.service does not restart on it (RestartPreventExitStatus=78)

@@ -121,8 +121,9 @@ IO: dict[tuple[str, str], Io] = {
     ("POST", "/auth/login"): Io(reply=ERROR),
     ("POST", "/auth/register"): Io(reply=ERROR),
     ("GET", "/-/nodes"): Io(reply=ARRAY),
-    ("POST", "/-/nodes"): Io(body=_json({"url": TEXT, "label": TEXT}, ["url"])),
-    ("GET", "/-/nodes/best"): Io(params=(_query("images", {"type": "integer"}),)),
+    ("POST", "/-/nodes"): Io(body=_json({"url": TEXT, "label": TEXT, "upstream": {"type": "boolean"}}, ["url"])),
+    ("GET", "/-/nodes/best"): Io(params=(_query("images", {"type": "integer"}),
+                                         _query("mb", {"type": "number", "minimum": 0}, "the images' size in MB"))),
     ("DELETE", "/-/nodes/{ref}"): Io(reply=SUCCESS),
     ("GET", "/-/tasks"): Io(reply=ARRAY, params=(
         _query("unfinished", {"type": "string", "enum": ["1"]}, "1: only the tasks still to finish"),)),

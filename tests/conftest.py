@@ -159,6 +159,11 @@ def no_leaked_threads() -> Iterator[None]:
 @pytest.fixture
 def netns_required() -> None:
     """Skip multi-host tests where namespaces cannot be made, except in CI, where that is a failure."""
+    require_netns()
+
+
+def require_netns() -> None:
+    """What `netns_required` does, for a fixture of a wider scope."""
     import os
 
     from tests.netns import netns_available

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -89,13 +90,16 @@ async def unlock_node(request: web.Request) -> web.Response:
 
 
 async def best_node(request: web.Request) -> web.Response:
-    """Which node a task of N images would go to now (dispatch's own choice), the others that could
-    take it in order, and why the rest could not."""
+    """Which node a task of N images (and `mb` megabytes of them, which an upstream must receive)
+    would go to now (dispatch's own choice), the others that could take it in order, and why the
+    rest could not."""
     c = _c(request)
     try:
-        demand = Demand(images=int(request.query.get("images", "1")))
+        demand = Demand(images=int(request.query.get("images", "1")), data_mb=float(request.query.get("mb", "0")))
     except ValueError:
-        return web.json_response({"error": "images must be a whole number"}, status=400)
+        demand = Demand(images=0, data_mb=-1.0)
+    if not 0 <= demand.data_mb < math.inf:
+        return web.json_response({"error": "images must be a whole number, and mb a number of megabytes"}, status=400)
     views = c.dispatcher.views()
     choice = c.dispatcher.choice_for(demand)
     return web.json_response({

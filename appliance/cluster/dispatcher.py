@@ -338,6 +338,7 @@ class Dispatcher:
             self._wake.clear()
             if not self.role.coordinating:
                 continue
+            await self._take_back_sends_to_lost_upstreams()
             queue = [t for t in dispatch_order(self.book.in_phase(Phase.WAITING), self.speed_aware)
                      if t.uuid not in self._sending
                      and (t.status == TaskStatus.QUEUED or not TaskStatus(t.status).finished)]
@@ -358,6 +359,25 @@ class Dispatcher:
                 if task.status != shown:
                     task.status = shown
                     await self.book.save(task)
+
+    async def _take_back_sends_to_lost_upstreams(self) -> None:
+        """A send to an upstream whose link dropped goes back to the queue as soon as the node is
+        called offline, for a node that answers: with the link gone, its connection can hang for
+        minutes without an error. Not once it commits: the node may already hold the task."""
+        for uuid in list(self._sending):
+            task = self.book.tasks.get(uuid)
+            node = self.registry.get(task.node_id) if task is not None else None
+            if task is None or node is None or node.online or not node.upstream or uuid in self._committing:
+                continue
+            await self.settle(uuid)
+            if task.phase != Phase.FORWARDING or self.book.tasks.get(uuid) is not task:
+                continue  # it finished its commit meanwhile, or was canceled or removed
+            self.avoid(uuid, node.id)
+            self.requeue(task)
+            task.last_error = f"the link to upstream node {node.name} dropped while the task was being sent"
+            await self.book.save(task)
+            await self.store.record("send-failed", f"Task {uuid}: {task.last_error}; sending it to another node",
+                                    task_uuid=uuid, node_id=node.id)
 
     async def shutdown(self) -> None:
         jobs = list(self._sending.values())
