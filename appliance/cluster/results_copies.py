@@ -125,8 +125,9 @@ class ResultsStore:
             if total is not None and size != total:
                 raise FetchFailed(f"only {size} of {total} bytes arrived")
             os.replace(part, target)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise FetchFailed(f"the transfer broke off ({exc or 'timeout'})") from None
+        except (aiohttp.ClientError, TimeoutError):
+            kept = part.stat().st_size if part.exists() else 0
+            raise FetchFailed(f"the transfer broke off after {kept / 2**20:.1f} MiB, which are kept") from None
         except OSError as exc:  # the disk filled up, or the copy was released meanwhile
             raise (NoRoom if exc.errno == errno.ENOSPC else FetchFailed)(f"could not write the copy ({exc})") from None
         with contextlib.suppress(OSError):  # the rename itself survives a power cut
