@@ -22,9 +22,10 @@ from appliance.box_api import setup_box_routes
 from appliance.cluster.admin import setup_admin_routes
 from appliance.cluster.coordinator import COORDINATOR_KEY, Coordinator
 from appliance.cluster.lifecycle import StagingLifecycle
+from appliance.cluster.outbox import OUTBOX_KEY, Destination, Outbox
 from appliance.cluster.reconciler import RECONCILER_KEY, Reconciler
 from appliance.cluster.registry import NodeRegistry
-from appliance.cluster.results import RESULTS_KEEPER_KEY, ResultsKeeper
+from appliance.cluster.results import RESULTS_KEEPER_KEY, ResultsKeeper, completed
 from appliance.cluster.routes import setup_routes
 from appliance.cluster.staging import Staging
 from appliance.cluster.tracker import TaskTracker
@@ -76,6 +77,9 @@ def _coordinator_ctx(config: Config):
                 background("reconcile", reconciler.run_forever),
                 background("staging-lifecycle", lifecycle.run_forever),
                 background("results-copies", keeper.run_forever)]
+        outbox = app[OUTBOX_KEY] = results_outbox(config, coordinator)
+        if outbox is not None:
+            jobs.append(background("results-out", outbox.run_forever))
         log.info("Passel %s ready: %d node(s) and %d task(s) on record, public URL %s",
                  __version__, len(registry.nodes), len(coordinator.book.tasks), public_url)
         yield
@@ -86,9 +90,26 @@ def _coordinator_ctx(config: Config):
                 await job
         await coordinator.dispatcher.shutdown()
         await coordinator.stragglers.shutdown()
+        if outbox is not None:
+            await outbox.aclose()
         await session.close()
         await store.close()
     return ctx
+
+
+def results_outbox(config: Config, coordinator: Coordinator) -> Outbox | None:
+    """Finished products pushed out whenever the link is up (`results_out`), from the copies of
+    completed tasks this box holds; None when no destination is set."""
+    if not config.results_out:
+        return None
+    from appliance.cluster.outbox_s3 import open_transport  # botocore only on a box that pushes
+
+    def held_here() -> list[str]:
+        return [t.uuid for t in coordinator.book.tasks.values() if completed(t)
+                and t.results_on == coordinator.self_id and t.results_copied_at is not None]
+    transport = open_transport(Destination.parse(config.results_out), config.results_out_key_id,
+                               config.results_out_secret)
+    return Outbox(coordinator.results, transport, held_here, config.results_out_products, idle_seconds=5.0)
 
 
 async def _release_long_polls(app: web.Application) -> None:

@@ -18,7 +18,8 @@ from appliance.logs import setup_logging
 
 RUN_SETTINGS = ("host", "port", "state_dir", "node", "upstream", "token", "public_url", "discovery", "name", "priority",
                 "share", "key", "alias", "poll_seconds", "grace_seconds", "stall_seconds", "staging_keep_hours",
-                "task_poll_seconds", "dispatch_attempts", "speed_aware", "min_free_disk_mb", "log_level")
+                "task_poll_seconds", "dispatch_attempts", "speed_aware", "min_free_disk_mb", "results_out",
+                "results_out_products", "results_out_key_id", "results_out_secret", "log_level")
 BAD_SETTINGS_EXIT = 78  # EX_CONFIG: passel.service does not restart on it (RestartPreventExitStatus=78)
 
 log = logging.getLogger("passel")
@@ -81,6 +82,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, flags=flags)
         check_key(config)
+        check_results_out(config)
     except ConfigError as exc:
         print(f"passel: {exc}. Passel did not start; fix the setting and start it again.", file=sys.stderr)
         return BAD_SETTINGS_EXIT
@@ -122,6 +124,19 @@ def check_key(config: Config) -> None:
         raise ConfigError(f"the passel key from {where} cannot be used: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read the passel key in {config.state_dir / KEY_FILE}: {exc.strerror}") from None
+
+
+def check_results_out(config: Config) -> None:
+    """A destination for finished products that cannot be used stops the start, in one sentence."""
+    if not config.results_out:
+        return
+    from appliance.cluster.outbox import CHOICES, Destination  # the rules live with the pushing
+    try:
+        Destination.parse(config.results_out)
+    except ValueError as exc:
+        raise ConfigError(f"results_out from {config.sources.get('results_out')}: {exc}") from None
+    if config.results_out_products not in CHOICES:
+        raise ConfigError(f"results_out_products: {config.results_out_products!r} is not one of {', '.join(CHOICES)}")
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -70,6 +70,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("speed_aware", True, "place tasks by each node's learned speed, wait for a faster node when that "
                                  "finishes sooner, and copy stragglers to idle fast nodes (off: any free slot)", bool),
     Setting("min_free_disk_mb", 512, "refuse new uploads when staging has less free space than this", int),
+    Setting("results_out", "", "push finished products, whenever the link is up, to an S3-compatible bucket "
+                               "(s3://BUCKET/PREFIX?endpoint=http://HOST:PORT&region=R) or an HTTP endpoint taking PUT "
+                               "(https://HOST/PATH); resumed across drops and restarts, never pushed twice (empty: off)"),
+    Setting("results_out_products", "products", "what results_out pushes: products (the orthophoto and the DEMs) "
+                                                "or all (all.zip)"),
+    Setting("results_out_key_id", "", "the access key id for results_out (S3; HTTP Basic user for HTTP); "
+                                      "empty: the AWS environment or ~/.aws"),
+    Setting("results_out_secret", "", "the secret key for results_out"),
     Setting("log_level", "info", "debug, info, warning or error"),
 )
 
@@ -105,6 +113,10 @@ class Config:
     dispatch_attempts: int
     speed_aware: bool
     min_free_disk_mb: int
+    results_out: str
+    results_out_products: str
+    results_out_key_id: str
+    results_out_secret: str
     log_level: str
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 

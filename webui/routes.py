@@ -13,11 +13,13 @@ from aiohttp import web
 
 from appliance.clock import wall
 from appliance.cluster.coordinator import COORDINATOR_KEY
+from appliance.cluster.outbox import OUTBOX_KEY, push_status
 from appliance.config import CONFIG_KEY
 from appliance.discovery.identity import IDENTITY_KEY
 from appliance.discovery.passel import PASSEL_KEY
 from appliance.nodeodm.sentences import readable
 from appliance.nodeodm.status import TaskStatus
+from appliance.store.models import Task
 from webui import actions, new_job, pairing, products_view, snapshot
 from webui import format as fmt
 from webui.boxes import BOX_FACTS_KEY, BoxFactsCache, box_cards, box_names, node_card, node_names
@@ -72,6 +74,14 @@ async def tasks_page(request: web.Request) -> web.Response:
     return respond(request, page)
 
 
+def _pushed(request: web.Request, task: Task) -> list[tuple[str, str]]:
+    """Where the task's products stand on their way out (results_out), when that is configured."""
+    outbox = request.app.get(OUTBOX_KEY)
+    if outbox is None or task.status != TaskStatus.COMPLETED:
+        return []
+    return [("Results out", f"{push_status(outbox, task.uuid)} ({outbox.destination})")]
+
+
 async def task_page(request: web.Request) -> web.Response:
     uuid = request.match_info["uuid"].lower()
     snap = await snapshot.take(request)
@@ -92,7 +102,7 @@ async def task_page(request: web.Request) -> web.Response:
         chrome=chrome(request, "tasks", task.name or uuid, snap.banner),
         task=task_row(task, snap.node_url(task), names, wall(), eta, any_online(snap)), job=job,
         outcome=outcome_of(task), error=readable(task.error_message or task.last_error, names),
-        facts=facts_of(task, wall()), options=options_of(task), log=log_of(task), events=_events(events, names),
+        facts=facts_of(task, wall()) + _pushed(request, task), options=options_of(task), log=log_of(task), events=_events(events, names),
         move_targets=move_targets(task, snap, names), can_move=can_move(task), can_restart=status.finished,
         download_url=f"/task/{uuid}/download/all.zip" if status == TaskStatus.COMPLETED else None,
         token_needed=bool(request.app[CONFIG_KEY].token),

@@ -164,7 +164,7 @@ async def events(request: web.Request) -> web.Response:
                                "task": e.task_uuid, "node": e.node_id} for e in rows])
 
 
-SECRET_SETTINGS = ("token", "key")  # the API token, and the passel key that makes a box a member
+SECRET_SETTINGS = ("token", "key", "results_out_secret")  # the API token, the passel key, the bucket's secret
 
 
 async def settings(request: web.Request) -> web.Response:
