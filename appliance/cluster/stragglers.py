@@ -240,7 +240,9 @@ class Stragglers:
         busy = c.book.busy_by_node()
         for node_id, n in self.by_node().items():
             busy[node_id] = busy.get(node_id, 0) + n
-        views = with_backlog(c.registry.views(busy), c.book.tasks.values())
+        # within the site only: a copy up a thin uplink, or of a task whose results are on their way
+        # home from one, would cost the link more than the straggler costs the job
+        views = [v for v in with_backlog(c.registry.views(busy), c.book.tasks.values()) if not v.upstream]
         if queued or not any(v.free_slots and unfit(v, Demand(images=1)) is None for v in views):
             return
         by_id = {v.id: v for v in views}
