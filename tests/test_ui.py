@@ -351,3 +351,22 @@ def test_fifty_boxes_and_five_thousand_tasks_render_in_pages(simnode_factory, tm
         assert max(timings.values()) < 1.0  # target 100 ms (bench); this only catches a collapse
     finally:
         box.stop()
+
+
+def test_an_upstream_added_on_the_settings_page_shows_its_link_and_no_error_when_down(simnode_factory,
+                                                                                     passel_factory):
+    """The Settings form's upstream box makes an upstream node; the pages call it "upstream" with its
+    link's state, and a link that is down is its normal state, not a red error."""
+    a, cloud = simnode_factory(), simnode_factory()
+    api = Api(passel_factory([a.url]))
+    browser = Browser(api.url)
+    for url, label in ((cloud.url, "cloud"), (f"http://127.0.0.1:{free_port()}", "satellite")):
+        added = browser.post("/ui/nodes", {"url": url, "label": label, "upstream": "1", "next": "/ui/admin"})
+        assert added.status_code == 303
+    shown = wait_for(lambda: next((n for n in jcall(api, "GET", "/-/nodes") if n["url"] == cloud.url and n["online"]),
+                                  None), what="the upstream online")
+    assert shown["upstream"] is True and shown["link"].startswith("up: ") and "up 5.0 Mbit/s (guess)" in shown["link"]
+    page = browser.get("/").text
+    assert "cloud: upstream, link up: up 5.0 Mbit/s (guess)" in page
+    assert "satellite: upstream, link down: not answering" in page
+    assert '<td data-label="State" class="muted">upstream, link down: not answering</td>' in page

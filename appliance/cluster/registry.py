@@ -124,7 +124,7 @@ class NodeState:
     def link_state(self) -> str:
         """An upstream's link as the pages say it: up (with what was measured) or down."""
         if not self.online:
-            return "down: not answering" + (f" ({self.last_error})" if self.last_error else "")
+            return "down: not answering"  # the reason is the uplink's, and says nothing a responder can act on
         return "up: " + self.link.summary()
 
 
