@@ -188,3 +188,24 @@ def test_clock_detector_sees_suspend(monkeypatch):
     now["boot"] += 600.0  # suspended ten minutes: boot time moved, monotonic did not
     now["mono"] += 1.0
     assert detector.jumped()
+
+
+def test_a_heartbeat_held_up_in_a_cut_link_does_not_overwrite_newer_news() -> None:
+    """TCP delivers a heartbeat sent before a cut once the link heals. Its news is stale: here, that the
+    box was a follower with nothing to hand over, when it has since coordinated its own side and holds
+    tasks to hand over. Taken in, the coordinator would answer those tasks not-found."""
+    from appliance.discovery.membership import Membership
+
+    members = Membership("me")
+    newer = {"id": "island", "role": COORDINATOR, "coordinator": "island", "handover": True, "term": 2,
+             "boot": "b1", "seq": 7}
+    older = {"id": "island", "role": FOLLOWER, "coordinator": "me", "handover": False, "term": 1,
+             "boot": "b1", "seq": 5}
+    peer = members.heard(newer, "10.0.0.9")
+    assert members.heard(older, "10.0.0.9") is peer
+    assert (peer.role, peer.coordinator_id, peer.handover, peer.term) == (COORDINATOR, "island", True, 2)
+    restarted = {**older, "boot": "b2", "seq": 1}  # a new process counts from 1 again: its news is new
+    members.heard(restarted, "10.0.0.9")
+    assert (peer.role, peer.handover) == (FOLLOWER, False)
+    members.heard({**newer, "boot": "", "seq": "x"}, "10.0.0.9")  # a box that does not count: taken as it comes
+    assert peer.role == COORDINATOR

@@ -28,6 +28,7 @@ class Peer:
     unfinished: int = 0  # tasks in its table not yet finished
     succeeds: str | None = None  # the coordinator that handed it the role by hand
     last_heard: float | None = None  # boottime of the last heartbeat exchanged with it
+    said: tuple[str, int] = ("", 0)  # (its process, its count) of the newest heartbeat taken in
     foreign: str = ""  # why its calls are refused: it does not hold this passel's key
 
     @property
@@ -41,6 +42,13 @@ class Peer:
         return Member(id=self.id, priority=self.priority, term=self.term, role=self.role,
                       coordinator=self.coordinator_id, followers=self.followers, unfinished=self.unfinished,
                       succeeds=self.succeeds)
+
+
+def _count(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 class Membership:
@@ -66,6 +74,10 @@ class Membership:
         if not peer_id or peer_id == self.self_id:
             return None
         peer = self.peers.setdefault(peer_id, Peer(id=peer_id, address=address, port=int(payload.get("port", 0))))
+        said = (str(payload.get("boot", "")), _count(payload.get("seq")))
+        if said[0] and said[0] == peer.said[0] and said[1] <= peer.said[1]:
+            return peer  # older than what it last said: held up in a cut link, and delivered once it healed
+        peer.said = said
         peer.address = address
         peer.port = int(payload.get("port") or peer.port)
         peer.name = str(payload.get("name", peer.name))

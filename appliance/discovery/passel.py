@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,6 +58,10 @@ class Passel:
         self.on_sleep: list[Callable[[], Awaitable[None]]] = []
         self.on_wake: list[Callable[[], Awaitable[None]]] = []
         self._changed = asyncio.Event()
+        # each heartbeat says which process sent it and when, in order: TCP delivers one held up in a
+        # cut link once the link heals, and its stale news (a follower, nothing to hand over) must not
+        # overwrite what the box said since (membership.heard)
+        self._boot, self._said = uuid.uuid4().hex[:12], itertools.count(1)
         # whether this box holds task rows it wrote as coordinator, still to hand over (handover.py)
         self.holds_rows_to_hand_over = holds_rows_to_hand_over
         # how many tasks in this box's table are not finished: what its side did, when two coordinators meet
@@ -119,7 +125,8 @@ class Passel:
         return {"v": 1, "id": self.identity.id, "name": self.identity.name, "term": self.state.term,
                 "role": self.state.role, "priority": self.priority, "coordinator": self.state.coordinator_id,
                 "port": self.api_port, "version": __version__, "handover": self.holds_rows_to_hand_over(),
-                "followers": len(self.followers()), "unfinished": self.unfinished_tasks(), "succeeds": self._succeeds}
+                "followers": len(self.followers()), "unfinished": self.unfinished_tasks(), "succeeds": self._succeeds,
+                "boot": self._boot, "seq": next(self._said)}
 
     def coordinator(self) -> Peer | None:
         """The live coordinator, when it is another box."""
