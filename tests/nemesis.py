@@ -53,6 +53,14 @@ RETRY_WAIT = 3.0  # ODM waits 10 s x n between its 5 retries; a third of that ke
 SETTLE_SECONDS = 30  # after the job: time for removals and releases to reach every box
 
 
+def has_outputs(names: list[str]) -> bool:
+    """Whether a submodel's all.zip holds its reconstruction outputs. Real NodeODM in test mode zips a
+    fixed folder whose opensfm/ has features and matches but no reconstruction.json (the simulated node
+    writes one), so the folders both write are what counts (nemesis seed 76 ran one on the real node)."""
+    return "cameras.json" in names and any(n.startswith("opensfm/features/") for n in names) \
+        and any(n.startswith("opensfm/matches/") for n in names)
+
+
 @dataclass(frozen=True)
 class Fault:
     kind: str
@@ -424,7 +432,7 @@ def run_seed(seed: int, workdir: Path, schedule: list[Fault] | None = None) -> d
         job.join(max(JOB_LIMIT_SECONDS - history.now(), 1))
         history.add("job-end", finished=not job.is_alive(),
                     submodels=[{"name": s.name, "status": s.status, "uuids": s.history, "attempts": s.attempts,
-                                "outputs": "opensfm/reconstruction.json" in s.zip_names} for s in subs])
+                                "outputs": has_outputs(s.zip_names)} for s in subs])
         deadline = time.monotonic() + SETTLE_SECONDS
         while time.monotonic() < deadline and (leftovers(passel) or not settled(history)):
             time.sleep(1)
