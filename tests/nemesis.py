@@ -37,6 +37,7 @@ from typing import Any
 
 import requests
 
+from appliance.discovery.membership import LEASE_SECONDS
 from tests.netns import Box, Bridge, wait_until
 from tests.odm_executor import SplitMergeClient, make_submodels
 
@@ -446,9 +447,12 @@ def run_seed(seed: int, workdir: Path, schedule: list[Fault] | None = None) -> d
 
 
 def settled(history: History) -> bool:
-    """The latest snapshot, begun after the last heal and after the job's end (its last removal may
-    still be on its way to the replicas), shows one coordinator and the same table on every box."""
-    since = max((e["t"] for e in history.events if e["kind"] in ("heal", "job-end")), default=0.0)
+    """The latest snapshot, begun a lease after the last heal and after the job's end (its last removal
+    may still be on its way to the replicas), shows one coordinator and the same table on every box.
+    A lease, because a cut shorter than one still ends in an election: the boxes agree at the heal, and
+    one side declares the other gone a moment later (seed 100, where the watch ended in between)."""
+    heals = [e["t"] + LEASE_SECONDS for e in history.events if e["kind"] == "heal"]
+    since = max([*heals, *(e["t"] for e in history.events if e["kind"] == "job-end")], default=0.0)
     snaps = [e for e in history.events if e["kind"] == "snapshot" and e.get("began", e["t"]) > since]
     if not snaps:
         return False

@@ -162,16 +162,21 @@ def test_staged_files_left_behind_are_a_leak():
 def test_the_harness_observes_until_a_snapshot_after_the_last_heal_and_the_job_end():
     """Seeds 3 and 9 once failed only because observing stopped at the job's end, before the last heal;
     a baseline once failed because a snapshot begun before the job's last removal ended the watch."""
+    from appliance.discovery.membership import LEASE_SECONDS
     from tests.nemesis import History, settled
     agreed = {str(i): box({U1: ["removed", 40, "c", "b1"]}) for i in (1, 2)}
     history = History(0, [])
     history.events = [{"t": 5.0, "kind": "snapshot", "boxes": agreed}, {"t": 6.0, "kind": "heal", "id": 0}]
     assert not settled(history)
     history.events.append({"t": 6.5, "kind": "snapshot", "boxes": agreed})
+    assert not settled(history), "within a lease of the heal: a side may yet declare the other gone (seed 100)"
+    history.events.append({"t": 6.0 + LEASE_SECONDS + 0.5, "kind": "snapshot", "boxes": agreed})
     assert settled(history)
-    history.events += [{"t": 7.0, "kind": "job-end"}, {"t": 7.2, "kind": "snapshot", "boxes": agreed, "began": 6.9}]
+    end = 6.0 + LEASE_SECONDS + 1.0
+    history.events += [{"t": end, "kind": "job-end"},
+                       {"t": end + 0.2, "kind": "snapshot", "boxes": agreed, "began": end - 0.1}]
     assert not settled(history), "begun before the job's end"
-    history.events.append({"t": 7.7, "kind": "snapshot", "boxes": agreed, "began": 7.4})
+    history.events.append({"t": end + 0.7, "kind": "snapshot", "boxes": agreed, "began": end + 0.4})
     assert settled(history)
 
 
