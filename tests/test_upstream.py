@@ -18,6 +18,7 @@ This kernel has no netem, so the uplink adds bandwidth limits but no latency.
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import time
@@ -140,6 +141,18 @@ def test_small_slow_locally_tasks_go_upstream_and_large_ones_stay_local(site: Si
     assert zipped.ok and zipped.content[:2] == b"PK"
     shown = next(n for n in site.nodes() if n["id"] == upstream)
     assert shown["upstream"] is True and shown["link"].startswith("up: ")
+
+
+def test_the_uplink_is_measured_from_a_real_upload(site: Site) -> None:
+    """A whole send of 3 MB up the 10 Mbit/s link replaces the guess with what it took."""
+    site.lock_local(True)
+    try:
+        site.completed(site.submit("measure", 3, 1 * MB))
+    finally:
+        site.lock_local(False)
+    link = next(n for n in site.nodes() if n["url"] == site.upstream_url)["link"]
+    measured = re.match(r"up: up ([0-9.]+) Mbit/s, down", link)  # a guess would say "Mbit/s (guess), down"
+    assert measured and 2.0 < float(measured.group(1)) <= 12.0, link  # tbf lets a burst through above its rate
 
 
 def test_a_link_dropped_mid_upload_sends_the_task_to_a_local_node(site: Site) -> None:
