@@ -120,7 +120,6 @@ class NodeState:
                        for kind, e in speeds.items()},
         }
 
-
     def link_state(self) -> str:
         """An upstream's link as the pages say it: up (with what was measured) or down."""
         if not self.online:
@@ -334,6 +333,7 @@ class NodeRegistry:
         views = []
         for s in self.nodes.values():
             info = s.info or s.row.last_info
+            link = s.link if s.row.upstream else None  # parsed once: views are built on every dispatch pass
             views.append(NodeView(
                 id=s.id, online=s.online, locked=s.row.locked,
                 slots=int(info.get("maxParallelTasks") or 1),
@@ -342,8 +342,7 @@ class NodeRegistry:
                 cores=int(info.get("cpuCores") or 1), memory_mb=int(info.get("totalMemory") or 0) // (1024 * 1024),
                 speeds=tuple((kind, e.ms_per_image) for kind, e in s.speeds().items()),
                 same_job=(same_job or {}).get(s.id, 0),
-                **(dict(upstream=True, link_mbps=s.link.up, home_mbps=s.link.down, rtt_ms=s.link.rtt)
-                   if s.row.upstream else {})))
+                **(dict(upstream=True, link_mbps=link.up, home_mbps=link.down, rtt_ms=link.rtt) if link is not None else {})))
         return views
 
     def option_specs(self) -> list[OptionSpec]:

@@ -25,8 +25,6 @@ from appliance.clock import boottime
 from appliance.cluster.coordinator import Coordinator
 from appliance.cluster.proxy import DOWNLOAD_TIMEOUT, range_headers, relay, stream_from_node
 from appliance.cluster.results_copies import (
-    PART_SUFFIX,
-    RESULTS_FILE,
     FetchFailed,
     NoRoom,
     Opener,
@@ -193,8 +191,7 @@ class ResultsKeeper:
                 if not c.results.has(task.uuid):
                     if opener is None:
                         raise FetchFailed("this box does not know its node")
-                    part = c.results.path(task.uuid).with_name(RESULTS_FILE + PART_SUFFIX)
-                    had, began = part.stat().st_size if part.exists() else 0, boottime()
+                    had, began = c.results.partial_bytes(task.uuid), boottime()
                     path = await c.results.fetch(task.uuid, opener)
                     if home and node is not None:
                         await c.registry.learn_link(node.id, sent=False, size=path.stat().st_size - had,

@@ -78,6 +78,14 @@ class ResultsStore:
             raise ValueError(f"not a task uuid: {uuid!r}")
         return self.root / uuid / RESULTS_FILE
 
+    def _part(self, uuid: str) -> Path:
+        return self.path(uuid).with_name(RESULTS_FILE + PART_SUFFIX)
+
+    def partial_bytes(self, uuid: str) -> int:
+        """How much of an interrupted fetch is kept, to go on from."""
+        part = self._part(uuid)
+        return part.stat().st_size if part.exists() else 0
+
     def has(self, uuid: str) -> bool:
         return self.path(uuid).is_file()
 
@@ -104,9 +112,9 @@ class ResultsStore:
         """Fetch all.zip into `all.zip.part`, going on from what an interrupted try left (Range), then
         fsync and rename it into place, so a copy that exists is always whole."""
         target = self.path(uuid)
-        part = target.with_name(RESULTS_FILE + PART_SUFFIX)
+        part = self._part(uuid)
         target.parent.mkdir(parents=True, exist_ok=True)
-        start = part.stat().st_size if part.exists() else 0
+        start = self.partial_bytes(uuid)
         headers = {"Range": f"bytes={start}-"} if start else {}
         try:
             async with open_source(headers) as reply:
@@ -126,8 +134,8 @@ class ResultsStore:
                 raise FetchFailed(f"only {size} of {total} bytes arrived")
             os.replace(part, target)
         except (aiohttp.ClientError, TimeoutError):
-            kept = part.stat().st_size if part.exists() else 0
-            raise FetchFailed(f"the transfer broke off after {kept / 2**20:.1f} MiB, which are kept") from None
+            kept = self.partial_bytes(uuid) / 2**20
+            raise FetchFailed(f"the transfer broke off after {kept:.1f} MiB, which are kept") from None
         except OSError as exc:  # the disk filled up, or the copy was released meanwhile
             raise (NoRoom if exc.errno == errno.ENOSPC else FetchFailed)(f"could not write the copy ({exc})") from None
         with contextlib.suppress(OSError):  # the rename itself survives a power cut
