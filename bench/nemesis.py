@@ -13,7 +13,7 @@ bench/results/nemesis/seed-N.json, and the seed is added to tests/nemesis_seeds.
 with the fixed seeds (tests/test_nemesis.py). Replay one seed with `--seed N`.
 
     cd /work/main && .venv/bin/python bench/nemesis.py [--seeds 200] [--first 1] [--seed N ...]
-                                   [--budget-minutes 0] [--no-record]
+                                   [--budget-minutes 0] [--no-record] [--results NAME]
 
 Needs root, iproute2 and the NodeODM kit (../shared/nodeodm). Results go to bench/results/nemesis.json.
 """
@@ -122,6 +122,8 @@ def main() -> int:
     parser.add_argument("--budget-minutes", type=float, default=0, help="stop starting seeds after this long (0: none)")
     parser.add_argument("--no-record", action="store_true", help="do not add failing seeds to tests/nemesis_seeds.txt")
     parser.add_argument("--keep", action="store_true", help="keep every seed's logs and history")
+    parser.add_argument("--results", default="nemesis", metavar="NAME",
+                        help="write bench/results/NAME.json (two streams run side by side need two names)")
     args = parser.parse_args()
     seeds = args.seed or list(range(args.first, args.first + args.seeds))
     started = time.monotonic()
@@ -148,8 +150,8 @@ def main() -> int:
     if common.sources_digest() != digest:
         print("The code changed while this ran: the figures mix two versions")
     schedules = {r["seed"]: [str(f) for f in make_schedule(r["seed"])] for r in results}
-    path = common.write_results("nemesis", {"machine": common.machine(), "summary": summary, "baseline": baseline,
-                                            "results": results, "schedules": schedules})
+    path = common.write_results(args.results, {"machine": common.machine(), "sources": digest, "summary": summary,
+                                               "baseline": baseline, "results": results, "schedules": schedules})
     print(f"Results: {path}")
     if summary["failed_seeds"] or not baseline["ok"]:
         print(f"The failing runs' box logs are in {scratch}")
