@@ -52,6 +52,7 @@ STATE_MB = 256   # each box's state directory is a tmpfs this large, so one box'
 JOB_LIMIT_SECONDS = 240
 RETRY_WAIT = 3.0  # ODM waits 10 s x n between its 5 retries; a third of that keeps runs short
 SETTLE_SECONDS = 30  # after the job: time for removals and releases to reach every box
+FINAL_ANSWER_SECONDS = 5.0  # the final snapshot waits this long for each answer: slow is not divergent
 
 
 def has_outputs(names: list[str]) -> bool:
@@ -328,11 +329,14 @@ class Observer(threading.Thread):
             began = self.history.now()  # `t` is when it was recorded, after every box was read
             self.history.add("snapshot", boxes=self.snapshot(), began=began)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, timeout: float = 0.5) -> dict[str, Any]:
+        """Each box's table, view and node. The watch asks briefly, so a stopped box does not slow it;
+        the final snapshot waits longer, because a box that is slow to answer under load has not
+        disagreed (seed 231, run beside another campaign: the coordinator took over 0.5 s)."""
         seen: dict[str, Any] = {}
         for box in self.passel.bridge.boxes:
-            seen[str(box.index)] = {"table": table_of(self.passel.state_dir(box)), "view": view_of(box),
-                                    "node": node_tasks(self.passel.node_url(box))}
+            seen[str(box.index)] = {"table": table_of(self.passel.state_dir(box)), "view": view_of(box, timeout),
+                                    "node": node_tasks(self.passel.node_url(box), timeout)}
         return seen
 
 
@@ -351,22 +355,22 @@ def table_of(state_dir: Path) -> dict[str, list[Any]] | None:
     return {uuid: [phase, status, owner, staged_on] for uuid, phase, status, owner, staged_on in rows}
 
 
-def view_of(box: Box) -> dict[str, Any] | None:
+def view_of(box: Box, timeout: float = 0.5) -> dict[str, Any] | None:
     """Whom the box follows and whom it sees alive, or None when it does not answer."""
     try:
-        seen = requests.get(box.api + "/-/passel.json", timeout=0.5).json()
+        seen = requests.get(box.api + "/-/passel.json", timeout=timeout).json()
     except (requests.RequestException, ValueError):
         return None
     return {"coordinator": (seen.get("coordinator") or {}).get("id"), "self": seen["self"]["id"],
             "alive": sorted(b["id"] for b in seen.get("boxes", []) if b.get("alive") and not b.get("self"))}
 
 
-def node_tasks(url: str) -> dict[str, int] | None:
+def node_tasks(url: str, timeout: float = 0.5) -> dict[str, int] | None:
     """uuid -> status code of every task a node holds, or None when it does not answer."""
     try:
-        listed = requests.get(url + "/task/list", timeout=0.5).json()
-        return {t["uuid"]: int((requests.get(f"{url}/task/{t['uuid']}/info", timeout=0.5).json().get("status") or {})
-                               .get("code", 0)) for t in listed}
+        listed = requests.get(url + "/task/list", timeout=timeout).json()
+        infos = {t["uuid"]: requests.get(f"{url}/task/{t['uuid']}/info", timeout=timeout).json() for t in listed}
+        return {uuid: int((info.get("status") or {}).get("code", 0)) for uuid, info in infos.items()}
     except (requests.RequestException, ValueError, KeyError, TypeError):
         return None
 
@@ -439,7 +443,7 @@ def run_seed(seed: int, workdir: Path, schedule: list[Fault] | None = None) -> d
             time.sleep(1)
         observer.halt.set()
         observer.join(5)
-        history.add("final", boxes=observer.snapshot(), leftovers=leftovers(passel))
+        history.add("final", boxes=observer.snapshot(timeout=FINAL_ANSWER_SECONDS), leftovers=leftovers(passel))
         history.save(workdir / "history.json")
         for box in passel.bridge.boxes:
             (workdir / f"box{box.index}-agent.log").write_text(box.log("agent"))
