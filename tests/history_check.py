@@ -222,7 +222,10 @@ def _agreed(boxes: dict[str, Any], whole_table: bool) -> bool:
 
 def _convergence(r: _Reading, v: Verdict) -> None:
     if r.final is not None and not _agreed(r.final["boxes"], whole_table=True):
-        v.violations.append("no convergence: at the end, the boxes' coordinators or task tables differ")
+        silent = "; ".join(f"box {i} gave no view ({b['unanswered']})" for i, b in r.final["boxes"].items()
+                           if b.get("unanswered"))
+        v.violations.append("no convergence: at the end, the boxes' coordinators or task tables differ"
+                            + (f": {silent}" if silent else ""))
     if not r.fault_spans:
         v.report["convergence_seconds"] = None
         return

@@ -335,8 +335,11 @@ class Observer(threading.Thread):
         disagreed (seed 231, run beside another campaign: the coordinator took over 0.5 s)."""
         seen: dict[str, Any] = {}
         for box in self.passel.bridge.boxes:
-            seen[str(box.index)] = {"table": table_of(self.passel.state_dir(box)), "view": view_of(box, timeout),
+            view, unanswered = ask_view(box, timeout)
+            seen[str(box.index)] = {"table": table_of(self.passel.state_dir(box)), "view": view,
                                     "node": node_tasks(self.passel.node_url(box), timeout)}
+            if unanswered:
+                seen[str(box.index)]["unanswered"] = unanswered
         return seen
 
 
@@ -357,12 +360,19 @@ def table_of(state_dir: Path) -> dict[str, list[Any]] | None:
 
 def view_of(box: Box, timeout: float = 0.5) -> dict[str, Any] | None:
     """Whom the box follows and whom it sees alive, or None when it does not answer."""
+    return ask_view(box, timeout)[0]
+
+
+def ask_view(box: Box, timeout: float) -> tuple[dict[str, Any] | None, str | None]:
+    """The box's view, or None and why it gave none (a timeout, a refused connection, an error page)."""
     try:
-        seen = requests.get(box.api + "/-/passel.json", timeout=timeout).json()
-    except (requests.RequestException, ValueError):
-        return None
+        answer = requests.get(box.api + "/-/passel.json", timeout=timeout)
+        answer.raise_for_status()
+        seen = answer.json()
+    except (requests.RequestException, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"[:200]
     return {"coordinator": (seen.get("coordinator") or {}).get("id"), "self": seen["self"]["id"],
-            "alive": sorted(b["id"] for b in seen.get("boxes", []) if b.get("alive") and not b.get("self"))}
+            "alive": sorted(b["id"] for b in seen.get("boxes", []) if b.get("alive") and not b.get("self"))}, None
 
 
 def node_tasks(url: str, timeout: float = 0.5) -> dict[str, int] | None:

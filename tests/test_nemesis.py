@@ -153,6 +153,14 @@ def test_boxes_that_never_agree_after_the_last_heal_do_not_converge():
     assert sum(v.startswith("no convergence:") for v in violations) == 2, violations
 
 
+def test_a_box_that_gives_no_view_at_the_end_is_named_with_the_reason():
+    events = healthy_job()
+    events[-1]["boxes"]["3"] |= {"view": None, "unanswered": "ReadTimeout: read timed out"}
+    violations = check(history(events)).violations
+    assert violations == ["no convergence: at the end, the boxes' coordinators or task tables differ: "
+                          "box 3 gave no view (ReadTimeout: read timed out)"], violations
+
+
 def test_staged_files_left_behind_are_a_leak():
     events = healthy_job()
     events[-1]["leftovers"] = {"2": [f"staging/{U1}"]}
