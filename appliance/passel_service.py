@@ -27,6 +27,7 @@ from appliance.relay import RELAY_SESSION_KEY
 from appliance.replication.feed import REPLICA_KEY, ReplicaFollower
 from appliance.replication.handover import hand_over_all, own_rows
 from appliance.replication.password import agree
+from appliance.replication.rounds import CoordinatorRounds
 from appliance.store.models import Phase
 
 log = logging.getLogger("passel.discovery")
@@ -166,15 +167,14 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
 
         follower = app[REPLICA_KEY] = ReplicaFollower(coordinator, passel.peers)
 
-        polls: set[asyncio.Future[int | None]] = set()  # the replica long poll in flight
+        rounds = CoordinatorRounds()  # the hand-over and the long poll in flight
 
-        async def end_poll(before: str, after: str) -> None:
-            """A long poll to a coordinator that was cut off hangs until SYNC_TIMEOUT (15 s). When this
-            box's role or coordinator changes, it is ended, so a box that steps down at a heal hands its
-            tasks over at once (the winner waits only HANDOVER_WAIT_SECONDS before answering not-found)."""
-            for poll in polls:
-                poll.cancel()
-        passel.listeners.append(end_poll)
+        async def end_rounds(before: str, after: str) -> None:
+            """A box that steps down at a heal, or whose coordinator was cut off mid-request, turns to
+            the new coordinator at once (the winner waits only HANDOVER_WAIT_SECONDS for its tasks
+            before answering their clients not-found)."""
+            rounds.end()
+        passel.listeners.append(end_rounds)
 
         async def follow_forever() -> None:
             """As a follower: hand over what this box accepted as coordinator, then catch up, again and
@@ -188,21 +188,16 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
                 changed, caught_up = None, False
                 if leader is not None and not passel.is_coordinator:
                     try:
-                        if await hand_over_all(coordinator, passel):
+                        if await rounds.run(hand_over_all(coordinator, passel)):
                             follower.synced_from = None  # the next pull is a full copy: rows handed over
                             # are then the coordinator's version, not this box's idea of what it became
                         caught_up = follower.synced_from == leader.id
                         # rows still to hand over (the winner of a heal may not have fenced its term above
                         # this box's yet, and refused them): no long poll, so they are offered again soon
                         wait = 0.0 if passel.holds_rows_to_hand_over() else LONG_POLL_SECONDS
-                        poll = asyncio.ensure_future(follower.pull(leader, wait=wait))
-                        polls.add(poll)
-                        try:
-                            await asyncio.wait({poll})
-                        finally:
-                            polls.discard(poll)
-                            poll.cancel()
-                        changed = None if poll.cancelled() else poll.result()
+                        now = passel.coordinator()  # none, or another, if a new one ended the hand-over
+                        if now is not None and now.id == leader.id:
+                            changed = await rounds.run(follower.pull(leader, wait=wait))
                         if changed is not None:
                             await agree(app[ADMIN_PASSWORD_KEY], passel.trust, passel.peers, leader,
                                         follower.leader_password)

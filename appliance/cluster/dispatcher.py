@@ -220,7 +220,7 @@ class Dispatcher:
             return
         if uuid not in self._committing:
             self.stop(uuid)
-        await asyncio.gather(job, return_exceptions=True)
+        await asyncio.wait({job})  # not gather: a caller that is itself cancelled must not cut a commit off
 
     def sending(self, uuid: str) -> bool:
         """Whether a send of this task runs here now."""

@@ -1,0 +1,37 @@
+"""A follower's work for one coordinator, ended the moment it is no longer the coordinator.
+
+A hand-over sent to a coordinator that was then cut off waits up to HANDOVER_TIMEOUT's read (120 s),
+and a long poll up to SYNC_TIMEOUT (15 s). Meanwhile the box neither copies the new coordinator's
+table nor hands it the tasks it holds, and the new one answers their clients not-found. So each
+such request runs here, and a change of role or coordinator ends it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class CoordinatorRounds:
+    """The requests in flight to the current coordinator; `end()` cancels them all."""
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.Future[Any]] = set()
+
+    async def run(self, work: Awaitable[T]) -> T | None:
+        """The work's result, or None when `end()` ended it first. Cancelling the caller cancels it too."""
+        job = asyncio.ensure_future(work)
+        self._running.add(job)
+        try:
+            await asyncio.wait({job})
+        finally:
+            self._running.discard(job)
+            job.cancel()
+        return None if job.cancelled() else job.result()
+
+    def end(self) -> None:
+        for job in self._running:
+            job.cancel()
