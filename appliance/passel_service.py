@@ -173,7 +173,8 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
             """A box that steps down at a heal, or whose coordinator was cut off mid-request, turns to
             the new coordinator at once (the winner waits only HANDOVER_WAIT_SECONDS for its tasks
             before answering their clients not-found)."""
-            rounds.end()
+            leader = passel.coordinator()
+            rounds.end(keep=leader.id if leader is not None else None)
         passel.listeners.append(end_rounds)
 
         async def follow_forever() -> None:
@@ -188,7 +189,7 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
                 changed, caught_up = None, False
                 if leader is not None and not passel.is_coordinator:
                     try:
-                        if await rounds.run(hand_over_all(coordinator, passel)):
+                        if await rounds.run(hand_over_all(coordinator, passel), leader.id):
                             follower.synced_from = None  # the next pull is a full copy: rows handed over
                             # are then the coordinator's version, not this box's idea of what it became
                         caught_up = follower.synced_from == leader.id
@@ -197,7 +198,7 @@ def discovery_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[N
                         wait = 0.0 if passel.holds_rows_to_hand_over() else LONG_POLL_SECONDS
                         now = passel.coordinator()  # none, or another, if a new one ended the hand-over
                         if now is not None and now.id == leader.id:
-                            changed = await rounds.run(follower.pull(leader, wait=wait))
+                            changed = await rounds.run(follower.pull(leader, wait=wait), leader.id)
                         if changed is not None:
                             await agree(app[ADMIN_PASSWORD_KEY], passel.trust, passel.peers, leader,
                                         follower.leader_password)

@@ -12,7 +12,7 @@ from appliance.replication.rounds import CoordinatorRounds
 async def test_a_round_returns_its_result():
     async def answer() -> int:
         return 7
-    assert await CoordinatorRounds().run(answer()) == 7
+    assert await CoordinatorRounds().run(answer(), "c") == 7
 
 
 async def test_a_new_coordinator_ends_a_round_at_once_and_the_request_with_it():
@@ -25,18 +25,35 @@ async def test_a_new_coordinator_ends_a_round_at_once_and_the_request_with_it():
         finally:
             request_ended.set()
         return 1
-    waiting = asyncio.ensure_future(rounds.run(hanging()))
+    waiting = asyncio.ensure_future(rounds.run(hanging(), "old"))
     await asyncio.sleep(0.05)
     rounds.end()
     assert await asyncio.wait_for(waiting, 2) is None
     assert request_ended.is_set()
 
 
+async def test_a_round_already_begun_for_the_new_coordinator_is_not_ended_by_its_announcement():
+    """The role changes first and the listeners hear of it later: meanwhile the replica loop may have
+    begun handing its tasks to the new coordinator, which must not be thrown away and sent again."""
+    rounds, may_finish = CoordinatorRounds(), asyncio.Event()
+
+    async def hand_over() -> int:
+        await may_finish.wait()
+        return 3
+    to_old = asyncio.ensure_future(rounds.run(asyncio.sleep(120), "old"))
+    to_new = asyncio.ensure_future(rounds.run(hand_over(), "new"))
+    await asyncio.sleep(0.05)
+    rounds.end(keep="new")
+    assert await asyncio.wait_for(to_old, 2) is None
+    may_finish.set()
+    assert await asyncio.wait_for(to_new, 2) == 3
+
+
 async def test_a_round_that_fails_raises_to_its_caller():
     async def refused() -> int:
         raise TimeoutError("no answer")
     try:
-        await CoordinatorRounds().run(refused())
+        await CoordinatorRounds().run(refused(), "c")
     except TimeoutError:
         return
     raise AssertionError("the failure was swallowed")
@@ -50,7 +67,7 @@ async def test_a_caller_that_is_cancelled_cancels_its_request():
             await asyncio.sleep(120)
         finally:
             request_ended.set()
-    caller = asyncio.ensure_future(rounds.run(hanging()))
+    caller = asyncio.ensure_future(rounds.run(hanging(), "old"))
     await asyncio.sleep(0.05)
     caller.cancel()
     await asyncio.gather(caller, return_exceptions=True)
@@ -71,7 +88,7 @@ async def test_settling_a_commit_lets_it_finish_even_if_the_waiter_is_ended():
     dispatcher._sending[uuid] = asyncio.ensure_future(commit())
     dispatcher._committing.add(uuid)
     rounds = CoordinatorRounds()
-    waiter = asyncio.ensure_future(rounds.run(dispatcher.settle(uuid)))
+    waiter = asyncio.ensure_future(rounds.run(dispatcher.settle(uuid), "old"))
     await asyncio.sleep(0.05)
     rounds.end()
     assert await asyncio.wait_for(waiter, 2) is None

@@ -16,22 +16,25 @@ T = TypeVar("T")
 
 
 class CoordinatorRounds:
-    """The requests in flight to the current coordinator; `end()` cancels them all."""
+    """The requests in flight, each to the coordinator it was meant for."""
 
     def __init__(self) -> None:
-        self._running: set[asyncio.Future[Any]] = set()
+        self._running: dict[asyncio.Future[Any], str] = {}
 
-    async def run(self, work: Awaitable[T]) -> T | None:
+    async def run(self, work: Awaitable[T], coordinator_id: str) -> T | None:
         """The work's result, or None when `end()` ended it first. Cancelling the caller cancels it too."""
         job = asyncio.ensure_future(work)
-        self._running.add(job)
+        self._running[job] = coordinator_id
         try:
             await asyncio.wait({job})
         finally:
-            self._running.discard(job)
+            self._running.pop(job, None)
             job.cancel()
         return None if job.cancelled() else job.result()
 
-    def end(self) -> None:
-        for job in self._running:
-            job.cancel()
+    def end(self, keep: str | None = None) -> None:
+        """Cancel every request meant for a coordinator other than `keep` (all of them when None). A
+        round may already have begun for the new coordinator when the change is announced: it stays."""
+        for job, coordinator_id in self._running.items():
+            if coordinator_id != keep:
+                job.cancel()
