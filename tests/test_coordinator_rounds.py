@@ -9,6 +9,14 @@ from appliance.cluster.dispatcher import Dispatcher
 from appliance.replication.rounds import CoordinatorRounds
 
 
+async def hanging(ended: asyncio.Event) -> None:
+    """A request that would wait 120 s for its answer; says when it was ended."""
+    try:
+        await asyncio.sleep(120)
+    finally:
+        ended.set()
+
+
 async def test_a_round_returns_its_result():
     async def answer() -> int:
         return 7
@@ -18,14 +26,7 @@ async def test_a_round_returns_its_result():
 async def test_a_new_coordinator_ends_a_round_at_once_and_the_request_with_it():
     """As a hand-over to a coordinator that was cut off, whose read would wait 120 s."""
     rounds, request_ended = CoordinatorRounds(), asyncio.Event()
-
-    async def hanging() -> int:
-        try:
-            await asyncio.sleep(120)
-        finally:
-            request_ended.set()
-        return 1
-    waiting = asyncio.ensure_future(rounds.run(hanging(), "old"))
+    waiting = asyncio.ensure_future(rounds.run(hanging(request_ended), "old"))
     await asyncio.sleep(0.05)
     rounds.end()
     assert await asyncio.wait_for(waiting, 2) is None
@@ -61,13 +62,7 @@ async def test_a_round_that_fails_raises_to_its_caller():
 
 async def test_a_caller_that_is_cancelled_cancels_its_request():
     rounds, request_ended = CoordinatorRounds(), asyncio.Event()
-
-    async def hanging() -> None:
-        try:
-            await asyncio.sleep(120)
-        finally:
-            request_ended.set()
-    caller = asyncio.ensure_future(rounds.run(hanging(), "old"))
+    caller = asyncio.ensure_future(rounds.run(hanging(request_ended), "old"))
     await asyncio.sleep(0.05)
     caller.cancel()
     await asyncio.gather(caller, return_exceptions=True)
