@@ -142,7 +142,8 @@ def main() -> int:
         faults = ", ".join(result["report"].get("faults", []))
         print(f"seed {seed:4d} {'ok  ' if result['ok'] else 'FAIL'} {result['wall_seconds']:5.0f} s  "
               f"conv {result['report'].get('convergence_seconds')} s  resub {result['report'].get('resubmissions')}  "
-              f"[{faults}] {'; '.join(result['violations'][:3])}", flush=True)
+              f"[{faults}] {'; '.join(result['violations'][:3])}"
+              + "".join(f" (fault not made: {f})" for f in result["report"].get("faults_not_made", [])), flush=True)
     summary = summarize(results, baseline)
     print_summary(summary)
     if not args.no_record:

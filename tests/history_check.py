@@ -20,8 +20,8 @@ Pure: a history in, a verdict out, so each rule is tested on small made-up histo
    whose removal failed is still its client's, and keeps its files).
 
 It reports, without failing on them: the client's resubmissions (work sent again under a new
-uuid), error replies, slowest reply, the copies of removed tasks that ran during a partition, and
-the job's duration.
+uuid), error replies, slowest reply, the copies of removed tasks that ran during a partition, the
+job's duration, and any fault the harness could not make.
 """
 
 from __future__ import annotations
@@ -258,4 +258,7 @@ def _report(r: _Reading, v: Verdict) -> None:
         "error_replies": len(errors),
         "slowest_reply": {"seconds": round(slowest["seconds"], 2), "path": slowest["path"]} if slowest else None,
         "faults": [f"{f['kind']}@box{f['box']} {f['at']}+{f['hold']}s" for f in r.schedule],
+        # a fault the harness could not make: the seed did not test what its schedule says
+        "faults_not_made": [f"{e['fault']} at {e['t']} s: {e['error']}" for e in r.events
+                            if e["kind"] == "nemesis-error"],
     }

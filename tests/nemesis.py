@@ -255,6 +255,21 @@ class Passel:
             subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+def fill_disk(state: Path, tries: int = 5) -> None:
+    """Fill the tmpfs under `state` to within 16 KiB. The box may write between the reading of the free
+    space and the allocation (seed 245: a results copy), and fallocate then fails with no space left
+    and gives it all back, so the disk was full for a moment only: read the free space again."""
+    error = ""
+    for _ in range(tries):
+        free = shutil.disk_usage(state).free
+        done = subprocess.run(["fallocate", "-l", str(max(free - 16 * 1024, 4096)), str(state / "nemesis-fill")],
+                              capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        error = done.stderr.strip()
+    raise RuntimeError(f"could not fill {state} in {tries} tries: {error}")
+
+
 class Nemesis:
     """Applies a schedule's faults at their moments and undoes each after its hold."""
 
@@ -290,10 +305,7 @@ class Nemesis:
         elif fault.kind == "node":
             self.passel.kill_node(box, fault.detail)
         elif fault.kind == "disk":
-            state = self.passel.state_dir(box)
-            free = shutil.disk_usage(state).free
-            subprocess.run(["fallocate", "-l", str(max(free - 16 * 1024, 4096)), str(state / "nemesis-fill")],
-                           check=True, capture_output=True)
+            fill_disk(self.passel.state_dir(box))
         elif fault.kind == "clock":
             self.passel.clock_file(box).write_text(fault.detail + "\n")
 

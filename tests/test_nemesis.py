@@ -244,3 +244,54 @@ def test_outputs_count_as_the_real_node_and_the_simulated_node_write_them():
                  "opensfm/reconstruction.json", "opensfm/tracks.csv", "cameras.json"]
     assert has_outputs(real) and has_outputs(simulated)
     assert not has_outputs([]) and not has_outputs(["cameras.json"]) and not has_outputs(real[:2])
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path, netns_required) -> Any:
+    """A 1 MiB tmpfs, as a box's state disk is (mounting needs root, as the namespaces do)."""
+    import subprocess
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)], check=True)
+    yield state
+    subprocess.run(["umount", "-l", str(state)], check=True)
+
+
+def _write_fails_for_lack_of_space(state: Path) -> bool:
+    try:
+        (state / "after-the-fill").write_bytes(b"x" * 64 * 1024)
+    except OSError as exc:
+        return exc.errno == 28  # ENOSPC
+    return False
+
+
+def test_the_disk_fault_fills_the_disk(small_tmpfs):
+    from tests.nemesis import fill_disk
+    fill_disk(small_tmpfs)
+    assert _write_fails_for_lack_of_space(small_tmpfs)
+
+
+def test_the_disk_fault_reads_the_free_space_again_when_the_box_wrote_in_between(small_tmpfs, monkeypatch):
+    """Seed 245: the box copied results between the reading and the allocation, fallocate failed, and
+    the fault was lost (the disk was full for a moment only, and the checker never heard of it)."""
+    import shutil
+
+    from tests import nemesis
+    real = shutil.disk_usage
+    readings = []
+
+    def stale_first(path: Any) -> Any:
+        usage = real(path)
+        readings.append(usage.free)
+        return usage._replace(free=usage.free + 512 * 1024) if len(readings) == 1 else usage
+
+    monkeypatch.setattr(nemesis.shutil, "disk_usage", stale_first)
+    nemesis.fill_disk(small_tmpfs)
+    assert len(readings) == 2
+    assert _write_fails_for_lack_of_space(small_tmpfs)
+
+
+def test_a_fault_the_harness_could_not_make_is_reported():
+    events = [*healthy_job(), {"t": 1.0, "kind": "nemesis-error", "id": 0, "fault": "disk", "error": "no space"}]
+    verdict = check(history(events))
+    assert verdict.report["faults_not_made"] == ["disk at 1.0 s: no space"]
