@@ -167,6 +167,19 @@ def test_staged_files_left_behind_are_a_leak():
     assert any(v.startswith("leaked: box 2") for v in check(history(events)).violations)
 
 
+def test_an_uncommitted_upload_whose_row_died_with_its_coordinator_is_counted_not_leaked():
+    """Seed 282: the client was given U2, its commit failed, and no box lists it; the images stay a day."""
+    events = healthy_job()
+    events[0:0] = [reply(0.5, "/task/new/init", {"uuid": U2}, method="POST"),
+                   reply(0.6, f"/task/new/commit/{U2}", {"error": "The coordinator cannot be reached"}, method="POST")]
+    events[-1]["leftovers"] = {"1": [f"staging/{U2}"]}
+    verdict = check(history(events))
+    assert verdict.ok, verdict.violations
+    assert verdict.report["uploads_left_without_row"] == 1
+    events[1] = reply(0.6, f"/task/new/commit/{U2}", {"uuid": U2}, method="POST")  # committed: its files must go
+    assert any(v.startswith("leaked: box 1") for v in check(history(events)).violations)
+
+
 def test_the_harness_observes_until_a_snapshot_after_the_last_heal_and_the_job_end():
     """Seeds 3 and 9 once failed only because observing stopped at the job's end, before the last heal;
     a baseline once failed because a snapshot begun before the job's last removal ended the watch."""

@@ -209,6 +209,31 @@ async def test_lifecycle_releases_downloaded_and_expired_staging(tmp_path):
         assert c.book.tasks[rows["abandoned"].uuid].phase == Phase.REMOVED
 
 
+async def test_a_staged_upload_no_row_owns_is_dropped_after_a_day_without_a_file(tmp_path):
+    """Nemesis seed 282: the coordinator, its disk full, kept an init's row in memory and was killed
+    before any replica copied it; the box that took the upload in gave up on its commit and kept the
+    images for a commit that could never come. No row: dropped on the abandoned-upload clock, not at
+    once (a row on its way to this box's replica is not known here yet)."""
+    from appliance.cluster.lifecycle import StagingLifecycle
+    from appliance.cluster.receiving import Upload
+    from appliance.store.models import Phase, Task
+    async with coordinator_in(tmp_path) as c:
+        now = time.time()
+        orphan, arriving, owned = ("00000000-0000-4000-8000-0000000000a1", "00000000-0000-4000-8000-0000000000a2",
+                                   "00000000-0000-4000-8000-0000000000a3")
+        for uuid in (orphan, arriving, owned):
+            c.staging.create(uuid)
+            (c.staging.path(uuid) / "IMG.JPG").write_bytes(b"x")
+        await c.book.save(Task(uuid=owned, phase=Phase.UPLOADING))
+        c.receiver.uploads[orphan] = Upload(Task(uuid=orphan), early=None)  # its commit was given up on
+        scratch = c.staging.scratch()
+        os.utime(c.staging.path(orphan), (now - 2 * 86400,) * 2)  # its last file came 2 days ago
+        os.utime(c.staging.path(owned), (now - 3600,) * 2)
+        assert await StagingLifecycle(c, keep_hours=72).sweep(now) == 1
+        assert not c.staging.path(orphan).exists() and not c.receiver.holds(orphan)
+        assert c.staging.path(arriving).exists() and c.staging.path(owned).exists() and scratch.exists()
+
+
 async def test_a_new_coordinator_owns_the_rows_it_copied_so_their_writer_does_not_hand_them_over_again(tmp_path):
     """Rows copied from the old coordinator become the new one's (its id, a new version, one
     transaction): back as a follower, the old coordinator reads them as the coordinator's, not as

@@ -1,8 +1,9 @@
 """The staged copy of a task lives until it is no longer needed, and no longer.
 
 Kept until the task completed and its results were downloaded, or it was removed, or it expired;
-abandoned uploads (never committed, no file for a day) are dropped; tombstones are purged once
-replicas have had time to learn of them.
+abandoned uploads (never committed, no file for a day) are dropped, as is, on the same clock, a
+staged upload no row owns any longer (its coordinator died with the row before any replica copied
+it: nemesis seed 282); tombstones are purged once replicas have had time to learn of them.
 
 A copy of a task's results (all.zip, cluster/results.py) is kept by the same clock: released when the
 task is removed or lost, or expired `keep_hours` after it finished. A download does not release it:
@@ -69,6 +70,13 @@ class StagingLifecycle:
                     done_with(task) or older(task.finished_at, self.keep_seconds)):
                 c.staging.remove(task.uuid)
                 dropped += 1
+        for uuid in c.staging.uuids():
+            # a day, not at once: a row still on its way to this box's replica (an init moments ago,
+            # or a partition since) is not known here yet, and its upload is still its client's
+            if uuid not in c.book.tasks and older(self._last_file(uuid), ABANDONED_UPLOAD_SECONDS):
+                c.receiver.done(uuid)  # a commit given up on waits for its client: not for a day with no row
+                c.staging.remove(uuid)
+                dropped += 1
         return dropped + self._sweep_results(lambda stamp: older(stamp, self.keep_seconds))
 
     def _sweep_results(self, expired: Callable[[float | None], bool]) -> int:
@@ -85,12 +93,17 @@ class StagingLifecycle:
         return dropped
 
     def _last_upload(self, task: Task) -> float:
-        """When a file last reached the staged upload (its folder changes with each one). Not the
-        task's dateCreated: a client may send an old one, and it is kept as sent."""
+        """When a file last reached the staged upload. Not the task's dateCreated: a client may send
+        an old one, and it is kept as sent."""
+        staged = self._last_file(task.uuid)
+        return staged if staged is not None else task.date_created_ms / 1000  # no folder here: nothing better
+
+    def _last_file(self, uuid: str) -> float | None:
+        """When a file last reached a staged upload (its folder changes with each one); None: no folder."""
         try:
-            return self.coordinator.staging.path(task.uuid).stat().st_mtime
-        except OSError:  # no folder here: nothing better than the date the task was made
-            return task.date_created_ms / 1000
+            return self.coordinator.staging.path(uuid).stat().st_mtime
+        except OSError:
+            return None
 
     async def run_forever(self) -> None:
         while True:

@@ -51,6 +51,11 @@ class Staging:
             return []
         return sorted(p for p in path.iterdir() if p.is_file() and not p.name.endswith(PARTIAL_SUFFIX))
 
+    def uuids(self) -> list[str]:
+        """The tasks that have a staging directory here (not the scratch of a one-shot upload)."""
+        entries = self.root.iterdir() if self.root.is_dir() else []
+        return sorted(e.name for e in entries if _UUID.match(e.name) and e.is_dir())
+
     def remove(self, uuid: str) -> None:
         shutil.rmtree(self.path(uuid), ignore_errors=True)
 
