@@ -442,9 +442,16 @@ def test_ctrl_c_after_acceptance_says_how_to_follow_and_download(simnode_factory
     make_images(tmp_path / "flight", 3)
     env = passel_env(free_port())
     with open(tmp_path / "stderr", "w+") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "appliance", "submit", str(tmp_path / "flight"), "--api",
-                                    slow.url, "--poll-seconds", "0.1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                   stderr=stderr, text=True)
+        # as from a terminal: a suite started as a background job (`.ci/run &`) has SIGINT ignored, a
+        # child inherits that, and Python then never turns Ctrl-C into KeyboardInterrupt; a signal
+        # handled here is reset to its default at exec
+        ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            process = subprocess.Popen([sys.executable, "-m", "appliance", "submit", str(tmp_path / "flight"),
+                                        "--api", slow.url, "--poll-seconds", "0.1"], cwd=tmp_path, env=env,
+                                       stdout=subprocess.PIPE, stderr=stderr, text=True)
+        finally:
+            signal.signal(signal.SIGINT, ignored)
         try:
             uuid = _read_until(process, r"Task (\S+) accepted", 30).group(1)
             process.send_signal(signal.SIGINT)
