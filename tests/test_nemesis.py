@@ -7,6 +7,8 @@ and a clean history must pass. bench/nemesis.py runs the 200-seed campaign.
 
 from __future__ import annotations
 
+import errno
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +264,6 @@ def test_outputs_count_as_the_real_node_and_the_simulated_node_write_them():
 @pytest.fixture
 def small_tmpfs(tmp_path: Path, netns_required) -> Any:
     """A 1 MiB tmpfs, as a box's state disk is (mounting needs root, as the namespaces do)."""
-    import subprocess
     state = tmp_path / "state"
     state.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)], check=True)
@@ -274,7 +275,7 @@ def _write_fails_for_lack_of_space(state: Path) -> bool:
     try:
         (state / "after-the-fill").write_bytes(b"x" * 64 * 1024)
     except OSError as exc:
-        return exc.errno == 28  # ENOSPC
+        return exc.errno == errno.ENOSPC
     return False
 
 
