@@ -273,6 +273,28 @@ async def test_a_hand_over_that_ends_after_this_box_took_the_role_back_leaves_th
         assert (task.owner, task.staged_on) == ("other", "other") and not c.staging.path(task.uuid).exists()
 
 
+async def test_a_hand_over_of_a_version_the_coordinator_already_has_keeps_the_only_images(tmp_path):
+    """The entry box staged the images and, cut off, took the role; at the heal it hands the task
+    back unchanged. The coordinator keeps its equal version, whose row says the images are on the
+    giver, and the giver releases its copy once answered: so the coordinator must take the images
+    it was brought, or they are on no box (nemesis seed 320: the submodel failed five sends)."""
+    from appliance.store.models import Phase, Task, row_values
+    uuid = "00000000-0000-4000-8000-0000000000e2"
+    async with coordinator_in(tmp_path, box="boss") as c:
+        node = await c.registry.add("http://127.0.0.1:9")
+        kept = Task(uuid=uuid, phase=Phase.ON_NODE, status=20, node_id=node.id, attempts=1, staged_on="entry")
+        await c.book.save(kept)
+        brought = tmp_path / "handed-over"
+        brought.mkdir()
+        (brought / "IMG_1.JPG").write_bytes(b"\xff\xd8")
+        same = row_values(Task(uuid=uuid, phase=Phase.ON_NODE, status=20, attempts=1, staged_on="entry",
+                               owner="entry", rev=5))
+        assert not await c.adopt(same, "http://127.0.0.1:9", brought, "entry"), "its own version is kept"
+        row = c.book.tasks[uuid]
+        assert row.staged_on == "boss" and [p.name for p in c.staging.files(uuid)] == ["IMG_1.JPG"]
+        assert c.can_send_again(row)
+
+
 async def test_an_upload_its_client_gave_up_on_holds_its_nodes_slot_for_a_while_only(tmp_path, monkeypatch):
     """ODM never removes a task whose upload failed (it never learned the uuid): such a reservation
     lapses after RESERVATION_SECONDS, so faults during uploads do not eat the passel's slots."""

@@ -110,6 +110,16 @@ def test_mine_without_images_takes_the_ones_they_brought():
     assert merge(Version(Phase.FINISHED, DONE, node=1, sends=1, has_files=True), theirs) is K
 
 
+def test_an_equal_version_without_images_takes_the_ones_they_brought():
+    """The giver releases its copy once answered: a tie kept without them would leave them on no box
+    (nemesis seed 320)."""
+    theirs = Version(Phase.ON_NODE, RUN, node=1, sends=1, has_files=True)
+    assert merge(Version(Phase.ON_NODE, RUN, node=1, sends=1), theirs) is F
+    assert merge(Version(Phase.ON_NODE, RUN, node=1, sends=1, has_files=True), theirs) is K
+    assert merge(Version(Phase.LOST, RUN, node=1, sends=1), Version(Phase.LOST, RUN, node=1, sends=1,
+                                                                    has_files=True)) is K
+
+
 def row(phase: str, node_id: int | None, attempts: int) -> Task:
     return Task(uuid="00000000-0000-4000-8000-000000000001", phase=phase, status=RUN, node_id=node_id,
                 attempts=attempts)
@@ -152,7 +162,9 @@ def test_the_winner_does_not_depend_on_who_asks(a, b, gave_up):
     elif ab.mine_wins and ba.mine_wins:  # a tie: only versions the rule cannot tell apart
         assert a.phase == b.phase
         assert a.phase == Phase.REMOVED or STATUS_PROGRESS[a.status] == STATUS_PROGRESS[b.status]
-        assert ab is ba is K
+        # each keeps its own; the one without the images takes the other's
+        assert (ab, ba) == (F if b.has_files > a.has_files and a.phase not in (Phase.REMOVED, Phase.LOST) else K,
+                            F if a.has_files > b.has_files and b.phase not in (Phase.REMOVED, Phase.LOST) else K)
     else:
         assert ab.mine_wins != ba.mine_wins
 

@@ -172,7 +172,7 @@ class Coordinator:
         existing = self.book.tasks.get(incoming.uuid)
         known_node = self.registry.find_url(node_url) if node_url else None
         theirs = Version.of(incoming, known_node.id if known_node else None, has_files=any(files_from.iterdir()))
-        mine = Version.of(existing, existing.node_id, bool(self.staging.files(existing.uuid))) if existing else None
+        mine = Version.of(existing, existing.node_id, self._images_kept_without(existing, giver)) if existing else None
         # its client gave it up: removed it, or was told its commit failed here (this box took the
         # upload in, gave up waiting for a coordinator that was cut off, and ODM sent the work again)
         gave_up = self.intake.given_up(incoming.uuid) or incoming.uuid in self.receiver.abandoned
@@ -215,6 +215,11 @@ class Coordinator:
                                 task_uuid=incoming.uuid, node_id=incoming.node_id)
         self.dispatcher.wake()
         return True
+
+    def _images_kept_without(self, task: Task, giver: str) -> bool:
+        """The images can still be sent once the box handing the task over releases its copy (it
+        does when answered): they are here, or on another live box."""
+        return task.staged_on != giver and self.can_send_again(task)
 
     def _take_files(self, task: Task, files_from: Path) -> None:
         self.staging.remove(task.uuid)

@@ -20,7 +20,9 @@ pure rule they cannot disagree, and a table of tests pins it down. The first tha
    CANCELED beats FAILED. A completed version holds results that took hours (a client that canceled
    it can still remove it); a cancel was the client's choice, a failure was not.
 
-Two versions equal under these rules keep mine: there is nothing to do. The winner never depends on
+A live version kept without its staged images takes the ones the other side brought, even when
+the two are equal: the other side releases its copy once answered (nemesis seed 320). Otherwise,
+two versions equal under these rules keep mine: there is nothing to do. The winner never depends on
 which side asks: merge(a, b) and merge(b, a) pick the same version.
 """
 
@@ -91,10 +93,10 @@ def merge(mine: Version | None, theirs: Version, client_gave_up: bool = False) -
     if order < 0:
         return Verdict.TAKE_THEIR_TOMBSTONE if theirs.phase in TOMBSTONES and theirs.phase != mine.phase \
             else Verdict.TAKE_THEIRS
+    if mine.phase not in TOMBSTONES and theirs.has_files and not mine.has_files:
+        return Verdict.KEEP_MINE_TAKE_THEIR_FILES  # on a tie too: the side that brought them lets them go
     if order == 0:
         return Verdict.KEEP_MINE
-    if mine.phase not in TOMBSTONES and theirs.has_files and not mine.has_files:
-        return Verdict.KEEP_MINE_TAKE_THEIR_FILES
     their_copy = theirs.placed_on if theirs.phase != Phase.LOST else None
     if their_copy is not None and (mine.phase in TOMBSTONES or mine.placed_on != their_copy):
         return Verdict.KEEP_MINE_DROP_THEIR_NODE_COPY
