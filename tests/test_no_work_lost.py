@@ -295,6 +295,26 @@ async def test_a_hand_over_of_a_version_the_coordinator_already_has_keeps_the_on
         assert c.can_send_again(row)
 
 
+async def test_a_node_poll_under_way_during_a_hand_over_never_brings_back_a_removed_task(tmp_path):
+    """A poll of the node holds the coordinator's row while a box hands over a further-along
+    version, and the client then removes the task. The poll's answer must not write the older row
+    back over the removal (nemesis seed 326: the task ran again after its client had removed it)."""
+    from appliance.store.models import Phase, Task, row_values
+    uuid = "00000000-0000-4000-8000-0000000000e3"
+    async with coordinator_in(tmp_path, box="boss") as c:
+        node = await c.registry.add("http://127.0.0.1:9")
+        polled = Task(uuid=uuid, phase=Phase.ON_NODE, status=20, node_id=node.id, attempts=1)
+        await c.book.save(polled)
+        empty = tmp_path / "handed-over"
+        empty.mkdir()
+        completed = row_values(Task(uuid=uuid, phase=Phase.FINISHED, status=40, progress=100.0, attempts=1,
+                                    owner="other", rev=5))
+        assert await c.adopt(completed, "http://127.0.0.1:9", empty, "other")
+        await c.intake.remove(c.book.tasks[uuid])
+        await c.observe(polled, node, {"uuid": uuid, "status": {"code": 40}, "progress": 100})
+        assert c.book.tasks[uuid].phase == Phase.REMOVED and c.book.visible(uuid) is None
+
+
 async def test_an_upload_its_client_gave_up_on_holds_its_nodes_slot_for_a_while_only(tmp_path, monkeypatch):
     """ODM never removes a task whose upload failed (it never learned the uuid): such a reservation
     lapses after RESERVATION_SECONDS, so faults during uploads do not eat the passel's slots."""

@@ -33,7 +33,7 @@ from appliance.cluster.tasks import TaskBook, apply_node_info, forwarded, set_fo
 from appliance.nodeodm.status import TaskStatus
 from appliance.role import Role
 from appliance.store.database import Store
-from appliance.store.models import Phase, Task, task_from_row
+from appliance.store.models import Phase, Task, row_values, task_from_row
 
 log = logging.getLogger("passel.tasks")
 
@@ -210,7 +210,7 @@ class Coordinator:
         if theirs.has_files:
             self._take_files(incoming, files_from)
         self.dispatcher.stop(incoming.uuid)
-        await self.book.save(incoming)
+        await self.book.save(_written_into(existing, incoming))
         await self.store.record("adopted", f"Task {incoming.uuid} handed over by box {giver}",
                                 task_uuid=incoming.uuid, node_id=incoming.node_id)
         self.dispatcher.wake()
@@ -431,4 +431,16 @@ def public_task(task: Task, registry: NodeRegistry, eta_seconds: float | None = 
     }
 
 
+def _written_into(existing: Task | None, incoming: Task) -> Task:
+    """The version taken, as the one object the book holds for its uuid: a loop that holds the row
+    across an await (a node poll, a removal) then sees it, and never writes an older copy back
+    over it (nemesis seed 326: a poll begun before the hand-over undid the client's removal)."""
+    if existing is None:
+        return incoming
+    for column, value in row_values(incoming).items():
+        setattr(existing, column, value)
+    return existing
+
+
 COORDINATOR_KEY: web.AppKey[Coordinator] = web.AppKey("coordinator")  # where the app holds it
+
