@@ -34,7 +34,7 @@ from appliance.discovery.trust import (
 )
 from appliance.http_rules import Peer, rules_of
 from appliance.nodeodm import replies
-from appliance.nodeodm.client import NodeError, NodeUnreachable
+from appliance.nodeodm.client import NodeDown, NodeError, NodeUnreachable
 from appliance.nodeodm.uploads import UploadError, receive_form
 from appliance.passel_admin import use_key
 from appliance.replication.feed import REPLICA_KEY, export_since
@@ -227,6 +227,8 @@ async def deliver(request: web.Request) -> web.Response:
         return web.json_response({"error": f"bad deliver call: {exc}"}, status=400)
     except CommitAbandoned as exc:  # the asking coordinator drops the task: its client sent it again
         return web.json_response({"error": str(exc), "given_up": True})
+    except NodeDown as exc:  # the asking coordinator takes the node offline, and tries the task elsewhere
+        return web.json_response({"error": str(exc), "node_down": True})
     except (NodeError, NodeUnreachable, OSError) as exc:
         return web.json_response({"error": str(exc)})
     return web.json_response({"files": files})

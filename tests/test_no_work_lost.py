@@ -82,9 +82,10 @@ def process_simnode(tmp_path):
 
     yield start
     for process in started:
-        os.kill(process.pid, signal.SIGCONT)
-        process.terminate()
-        process.wait(10)
+        if process.poll() is None:  # a test may have killed it
+            os.kill(process.pid, signal.SIGCONT)
+            process.terminate()
+            process.wait(10)
 
 
 def _answers(url: str) -> bool:
@@ -114,6 +115,28 @@ def test_silent_node_tasks_move_elsewhere_and_duplicate_is_removed_on_return(pro
     assert jcall(api, "GET", "/task/list").count({"uuid": uuid}) == 1
     kinds = [e["kind"] for e in jcall(api, "GET", f"/-/tasks/{uuid}")["events"]]
     assert "redispatched" in kinds
+
+
+def test_a_node_found_down_by_a_send_is_not_tried_again_and_the_try_is_not_counted(process_simnode, simnode_factory,
+                                                                                    passel_factory):
+    """A node dies between two polls (which, in the field, wait for the slowest node). Each send
+    that finds nothing listening there took a try from the task, at once and on the same node, and
+    the task FAILED within seconds, aborting ODM's whole job (nemesis seed 377). Now the node is
+    taken offline at the first such send, and the task waits for a node that answers."""
+    a = process_simnode(seconds_per_image="0.05")
+    b = simnode_factory(token=TOKEN, seconds_per_image=0.05)
+    api = Api(passel_factory([f"{a.url}?token={TOKEN}", f"{b.url}?token={TOKEN}"], poll_seconds=5.0,
+                             dispatch_attempts=2))
+    wait_for(lambda: all(n["online"] for n in jcall(api, "GET", "/-/nodes")), what="both nodes online")
+    jcall(api, "POST", "/-/nodes/2/lock")
+    os.kill(a.pid, signal.SIGKILL)
+    a.wait(10)
+    uuid = committed(api, images=3)
+    wait_for(lambda: not jcall(api, "GET", "/-/nodes")[0]["online"], timeout=10, what="node a taken offline")
+    assert info(api, uuid)["status"]["code"] in (10, 20), "the task still waits"
+    jcall(api, "POST", "/-/nodes/2/unlock")
+    final = wait_for(lambda: (i := info(api, uuid))["status"]["code"] in (30, 40) and i, timeout=30, what="an end")
+    assert final["status"]["code"] == 40 and placed_on(api, uuid) == b.url
 
 
 def test_task_missing_from_its_node_is_sent_again(simnode_factory, passel_factory):
@@ -313,6 +336,20 @@ async def test_a_node_poll_under_way_during_a_hand_over_never_brings_back_a_remo
         await c.intake.remove(c.book.tasks[uuid])
         await c.observe(polled, node, {"uuid": uuid, "status": {"code": 40}, "progress": 100})
         assert c.book.tasks[uuid].phase == Phase.REMOVED and c.book.visible(uuid) is None
+
+
+async def test_a_failed_task_its_node_no_longer_lists_stays_failed(tmp_path):
+    """Its client was told FAILED (and ODM aborts the job on it); running it again from staging when
+    the node restarts empty would show the client a status going backwards (nemesis seed 377)."""
+    from appliance.store.models import Phase, Task
+    async with coordinator_in(tmp_path) as c:
+        node = await c.registry.add("http://127.0.0.1:9")
+        failed = Task(uuid="00000000-0000-4000-8000-0000000000e4", phase=Phase.FINISHED, status=30, node_id=node.id,
+                      attempts=2, staged_on="me")
+        c.staging.create(failed.uuid)
+        await c.book.save(failed)
+        await c.move_away(failed, "its node no longer has it")
+        assert (failed.phase, failed.status) == (Phase.FINISHED, 30)
 
 
 async def test_an_upload_its_client_gave_up_on_holds_its_nodes_slot_for_a_while_only(tmp_path, monkeypatch):

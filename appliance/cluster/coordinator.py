@@ -243,8 +243,9 @@ class Coordinator:
 
     async def move_away(self, task: Task, reason: str) -> None:
         """Send a task again from staging because its node lost it or is gone; lose it when the
-        staged copy is not here (not-found makes ODM resubmit; FAILED would abort its whole job)."""
-        if task.phase not in (Phase.ON_NODE, Phase.FINISHED) or task.status == TaskStatus.CANCELED:
+        staged copy is not here (not-found makes ODM resubmit; FAILED would abort its whole job).
+        A task failed or canceled stays so: its client was told, and may restart it."""
+        if task.phase not in (Phase.ON_NODE, Phase.FINISHED) or task.status in (TaskStatus.CANCELED, TaskStatus.FAILED):
             return
         if self.results_kept(task):
             return  # its results are safe on another box (results.py): it stays COMPLETED, served from there

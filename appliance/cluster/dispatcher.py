@@ -22,7 +22,7 @@ from appliance.cluster.scheduler import (Demand, NodeView, choose_node, could_st
 from appliance.cluster.staging import Staging
 from appliance.cluster.task_states import Step, advance
 from appliance.cluster.tasks import TaskBook, forwarded, set_forwarded
-from appliance.nodeodm.client import NodeError, NodeUnreachable
+from appliance.nodeodm.client import NodeDown, NodeError, NodeUnreachable
 from appliance.nodeodm.sentences import host_port, node_problem
 from appliance.nodeodm.status import TaskStatus
 from appliance.role import BoxUnreachable, Role
@@ -301,6 +301,8 @@ class Dispatcher:
                                      timeout=DELIVER_TIMEOUT_SECONDS + task.data_bytes / SLOWEST_LINK_BYTES_PER_SECOND)
         if reply.get("given_up"):
             raise GivenUp(f"box {box}, which holds its images, gave up its commit: {reply['error']}")
+        if reply.get("node_down"):
+            raise NodeDown(f"box {box} could not send it: {reply['error']}")
         if "error" in reply:
             raise NodeError(f"box {box} could not send it: {reply['error']}")
         set_forwarded(task, node.id, reply.get("files", []))
@@ -308,7 +310,10 @@ class Dispatcher:
     async def _send_failed(self, task: Task, node: NodeState, exc: Exception) -> None:
         task.last_error = node_problem(exc, node.row.label or host_port(node.row.url))  # a sentence for the pages
         self.avoid(task.uuid, node.id)
-        if node.upstream and isinstance(exc, (NodeUnreachable, OSError)):
+        if isinstance(exc, NodeDown):  # not the task's fault; and not to be tried again until it answers
+            task.attempts -= 1
+            await self.registry.went_down(node, task.last_error)
+        elif node.upstream and isinstance(exc, (NodeUnreachable, OSError)):
             task.attempts -= 1  # the uplink dropped: not the task's fault, and the passel runs it itself
         if task.attempts >= self.dispatch_attempts:
             advance(task, Step.GIVE_UP)

@@ -282,6 +282,16 @@ class NodeRegistry:
                                     f"({info.get('maxParallelTasks')} slots, {info.get('cpuCores')} cores)", node_id=state.id)
         self._changed()
 
+    async def went_down(self, state: NodeState, problem: str) -> None:
+        """A send found nothing listening at the node: offline now, not after the next polls, which
+        wait for the slowest node (a dead node was tried again at once, and every try was counted
+        against the task: nemesis seed 377). Its next answer to a poll brings it back."""
+        state.last_error = problem
+        if state.online:
+            state.online = False
+            await self.store.record("node-offline", problem, node_id=state.id)
+            self._changed()
+
     async def poll_all(self, timeout: aiohttp.ClientTimeout | None = None) -> None:
         await asyncio.gather(*(self.poll_one(s, timeout) for s in list(self.nodes.values())))
 

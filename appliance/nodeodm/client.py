@@ -29,6 +29,11 @@ class NodeUnreachable(Exception):
     """The node did not answer: connection refused, reset or timed out."""
 
 
+class NodeDown(NodeUnreachable):
+    """Not even a connection: nothing listens at the node's address, or no route to it. The node is
+    down or cut off, which says nothing about the task that was being sent."""
+
+
 def split_node_url(url: str) -> tuple[str, str | None]:
     """Split `http://host:port?token=T` into the base URL and the token."""
     parts = urlsplit(url.strip())
@@ -60,6 +65,8 @@ class NodeClient:
                 if resp.status != 200:
                     raise NodeError(f"HTTP {resp.status} from {self.base_url}{path}", resp.status)
                 body = await resp.read()
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise NodeDown(f"{self.base_url} did not answer {method} {path}: {exc or type(exc).__name__}") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise NodeUnreachable(f"{self.base_url} did not answer {method} {path}: {exc or type(exc).__name__}") from None
         try:
