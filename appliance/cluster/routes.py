@@ -241,6 +241,7 @@ async def task_info(request: web.Request) -> web.Response:
     reply = _info(task, run)
     if with_output is not None:
         reply["output"] = await _console(c, task, run, with_output)
+    await c.told_finished(task)
     return replies.ok(reply)
 
 
