@@ -455,4 +455,3 @@ def _written_into(existing: Task | None, incoming: Task) -> Task:
 
 
 COORDINATOR_KEY: web.AppKey[Coordinator] = web.AppKey("coordinator")  # where the app holds it
-

@@ -266,10 +266,8 @@ class NodeRegistry:
         except (NodeUnreachable, NodeError) as exc:
             state.misses += 1
             state.last_error = node_problem(exc, state.row.label or host_port(state.row.url))
-            if state.online and state.misses >= MISSES_BEFORE_OFFLINE:
-                state.online = False
-                await self.store.record("node-offline", state.last_error, node_id=state.id)
-                self._changed()
+            if state.misses >= MISSES_BEFORE_OFFLINE:
+                await self._offline(state)
             return
         state.info, state.misses, state.last_error, state.last_answer = info, 0, "", boottime()
         state.row.last_info = info
@@ -287,9 +285,13 @@ class NodeRegistry:
         wait for the slowest node (a dead node was tried again at once, and every try was counted
         against the task: nemesis seed 377). Its next answer to a poll brings it back."""
         state.last_error = problem
+        await self._offline(state)
+
+    async def _offline(self, state: NodeState) -> None:
+        """Not to be given work until a poll hears it again; said once, when it goes."""
         if state.online:
             state.online = False
-            await self.store.record("node-offline", problem, node_id=state.id)
+            await self.store.record("node-offline", state.last_error, node_id=state.id)
             self._changed()
 
     async def poll_all(self, timeout: aiohttp.ClientTimeout | None = None) -> None:

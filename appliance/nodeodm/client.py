@@ -65,10 +65,10 @@ class NodeClient:
                 if resp.status != 200:
                     raise NodeError(f"HTTP {resp.status} from {self.base_url}{path}", resp.status)
                 body = await resp.read()
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise NodeDown(f"{self.base_url} did not answer {method} {path}: {exc or type(exc).__name__}") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-            raise NodeUnreachable(f"{self.base_url} did not answer {method} {path}: {exc or type(exc).__name__}") from None
+            never_connected = isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
+            raise (NodeDown if never_connected else NodeUnreachable)(
+                f"{self.base_url} did not answer {method} {path}: {exc or type(exc).__name__}") from None
         try:
             data = json.loads(body)
         except ValueError:
